@@ -1,0 +1,8 @@
+"""Imports every command module so that each registers its commands on `toolchain.cli.cli`.
+
+One line per module; keep the list sorted. A command module defines its click commands with
+`@cli.command()` / `@cli.group()` from `toolchain.cli`.
+"""
+from __future__ import annotations
+
+import toolchain.inspect_cmd  # noqa: F401
