@@ -1,0 +1,314 @@
+"""Emission through Apache TVM: ONNX -> relax (from_onnx) -> tvm.compile -> exported module.
+
+Artifacts (written atomically into the output folder):
+- host target (the target's CPU architecture is this machine's): `model.so`, loaded back and run
+  with the relax VirtualMachine on check inputs; its outputs are compared with onnxruntime's.
+- cross target: `model.tar` (the object files, to be linked on or for the device; the ELF machine
+  of every object is checked against the target's architecture), plus `model.so` when a cross
+  compiler for that architecture is installed (detected with `shutil.which`, never required).
+
+Int8: TVM 0.27's ONNX frontend imports QuantizeLinear/DequantizeLinear as simulated quantization
+(quantize, then dequantize back to float) and has no QLinearConv/ConvInteger path, so a QDQ model
+runs its int8 kernels in float on every TVM build. The result says so (`int8_in_float`) and the
+compile manifest/report repeat it. Its check compares with onnxruntime running the same QDQ graph
+unfused (graph optimizations off), which computes the same simulated quantization.
+
+Errors: ops the frontend has no converter for raise UnsupportedOpError naming them before TVM is
+called; a failing import or build raises EmitError naming the TVM pass it failed in (recorded by
+a pass instrument) and TVM's message.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import platform
+import shutil
+import struct
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from toolchain.errors import BadInputError, FleetcError, UnsupportedOpError
+
+__all__ = [
+    "emit_tvm", "EmitResult", "Artifact", "EmitError", "elf_arch", "target_arch",
+    "find_cross_compiler", "tvm_target",
+]
+
+logger = logging.getLogger(__name__)
+
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
+_TRIPLE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64",
+                "armv7": "arm", "arm": "arm", "riscv64": "riscv", "i686": "x86", "i386": "x86"}
+_CROSS_CC = {"aarch64": ("aarch64-linux-gnu-g++", "aarch64-linux-gnu-gcc"),
+             "arm": ("arm-linux-gnueabihf-g++", "arm-linux-gnueabihf-gcc")}
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
+class EmitError(FleetcError):
+    """The TVM import or build failed; the message names the pass (or op) and TVM's error.
+
+    Exit code 2: the model or target given cannot be built (like any bad input)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str          # file name inside the output folder
+    sha256: str
+    arch: str          # ELF machine of the code it holds ("x86_64", "aarch64", ...)
+    kind: str          # "shared-library" | "object-archive"
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    artifacts: tuple[Artifact, ...]
+    target: str                      # the TVM target, as TVM prints it (JSON)
+    arch: str                        # the target's CPU architecture
+    cross: bool                      # True when it is not this machine's architecture
+    checked: bool                    # the host module ran and matched onnxruntime
+    max_abs_error: float | None      # max |TVM - onnxruntime| over outputs, when checked
+    int8_in_float: bool              # QDQ ops present: int8 kernels run as float on this build
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def tvm_target(spec: Any):
+    """A tvm.target.Target from a Target object, a tag or a dict (TVM 0.27: no option strings)."""
+    import tvm
+
+    if hasattr(spec, "tvm") and callable(spec.tvm):   # toolchain.target.Target
+        return spec.tvm()
+    if isinstance(spec, tvm.target.Target):
+        return spec
+    try:
+        return tvm.target.Target(spec)
+    except Exception as err:
+        raise BadInputError(f"TVM rejects target {spec!r}: {_first_line(err)}") from err
+
+
+def target_arch(target) -> str:
+    """CPU architecture the target's (host) code is generated for, from its LLVM triple."""
+    t = target if target.kind.name == "llvm" else (target.host or target)
+    triple = str(t.attrs.get("mtriple", "")) if t.kind.name == "llvm" else ""
+    if not triple:
+        from tvm.target import codegen
+
+        triple = str(codegen.llvm_get_system_triple())
+    head = triple.split("-")[0]
+    for prefix, arch in _TRIPLE_ARCH.items():
+        if head.startswith(prefix):
+            return arch
+    return head
+
+
+def host_arch() -> str:
+    return _TRIPLE_ARCH.get(platform.machine().lower(), platform.machine().lower())
+
+
+def elf_arch(data: bytes) -> str:
+    """Architecture named by an ELF header's e_machine ("not-elf" when it is not ELF)."""
+    if len(data) < 20 or data[:4] != b"\x7fELF":
+        return "not-elf"
+    endian = "<" if data[5] == 1 else ">"
+    machine = struct.unpack(endian + "H", data[18:20])[0]
+    return _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
+
+
+def find_cross_compiler(arch: str, preferred: str | None = None) -> str | None:
+    """Path of a C/C++ cross compiler for `arch` if one is installed (PATH lookup)."""
+    for name in ((preferred,) if preferred else ()) + _CROSS_CC.get(arch, ()):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def emit_tvm(model: onnx.ModelProto | str | Path, target: Any, outdir: str | Path, *,
+             cross_compiler: str | None = None,
+             inputs: dict[str, np.ndarray] | None = None,
+             rtol: float = 1e-3, atol: float = 1e-4) -> EmitResult:
+    """Build `model` for `target` and write the artifacts into `outdir` (see the module doc).
+
+    `inputs` feed the host check (default: seeded random data of the model's input shapes, the
+    batch taken as 1 where symbolic). The check fails with EmitError when
+    max|TVM - ORT| > atol + rtol * max|ORT| per output (rtol x 20 for QDQ models)."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    tgt = tvm_target(target)
+    arch = target_arch(tgt)
+    cross = arch != host_arch()
+    shapes = _input_shapes(proto)
+    qdq = any(n.op_type in _QDQ for n in proto.graph.node)
+    warnings: list[str] = []
+    if qdq:
+        warnings.append("int8 kernels run as float on this TVM build: TVM 0.27 imports QDQ "
+                        "(QuantizeLinear/DequantizeLinear) as simulated quantization")
+    executable = _build(_import(proto, shapes), tgt)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts: list[Artifact] = []
+    checked, err = False, None
+    if not cross:
+        artifacts.append(_export(executable, out / "model.so", "shared-library"))
+        if tgt.kind.name == "llvm":
+            feeds = inputs if inputs is not None else _random_inputs(proto, shapes)
+            err = _check(out / "model.so", proto, feeds, rtol * (20 if qdq else 1), atol)
+            checked = True
+        else:
+            warnings.append(f"{tgt.kind.name} module not run here: no such device on this host")
+    else:
+        artifacts.append(_export(executable, out / "model.tar", "object-archive"))
+        cc = find_cross_compiler(arch, cross_compiler)
+        if cc:
+            artifacts.append(_export(executable, out / "model.so", "shared-library", cc))
+        else:
+            warnings.append(f"no {arch} cross compiler installed "
+                            f"({cross_compiler or ' or '.join(_CROSS_CC.get(arch, ('none',)))}): "
+                            "model.tar holds the object files to link on the device")
+    for a in artifacts:
+        if a.arch != arch:
+            raise EmitError(f"TVM produced {a.arch} code in {a.path} for an {arch} target")
+    return EmitResult(tuple(artifacts), str(tgt), arch, cross, checked, err, qdq,
+                      tuple(warnings))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    # TVM errors end with the check that failed; Python ones start with it.
+    msg = lines[-1] if lines and ("Error" in lines[-1] or "failed" in lines[-1]) else (
+        lines[0] if lines else type(err).__name__)
+    return msg[:300]
+
+
+def _input_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
+    inits = {i.name for i in proto.graph.initializer}
+    shapes = {}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+    return shapes
+
+
+def _random_inputs(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in proto.graph.input:
+        if vi.name not in shapes:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feeds[vi.name] = rng.standard_normal(shapes[vi.name]).astype(dtype)
+    return feeds
+
+
+def _import(proto: onnx.ModelProto, shapes: dict[str, list[int]]):
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    missing = sorted({n.op_type for n in proto.graph.node if n.op_type not in known})
+    if missing:
+        raise UnsupportedOpError(f"TVM's ONNX frontend has no converter for op(s) "
+                                 f"{', '.join(missing)}")
+    try:
+        return from_onnx(proto, shape_dict=shapes, keep_params_in_input=False)
+    except Exception as err:
+        raise EmitError(f"TVM ONNX import failed: {_first_line(err)}") from err
+
+
+def _build(mod, tgt):
+    import tvm
+    from tvm.ir.instrument import pass_instrument
+
+    @pass_instrument
+    class _LastPass:
+        """Remembers the pass running when the build fails, to name it in the error."""
+
+        def __init__(self) -> None:
+            self.last = "before any pass"
+
+        def run_before_pass(self, mod, info) -> None:
+            self.last = info.name
+
+    seen = _LastPass()
+    try:
+        with tvm.transform.PassContext(opt_level=3, instruments=[seen]):
+            return tvm.compile(mod, target=tgt)
+    except Exception as err:
+        raise EmitError(f"TVM build for {tgt.kind.name} failed in pass {seen.last}: "
+                        f"{_first_line(err)}") from err
+
+
+def _export(executable, path: Path, kind: str, cc: str | None = None) -> Artifact:
+    """Export next to `path` under a temporary name, check it, then rename into place."""
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if cc:
+            from tvm.contrib import cc as tvm_cc
+
+            executable.export_library(tmp, fcompile=tvm_cc.cross_compiler(cc))
+        else:
+            executable.export_library(tmp)
+        data = Path(tmp).read_bytes()
+        arch = _archive_arch(data, path) if kind == "object-archive" else elf_arch(data)
+        os.replace(tmp, path)
+    except FleetcError:
+        raise
+    except Exception as err:
+        raise EmitError(f"exporting {path.name} failed: {_first_line(err)}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return Artifact(path.name, hashlib.sha256(data).hexdigest(), arch, kind)
+
+
+def _archive_arch(data: bytes, path: Path) -> str:
+    """The one architecture of every object file in a tar; mixed or none is an error."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        archs = {m.name: elf_arch(tar.extractfile(m).read()) for m in tar.getmembers()
+                 if m.isfile() and m.name.endswith(".o")}
+    kinds = set(archs.values())
+    if len(kinds) != 1:
+        raise EmitError(f"{path.name}: object files of architectures {archs} (expected one)")
+    return kinds.pop()
+
+
+def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float,
+           atol: float) -> float:
+    """Run the exported module and onnxruntime on the same inputs; return the max abs error."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), dev)
+    names = [vi.name for vi in proto.graph.input if vi.name in feeds]
+    got = vm["main"](*(tvm.runtime.tensor(feeds[n], dev) for n in names))
+    got = [got] if hasattr(got, "numpy") else list(got)
+    opts = ort.SessionOptions()
+    # Unfused QDQ: onnxruntime then computes the same simulated quantization TVM does.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    want = sess.run(None, feeds)
+    worst = 0.0
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        g = g.numpy()
+        if g.shape != w.shape:
+            raise EmitError(f"TVM output {i} has shape {g.shape}, onnxruntime {w.shape}")
+        err = float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0
+        limit = atol + rtol * float(np.max(np.abs(w))) if w.size else atol
+        if not err <= limit:
+            raise EmitError(f"TVM output {i} differs from onnxruntime by {err:.3g} "
+                            f"(tolerance {limit:.3g})")
+        worst = max(worst, err)
+    return worst
