@@ -1,0 +1,93 @@
+"""toolchain.accuracy: scores against fp32 and labels, batching, resizing, sensitivity cache."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from toolchain.accuracy import AccuracyEstimator, choice_key, measure_sensitivity, resize_nchw
+from toolchain.errors import BadInputError
+from toolchain.space import Choice, Plan
+
+
+def classifier(W: np.ndarray, batch="N", size: int = 4) -> onnx.ModelProto:
+    """GlobalAveragePool over an NCHW image, then a Gemm to 3 classes."""
+    nodes = [h.make_node("GlobalAveragePool", ["x"], ["p"]),
+             h.make_node("Flatten", ["p"], ["f"]),
+             h.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    g = h.make_graph(nodes, "c", [h.make_tensor_value_info("x", 1, [batch, 2, size, size])],
+                     [h.make_tensor_value_info("y", 1, [batch, 3])], [nh.from_array(W, "W")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 2, 4, 4)).astype(np.float32)
+    W = rng.standard_normal((3, 2)).astype(np.float32)
+    labels = (x.mean((2, 3)) @ W.T).argmax(1)
+    labels[:5] = (labels[:5] + 1) % 3          # the fp32 model gets exactly 90% right
+    return x, W, labels
+
+
+def test_top1_with_labels_and_batches(data):
+    x, W, labels = data
+    est = AccuracyEstimator(classifier(W), {"x": x}, labels, batch=7)
+    assert est.baseline.metric == "top1"
+    assert est.baseline.top1 == pytest.approx(90.0)
+    assert est.drop(classifier(W)) == pytest.approx(0.0)
+    # A fixed batch of 1 (loop per sample) gives the same outputs.
+    assert est.score(classifier(W, batch=1)).top1 == pytest.approx(90.0)
+    worse = est.score(classifier(-W))
+    assert worse.top1 < 50 and est.baseline.value - worse.value > 40
+
+
+def test_agreement_and_cosine_without_labels(data):
+    x, W, _ = data
+    est = AccuracyEstimator(classifier(W), {"x": x})
+    assert est.baseline.metric == "agreement" and est.baseline.value == 100.0
+    assert est.baseline.cosine == pytest.approx(1.0)
+    noisy = W + np.random.default_rng(1).normal(0, 0.3, W.shape).astype(np.float32)
+    s = est.score(classifier(noisy))
+    assert 0 < s.agreement < 100 and 0 < s.cosine < 1
+
+
+def test_mismatched_calibration_data_is_bad_input(data):
+    x, W, labels = data
+    with pytest.raises(BadInputError, match="no array for model input"):
+        AccuracyEstimator(classifier(W), {"image": x})
+    with pytest.raises(BadInputError, match="labels"):
+        AccuracyEstimator(classifier(W), {"x": x}, labels[:10])
+
+
+def test_smaller_input_resolution_is_fed_resized(data):
+    x, W, labels = data
+    est = AccuracyEstimator(classifier(W), {"x": x}, labels)
+    # Average pooling commutes with a 2x bilinear downscale: the same predictions.
+    assert est.score(classifier(W, size=2)).top1 == pytest.approx(90.0)
+    assert resize_nchw(x, (2, 2)).shape == (50, 2, 2, 2)
+    assert np.allclose(resize_nchw(x, (4, 4)), x)
+
+
+def test_sensitivity_is_measured_once_and_cached(data, tmp_path):
+    x, W, labels = data
+    est = AccuracyEstimator(classifier(W), {"x": x}, labels)
+    calls = []
+
+    def apply(plan: Plan) -> onnx.ModelProto:
+        calls.append(plan)
+        return classifier(-W) if "gemm" in plan.kernels else classifier(W)
+
+    kernels = {"gemm": [Choice(), Choice("int8"), Choice("int8", 0.5)]}
+    cache = tmp_path / "sens.json"
+    table = measure_sensitivity(est, apply, kernels, cache=cache)
+    assert len(calls) == 2                        # int8 and w0.5, each once
+    assert table.kernel("gemm", Choice("int8", 0.5)) == pytest.approx(
+        table.drops[choice_key("kernel", "gemm", "int8")] * 2)
+    assert json.loads(cache.read_text()) == table.drops
+    measure_sensitivity(est, apply, kernels, cache=cache)
+    assert len(calls) == 2                        # served from the cache

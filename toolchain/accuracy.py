@@ -1,0 +1,251 @@
+"""Accuracy from calibration data: scores of a model, per-choice sensitivity, predicted drops.
+
+Metric: with labels, top-1 accuracy (percent) on the calibration samples; without labels, top-1
+agreement with the fp32 model (percent; the fp32 model scores 100), with the mean output cosine
+similarity to fp32 reported beside it. A drop is in points: baseline score minus score.
+
+Sensitivity: each atomic change (one kernel's precision, or its width, or its kernel size; one
+block skipped; one input resolution) is applied alone to the fp32 model and its drop measured
+in onnxruntime on the calibration batch. A combined kernel choice (int8 and width 0.75) is
+predicted as the sum of its atomic drops, and a plan's predicted drop as the sum over its
+choices - the additive model the exact solver needs. Results are cached on disk (keyed by the
+model bytes, the calibration data, the sample count and the fleetc version) and saved after
+every measurement, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolchain.errors import BadInputError
+from toolchain.space import Choice, Plan, atomic_write
+
+__all__ = [
+    "Score", "AccuracyEstimator", "SensitivityTable", "measure_sensitivity", "atomic_changes",
+    "choice_key", "resize_nchw", "cache_key",
+]
+
+logger = logging.getLogger(__name__)
+
+ORIGINAL = Choice()
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str              # "top1" (labels given) or "agreement" (with the fp32 model)
+    value: float             # the metric, percent
+    top1: float | None       # percent, when labels are given
+    agreement: float         # top-1 agreement with fp32, percent
+    cosine: float            # mean cosine similarity of the outputs to fp32's
+    samples: int
+
+
+def resize_nchw(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (half-pixel centres, as ONNX Resize "linear") of an NCHW batch."""
+    h, w = x.shape[2], x.shape[3]
+    if (h, w) == tuple(size):
+        return x
+
+    def axis(n_in: int, n_out: int):
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(x.dtype)
+
+    ylo, yhi, fy = axis(h, size[0])
+    xlo, xhi, fx = axis(w, size[1])
+    rows = x[:, :, ylo, :] * (1 - fy)[:, None] + x[:, :, yhi, :] * fy[:, None]
+    return (rows[:, :, :, xlo] * (1 - fx) + rows[:, :, :, xhi] * fx).astype(x.dtype)
+
+
+class AccuracyEstimator:
+    """Runs models in onnxruntime on the calibration batch and scores them against fp32."""
+
+    def __init__(self, reference: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                 labels: np.ndarray | None = None, batch: int = 64, threads: int = 0) -> None:
+        if not inputs:
+            raise BadInputError("calibration data has no inputs")
+        counts = {len(v) for v in inputs.values()}
+        if len(counts) != 1:
+            raise BadInputError(f"calibration inputs have different sample counts {counts}")
+        self.samples = counts.pop()
+        if labels is not None and len(labels) != self.samples:
+            raise BadInputError(f"calibration labels: {len(labels)} for {self.samples} samples")
+        self.inputs, self.labels = inputs, labels
+        self.batch, self.threads = batch, threads
+        self._ref = self.outputs(reference)
+        if labels is not None and self._ref.ndim != 2:
+            raise BadInputError(f"labels given but the model output has shape "
+                                f"{self._ref.shape}; top-1 needs (samples, classes)")
+        self.baseline = self._score(self._ref)
+
+    def outputs(self, model: onnx.ModelProto) -> np.ndarray:
+        """The model's first output over every sample, batched (inputs resized if needed)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                        providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise BadInputError(f"onnxruntime cannot load the model: "
+                                f"{str(err).splitlines()[0]}") from err
+        feeds_meta = sess.get_inputs()
+        missing = [i.name for i in feeds_meta if i.name not in self.inputs]
+        if missing:
+            raise BadInputError(f"calibration data has no array for model input(s) {missing} "
+                                f"(it has {sorted(self.inputs)})")
+        dim0 = feeds_meta[0].shape[0] if feeds_meta[0].shape else None
+        step = dim0 if isinstance(dim0, int) and dim0 > 0 else self.batch
+        chunks = []
+        for start in range(0, self.samples, step):
+            feeds = {i.name: self._feed(i, start, step) for i in feeds_meta}
+            out = sess.run([sess.get_outputs()[0].name], feeds)[0]
+            chunks.append(out[: min(step, self.samples - start)])
+        return np.concatenate(chunks).reshape(self.samples, -1)
+
+    def _feed(self, meta, start: int, step: int) -> np.ndarray:
+        x = self.inputs[meta.name][start:start + step]
+        if len(x) < step and isinstance(meta.shape[0], int):
+            pad = np.zeros((step - len(x),) + x.shape[1:], x.dtype)   # fixed batch: pad
+            x = np.concatenate([x, pad])
+        shape = meta.shape
+        if x.ndim == 4 and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) \
+                and tuple(shape[2:]) != x.shape[2:]:
+            x = resize_nchw(x, (shape[2], shape[3]))   # a plan changed the input resolution
+        return x
+
+    def _score(self, out: np.ndarray) -> Score:
+        ref = self._ref
+        agree = float(np.mean(out.argmax(1) == ref.argmax(1)) * 100)
+        num = np.sum(out * ref, axis=1)
+        den = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
+        cosine = float(np.mean(np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)))
+        top1 = None
+        if self.labels is not None:
+            top1 = float(np.mean(out.argmax(1) == self.labels.reshape(-1)) * 100)
+        value = top1 if top1 is not None else agree
+        return Score("top1" if top1 is not None else "agreement", value, top1, agree, cosine,
+                     self.samples)
+
+    def score(self, model: onnx.ModelProto) -> Score:
+        return self._score(self.outputs(model))
+
+    def drop(self, model: onnx.ModelProto) -> float:
+        """Points lost against the fp32 model (negative = better on this data)."""
+        return self.baseline.value - self.score(model).value
+
+
+def choice_key(kind: str, name: str, value) -> str:
+    """Cache key of one atomic change: ("kernel", "conv1", "int8"), ("block", "add3", "skip")."""
+    return f"{kind}|{name}|{value}"
+
+
+def atomic_changes(choice: Choice) -> list[str]:
+    """The atomic parts of a kernel choice, as the values used in sensitivity keys."""
+    parts = []
+    if choice.precision != "fp32":
+        parts.append(choice.precision)
+    if choice.width != 1.0:
+        parts.append(f"w{choice.width:g}")
+    if choice.kernel_size is not None:
+        parts.append(f"k{choice.kernel_size}")
+    return parts
+
+
+@dataclass(frozen=True)
+class SensitivityTable:
+    """Measured drop (points) of every atomic change; plans are predicted by summing."""
+
+    drops: dict[str, float]
+    baseline: Score
+
+    def kernel(self, name: str, choice: Choice) -> float:
+        return sum(self.drops[choice_key("kernel", name, p)] for p in atomic_changes(choice))
+
+    def block(self, name: str) -> float:
+        return self.drops[choice_key("block", name, "skip")]
+
+    def resolution(self, size: int, original: int) -> float:
+        return 0.0 if size == original else self.drops[choice_key("resolution", "input", size)]
+
+    def plan(self, plan: Plan, original_resolution: int | None = None) -> float:
+        total = sum(self.kernel(k, c) for k, c in plan.kernels.items())
+        total += sum(self.block(b) for b in plan.skip_blocks)
+        for shape in plan.input_shape.values():
+            if original_resolution is not None:
+                total += self.resolution(shape[2], original_resolution)
+        return total
+
+
+def _plans_to_measure(kernels: dict[str, list[Choice]], blocks: Iterable[str],
+                      resolutions: Iterable[int], input_name: str | None,
+                      input_shape: tuple[int, ...] | None) -> list[tuple[str, Plan]]:
+    todo: dict[str, Plan] = {}
+    for name, choices in kernels.items():
+        for c in choices:
+            for part in atomic_changes(c):
+                single = Choice(precision=part) if part in ("fp16", "int8") else (
+                    Choice(width=float(part[1:])) if part.startswith("w") else
+                    Choice(kernel_size=int(part[1:])))
+                todo.setdefault(choice_key("kernel", name, part), Plan(kernels={name: single}))
+    for b in blocks:
+        todo[choice_key("block", b, "skip")] = Plan(skip_blocks=[b])
+    for r in resolutions:
+        if input_name and input_shape and r != input_shape[2]:
+            shape = [input_shape[0], input_shape[1], r, r]
+            todo[choice_key("resolution", "input", r)] = Plan(input_shape={input_name: shape})
+    return sorted(todo.items())
+
+
+def measure_sensitivity(estimator: AccuracyEstimator, apply: Callable[[Plan], onnx.ModelProto],
+                        kernels: dict[str, list[Choice]], blocks: Iterable[str] = (),
+                        resolutions: Iterable[int] = (), input_name: str | None = None,
+                        input_shape: tuple[int, ...] | None = None,
+                        cache: Path | None = None,
+                        progress: Callable[[int, int, str], None] | None = None
+                        ) -> SensitivityTable:
+    """Measure the drop of every atomic change (see the module doc); `cache` is a JSON file."""
+    todo = _plans_to_measure(kernels, blocks, resolutions, input_name, input_shape)
+    drops: dict[str, float] = _read_cache(cache)
+    for i, (key, plan) in enumerate(todo):
+        if key in drops:
+            continue
+        if progress:
+            progress(i + 1, len(todo), key)
+        drops[key] = round(estimator.drop(apply(plan)), 6)
+        if cache is not None:
+            atomic_write(cache, json.dumps(drops, indent=0, sort_keys=True))
+    return SensitivityTable({k: drops[k] for k, _ in todo}, estimator.baseline)
+
+
+def _read_cache(path: Path | None) -> dict[str, float]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        return {str(k): float(v) for k, v in data.items()}
+    except (ValueError, AttributeError):
+        logger.warning("ignoring unreadable sensitivity cache %s", path)
+        return {}
+
+
+def cache_key(model_bytes: bytes, calib_digest: str, samples: int) -> str:
+    """Name of the sensitivity cache file for one model and calibration set."""
+    try:
+        version = md.version("fleetc")
+    except md.PackageNotFoundError:
+        version = "dev"
+    h = hashlib.sha256(model_bytes)
+    h.update(f"|{calib_digest}|{samples}|{version}".encode())
+    return h.hexdigest()[:32]
