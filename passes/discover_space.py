@@ -1,0 +1,222 @@
+"""Design-space discovery: the rewrite options that are legal per kernel, applied to none.
+
+Rules (each option also needs the target to support it; the target filters precisions):
+- precision fp32 / fp16 / int8: every compute kernel (Conv / Gemm / MatMul with a weight).
+- width 1.0 / 0.75 / 0.5 (channels by `pruned_channels`): a Conv with group 1 or a Gemm whose
+  output channels reach, only through per-channel ops (BatchNormalization, activations, bias /
+  scale by a weight, pooling, Flatten of a 1x1 map) and depthwise Convs (which shrink with
+  them), nothing but the input channels of other Convs (group 1) or Gemms. Channels tied by
+  an Add, Concat, a gating Mul, a reshape or a graph output are not pruned (all-or-nothing
+  tying is left to the prune pass's future versions).
+- kernel_size: a square Conv kernel of 5 or 7 (dilation 1) may shrink to the centre 3 (and 5).
+- skip block: an Add of two equal-shaped tensors x and f(x), where f's nodes read nothing but
+  x, weights and each other and nothing outside reads them; the block takes the Add's name.
+- resolution: a single NCHW input with H == W, spatial dims pooled away by a global pooling
+  before any reshape or matrix product; sizes H x (1, 7/8, 3/4, 5/8, 1/2), multiples of 8.
+Requires "kernels"; produces "space" (graph.meta["space"]).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from toolchain.ir import Graph
+from toolchain.pipeline import Pass, PassContext, PassResult
+from toolchain.space import PRECISIONS, WIDTHS, Kernel, Space, pruned_channels
+
+__all__ = ["DiscoverSpacePass", "discover_space", "skippable_blocks", "prunable"]
+
+logger = logging.getLogger(__name__)
+
+_PER_CHANNEL = {"BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid",
+                "LeakyRelu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
+                "GlobalMaxPool", "Dropout", "Identity"}
+_MAX_BLOCK_NODES = 64
+
+
+def _is_depthwise(graph: Graph, node: str) -> bool:
+    d = graph.node(node)
+    w = graph.shape(d["inputs"][1]) if len(d["inputs"]) > 1 else None
+    return (d["op_type"] == "Conv" and int(d["attrs"].get("group", 1)) > 1 and w is not None
+            and w[1] == 1 and graph.is_weight(d["inputs"][1]))
+
+
+def _reaches_only_consumers(graph: Graph, tensor: str, channels: int) -> bool:
+    """True if every path from `tensor` ends in the input channels of a Conv/Gemm."""
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in graph.outputs:
+            return False
+        for user in graph.consumers(t):
+            d = graph.node(user)
+            op, ins = d["op_type"], d["inputs"]
+            if op == "Conv" and ins[0] == t and not _is_depthwise(graph, user):
+                if int(d["attrs"].get("group", 1)) != 1:
+                    return False
+                continue
+            if op == "Gemm" and ins[0] == t and not d["attrs"].get("transA", 0):
+                continue
+            if op == "Conv" and ins[0] == t and _is_depthwise(graph, user):
+                stack.extend(o for o in d["outputs"] if o)
+                continue
+            if op in _PER_CHANNEL and ins[0] == t:
+                stack.extend(o for o in d["outputs"][:1] if o)
+                continue
+            if op in ("Add", "Mul") and ins.count(t) == 1 and \
+                    all(graph.is_weight(i) for i in ins if i != t):
+                shape = graph.shape(next(i for i in ins if i != t))
+                if shape is not None and max(shape, default=1) in (1, channels) \
+                        and (len(shape) < 3 or shape[-1] == 1):
+                    stack.extend(d["outputs"])
+                    continue
+                return False
+            if op == "Flatten" and graph.shape(t) is not None and \
+                    all(s == 1 for s in graph.shape(t)[2:]):
+                stack.extend(d["outputs"])
+                continue
+            return False
+    return True
+
+
+def prunable(graph: Graph, kernel: Kernel) -> bool:
+    if kernel.op_type == "Conv" and kernel.group == 1 and kernel.weight_shape:
+        channels = kernel.weight_shape[0]
+    elif kernel.op_type == "Gemm" and kernel.output_shape and len(kernel.output_shape) == 2:
+        channels = kernel.output_shape[1]
+    else:
+        return False
+    if channels < 4:
+        return False
+    out = graph.node(kernel.nodes[-1])["outputs"][0]
+    return _reaches_only_consumers(graph, out, channels)
+
+
+def _widths(kernel: Kernel) -> list[float]:
+    channels = (kernel.weight_shape[0] if kernel.op_type == "Conv" else kernel.output_shape[1])
+    seen, out = set(), []
+    for w in WIDTHS:
+        c = pruned_channels(channels, w)
+        if c not in seen:
+            seen.add(c)
+            out.append(w)
+    return out
+
+
+def _kernel_sizes(kernel: Kernel, graph: Graph) -> list[int]:
+    ks = kernel.kernel_shape
+    dil = graph.node(kernel.name)["attrs"].get("dilations", [1] * len(ks))
+    if kernel.op_type != "Conv" or len(ks) != 2 or ks[0] != ks[1] or any(d != 1 for d in dil):
+        return []
+    return [k for k in (7, 5, 3) if k <= ks[0]] if ks[0] in (5, 7) else []
+
+
+def _branch(graph: Graph, x: str, y: str) -> tuple[str, ...] | None:
+    """Nodes computing y from x alone (plus weights), or None."""
+    src = graph.producer(y)
+    if src is None:
+        return None
+    nodes, stack = set(), [src]
+    while stack:
+        n = stack.pop()
+        if n in nodes:
+            continue
+        nodes.add(n)
+        if len(nodes) > _MAX_BLOCK_NODES:
+            return None
+        for t in graph.node(n)["inputs"]:
+            if not t or t == x or graph.is_weight(t):
+                continue
+            p = graph.producer(t)
+            if p is None:
+                return None
+            stack.append(p)
+    for n in nodes:
+        for t in graph.node(n)["outputs"]:
+            if t in graph.outputs:
+                return None
+            if t != y and any(u not in nodes for u in graph.consumers(t)):
+                return None
+    if len(graph.consumers(y)) != 1 or not any(x in graph.node(n)["inputs"] for n in nodes):
+        return None
+    order = {n: graph.node(n)["order"] for n in nodes}
+    return tuple(sorted(nodes, key=order.get))
+
+
+def skippable_blocks(graph: Graph) -> dict[str, tuple[str, ...]]:
+    blocks = {}
+    for name in graph.topo():
+        d = graph.node(name)
+        if d["op_type"] not in ("Add", "Sum") or len(d["inputs"]) != 2:
+            continue
+        a, b = d["inputs"]
+        if graph.is_weight(a) or graph.is_weight(b) or a == b:
+            continue
+        sa, sb = graph.shape(a), graph.shape(b)
+        if sa is None or sa != sb or not all(isinstance(s, int) for s in sa):
+            continue
+        branch = _branch(graph, a, b) or _branch(graph, b, a)
+        if branch:
+            blocks[name] = (*branch, name)
+    return blocks
+
+
+def _resolutions(graph: Graph) -> tuple[str | None, list[int]]:
+    if len(graph.inputs) != 1:
+        return None, []
+    name = graph.inputs[0]
+    shape = graph.shape(name)
+    if shape is None or len(shape) != 4 or shape[2] != shape[3] or shape[2] < 16:
+        return None, []
+    ops = {graph.op(n) for n in graph.nx}
+    if not ops & {"GlobalAveragePool", "GlobalMaxPool"}:
+        return None, []
+    for n in graph.nx:
+        d = graph.node(n)
+        if d["op_type"] in ("Reshape", "Flatten", "Gemm", "MatMul", "Resize", "Upsample"):
+            s = graph.shape(d["inputs"][0])
+            if s is None or (len(s) == 4 and s[2] * s[3] != 1):
+                return None, []
+    size = shape[2]
+    sizes = []
+    for f in (1.0, 0.875, 0.75, 0.625, 0.5):
+        r = size if f == 1.0 else max(8, int(round(size * f / 8)) * 8)
+        if r not in sizes and r <= size:
+            sizes.append(r)
+    return name, sizes
+
+
+def discover_space(graph: Graph, kernels: list[Kernel]) -> Space:
+    space = Space()
+    for k in kernels:
+        if not k.is_compute:
+            continue
+        options: dict[str, list] = {"precision": list(PRECISIONS)}
+        if prunable(graph, k):
+            options["width"] = _widths(k)
+        sizes = _kernel_sizes(k, graph)
+        if sizes:
+            options["kernel_size"] = sizes
+        space.options[k.name] = options
+    space.blocks = skippable_blocks(graph)
+    space.input_name, space.resolutions = _resolutions(graph)
+    graph.meta["space"] = space
+    return space
+
+
+@dataclass
+class DiscoverSpacePass(Pass):
+    """List each kernel's legal options, the skippable blocks and the input resolutions."""
+
+    name = "discover_space"
+    requires = frozenset({"kernels"})
+    produces = frozenset({"space"})
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        space = discover_space(graph, graph.meta["kernels"])
+        return PassResult(changed=False, stats={"kernels_with_choices": len(space.options),
+                                                "skippable_blocks": len(space.blocks),
+                                                "design_space_log10": space.size_log10()})

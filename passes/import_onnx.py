@@ -1,0 +1,210 @@
+"""ONNX -> IR, the front end of every command.
+
+Rule: load the model (external data included), check it with onnx.checker, fix the input
+shapes (a symbolic batch dimension becomes 1; other symbolic dimensions need `input_shapes`),
+build the Graph, then infer shapes, fold constants and infer shapes again.
+Post-conditions: every node has a unique deterministic name (its ONNX name when present and
+unique, else "<op_type>_<index>" with index its position in the model); facts "shapes" hold;
+ops the toolchain does not know stay as opaque nodes (listed by `unknown_ops`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper
+
+from passes.fold_constants import fold_constants
+from passes.infer_shapes import infer_shapes, value_info_to_tensorinfo
+from toolchain.errors import BadInputError
+from toolchain.ir import Graph, TensorInfo
+
+__all__ = ["import_onnx", "load_model", "parse_input_shape"]
+
+logger = logging.getLogger(__name__)
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """'NAME=1x3x224x224' -> ('NAME', (1, 3, 224, 224))."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or min(shape) <= 0:
+        raise BadInputError(f"--input-shape {text!r}: expected NAME=D1xD2x... with positive "
+                            "integers, e.g. input=1x3x224x224")
+    return name, shape
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        data = path.parent / info.location
+        if not data.is_file():
+            raise BadInputError(f"{path}: external data file missing: {data} (tensor "
+                                f"{tensor.name!r})")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (onnx.checker.ValidationError, OSError, ValueError) as err:
+        raise BadInputError(f"{path}: cannot read external data: "
+                            f"{str(err).splitlines()[0]}") from err
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Load and check a model; every failure is a one-line BadInputError naming the file."""
+    if isinstance(source, onnx.ModelProto):
+        model, label = source, "<model>"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise BadInputError(f"{label}: no such file")
+        if path.is_dir():
+            raise BadInputError(f"{label}: is a directory, not an ONNX model")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError, OSError) as err:
+            raise BadInputError(f"{label}: not an ONNX model (cannot parse: "
+                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                                ) from err
+        if not model.graph.node and not model.graph.output:
+            raise BadInputError(f"{label}: not an ONNX model (no graph; empty or truncated file)")
+        _load_external_data(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInputError(f"{label}: invalid model: {first}") from err
+    return model
+
+
+def _fixed_input_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]],
+                        notes: list[str]) -> dict[str, tuple[int, ...]]:
+    inits = {i.name for i in model.graph.initializer}
+    real = [vi for vi in model.graph.input if vi.name not in inits]
+    unknown = set(given) - {vi.name for vi in real}
+    if unknown:
+        raise BadInputError(f"--input-shape names {sorted(unknown)}, but the model's inputs are "
+                            f"{[vi.name for vi in real]}")
+    shapes = {}
+    for vi in real:
+        if vi.name in given:
+            shapes[vi.name] = tuple(given[vi.name])
+            continue
+        info = value_info_to_tensorinfo(vi)
+        if info.shape is None:
+            raise BadInputError(f"input {vi.name!r} has no shape: give it with "
+                                f"--input-shape {vi.name}=D1xD2x...")
+        dims = list(info.shape)
+        if dims and not isinstance(dims[0], int):
+            notes.append(f"input {vi.name!r}: symbolic batch dimension {dims[0]!r} taken as 1")
+            dims[0] = 1
+        symbolic = [d for d in dims if not isinstance(d, int) or d <= 0]
+        if symbolic:
+            raise BadInputError(f"input {vi.name!r} has symbolic dimensions {symbolic}: give "
+                                f"its shape with --input-shape {vi.name}=D1xD2x...")
+        shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+def _attrs(node: onnx.NodeProto) -> tuple[dict, dict]:
+    values, types = {}, {}
+    for a in node.attribute:
+        types[a.name] = a.type
+        if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            values[a.name] = a  # subgraphs stay opaque
+            continue
+        v = helper.get_attribute_value(a)
+        if a.type == onnx.AttributeProto.TENSOR:
+            v = numpy_helper.to_array(v)
+        elif a.type == onnx.AttributeProto.STRING:
+            v = v.decode(errors="replace")
+        elif a.type == onnx.AttributeProto.STRINGS:
+            v = [s.decode(errors="replace") for s in v]
+        elif a.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+            v = list(v)
+        elif a.type in (onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.TENSORS,
+                        onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS,
+                        onnx.AttributeProto.SPARSE_TENSORS):
+            v = a
+        values[a.name] = v
+    return values, types
+
+
+def _node_names(model: onnx.ModelProto) -> list[str]:
+    given = [n.name for n in model.graph.node]
+    counts: dict[str, int] = {}
+    for n in given:
+        counts[n] = counts.get(n, 0) + 1
+    taken = {n for n in given if n and counts[n] == 1}
+    names = []
+    for i, (n, node) in enumerate(zip(given, model.graph.node, strict=True)):
+        if n and counts[n] == 1:
+            names.append(n)
+            continue
+        base = candidate = f"{node.op_type}_{i}"
+        k = 1
+        while candidate in taken:
+            candidate = f"{base}_{k}"
+            k += 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _build(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Graph:
+    graph = Graph()
+    graph.name = model.graph.name or "graph"
+    graph.ir_version = model.ir_version
+    graph.opset = {o.domain if o.domain != "ai.onnx" else "": o.version
+                   for o in model.opset_import}
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        graph.initializers[init.name] = arr
+        graph.tensors[init.name] = TensorInfo(tuple(int(d) for d in arr.shape), arr.dtype.name)
+    for vi in model.graph.input:
+        if vi.name in graph.initializers:
+            continue
+        dtype = value_info_to_tensorinfo(vi).dtype
+        graph.inputs.append(vi.name)
+        graph.tensors[vi.name] = TensorInfo(shapes[vi.name], dtype)
+    for i, (name, node) in enumerate(zip(_node_names(model), model.graph.node, strict=True)):
+        attrs, types = _attrs(node)
+        graph.add_node(name, node.op_type, list(node.input), list(node.output), attrs,
+                       domain=node.domain, order=i)
+        graph.node(name)["attr_types"] = types
+    graph.outputs = [vi.name for vi in model.graph.output]
+    for vi in model.graph.output:
+        graph.tensors.setdefault(vi.name, value_info_to_tensorinfo(vi))
+    return graph
+
+
+def import_onnx(source: str | os.PathLike | onnx.ModelProto,
+                input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Load, check and convert a model; the source file is only read."""
+    model = load_model(source)
+    if model.functions:
+        logger.info("model has %d local functions; calls to them stay opaque nodes",
+                    len(model.functions))
+    notes: list[str] = []
+    shapes = _fixed_input_shapes(model, dict(input_shapes or {}), notes)
+    graph = _build(model, shapes)
+    graph.meta["notes"] = notes
+    graph.meta["source"] = "<model>" if isinstance(source, onnx.ModelProto) else str(source)
+    infer_shapes(graph)
+    if fold_constants(graph):
+        infer_shapes(graph)
+    for out in graph.outputs:
+        info = graph.tensors.get(out)
+        if info is not None and info.shape is not None:
+            dims = tuple(d if isinstance(d, int) else None for d in info.shape)
+            graph.tensors[out] = TensorInfo(dims, info.dtype)
+    return graph
+
+

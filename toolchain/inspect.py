@@ -1,0 +1,108 @@
+"""`toolchain.inspect(path)`: what the toolchain sees in a model and what it could change.
+
+The returned dict is exactly what `fleetc inspect --json` prints (schema version 1, README).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnx
+
+from toolchain.analysis import kernels_of, load_and_analyze, space_of, unknown_ops
+from toolchain.ir import Graph
+
+__all__ = ["inspect", "inspect_graph", "INSPECT_SCHEMA_VERSION", "format_table"]
+
+logger = logging.getLogger(__name__)
+
+INSPECT_SCHEMA_VERSION = 1
+
+
+def _io(graph: Graph, names: list[str]) -> list[dict]:
+    return [{"name": t, "shape": list(graph.shape(t) or []), "dtype": graph.dtype(t)}
+            for t in names]
+
+
+def _shape(shape) -> list | None:
+    return None if shape is None else list(shape)
+
+
+def inspect_graph(graph: Graph) -> dict:
+    kernels, space = kernels_of(graph), space_of(graph)
+    metas = [graph.node(n)["meta"] for n in graph.nx]
+    params = sum(int(np.size(w)) for w in graph.initializers.values())
+    summary = {
+        "inputs": _io(graph, graph.inputs), "outputs": _io(graph, graph.outputs),
+        "opset": graph.opset.get("", 0), "nodes": len(graph), "kernels": len(kernels),
+        "macs": sum(m["count_costs.macs"] for m in metas),
+        "flops": sum(m["count_costs.flops"] for m in metas),
+        "params": params,
+        "param_bytes": sum(int(w.nbytes) for w in graph.initializers.values()),
+        "design_space_log10": round(space.size_log10(), 3),
+        "notes": list(graph.meta.get("notes", [])),
+    }
+    rows = [{"name": k.name, "op_type": k.op_type, "fused": list(k.fused), "nodes": list(k.nodes),
+             "input_shape": _shape(k.input_shape), "output_shape": _shape(k.output_shape),
+             "macs": k.macs, "flops": k.flops, "params": k.params,
+             "options": space.options.get(k.name, {})} for k in kernels]
+    return {"schema_version": INSPECT_SCHEMA_VERSION, "model": graph.meta.get("source"),
+            "summary": summary, "kernels": rows,
+            "skip_blocks": {b: list(n) for b, n in space.blocks.items()},
+            "resolutions": {"input": space.input_name, "sizes": space.resolutions},
+            "unknown_ops": unknown_ops(graph)}
+
+
+def inspect(path: str | os.PathLike | onnx.ModelProto,
+            input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
+    """Import and analyse a model; the dict `fleetc inspect --json` prints."""
+    return inspect_graph(load_and_analyze(path, input_shapes))
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _options(o: dict) -> str:
+    parts = []
+    if o.get("precision"):
+        parts.append("/".join(o["precision"]))
+    if o.get("width"):
+        parts.append("w " + "/".join(f"{w:g}" for w in o["width"]))
+    if o.get("kernel_size"):
+        parts.append("k " + "/".join(str(k) for k in o["kernel_size"]))
+    return "  ".join(parts) or "-"
+
+
+def format_table(report: dict) -> str:
+    s = report["summary"]
+    dims = lambda io: ", ".join(f"{x['name']} {'x'.join(map(str, x['shape']))} {x['dtype']}"  # noqa: E731
+                                for x in io)
+    lines = [f"model    {report['model']}",
+             f"inputs   {dims(s['inputs'])}", f"outputs  {dims(s['outputs'])}",
+             f"opset {s['opset']}  nodes {s['nodes']}  kernels {s['kernels']}  "
+             f"MACs {_human(s['macs'])}  FLOPs {_human(s['flops'])}  "
+             f"params {_human(s['params'])} ({_human(s['param_bytes'])}B)",
+             f"design space 10^{s['design_space_log10']:.1f} plans  "
+             f"skippable blocks {len(report['skip_blocks'])}  "
+             f"resolutions {report['resolutions']['sizes'] or '-'}"]
+    lines += [f"note: {n}" for n in s["notes"]]
+    header = ("kernel", "op", "output", "MACs", "params", "options")
+    rows = [(k["name"], "+".join([k["op_type"], *k["fused"]]),
+             "x".join(map(str, k["output_shape"] or ["?"])), _human(k["macs"]),
+             _human(k["params"]), _options(k["options"])) for k in report["kernels"]]
+    widths = [min(40, max(len(str(r[i])) for r in [header, *rows])) for i in range(5)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    lines += ["", fmt.format(*header)]
+    lines += [fmt.format(*(str(c)[:40] for c in r[:5]), r[5]) for r in rows]
+    if report["skip_blocks"]:
+        lines += ["", "skippable residual blocks: " + ", ".join(report["skip_blocks"])]
+    if report["unknown_ops"]:
+        lines += ["", "unknown ops (kept as opaque nodes): " + ", ".join(
+            f"{u['name']} ({u['domain'] + '.' if u['domain'] else ''}{u['op_type']})"
+            for u in report["unknown_ops"])]
+    return "\n".join(lines)
