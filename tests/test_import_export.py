@@ -9,6 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from tests.helpers import LIGHT_MODELS, random_feeds, randomize_weights, run_ort
+from toolchain import zoo
+from toolchain.inspect import inspect
 
 
 def test_light_models_are_there():
@@ -85,3 +87,30 @@ def test_input_model_is_not_modified(tmp_path):
     graph = import_onnx(path)
     graph.remove_node(graph.topo()[0])
     assert path.read_bytes() == before
+
+
+_ZOO = {
+    "mbv2": lambda: zoo.mobilenet_v2(resolution=64, width=0.5),
+    "mbv2-se-hswish-k5": lambda: zoo.mobilenet_v2(resolution=64, width=0.5, se=True,
+                                                  hard_swish=True, kernel_sizes=5),
+    "resnet18": lambda: zoo.resnet(resolution=64, depth=18, width=0.5),
+    "resnet26-bottleneck": lambda: zoo.resnet(resolution=64, depth=26, width=0.25),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ZOO))
+def test_round_trip_and_inspect_built_models(name):
+    model = _ZOO[name]()
+    graph = import_onnx(model)
+    exported = export_onnx(graph)
+    onnx.checker.check_model(exported)
+    feeds = random_feeds(model, seed=3)
+    want, got = run_ort(model, feeds)[0], run_ort(exported, feeds)[0]
+    assert np.std(want) > 0
+    assert np.max(np.abs(want - got)) <= 1e-5
+    report = inspect(model)
+    ops = {k["op_type"] for k in report["kernels"]}
+    assert {"Conv", "Gemm"} <= ops
+    assert report["skip_blocks"], "residual blocks must be found"
+    if name.startswith("mbv2"):
+        assert any(k["op_type"] == "Conv" and k["options"] for k in report["kernels"])
