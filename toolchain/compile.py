@@ -1,0 +1,434 @@
+"""`fleetc compile`: budget-constrained plan for one device, measured accuracy, TVM build.
+
+Stages (each reusable; the fleet command runs `prepare` once and `compile_model` per device):
+1. prepare: import + analyze the model (kernels, design space), load the calibration data,
+   score the fp32 model, and measure the sensitivity of every atomic change (cached on disk).
+2. cost tables: the target's predictor prices every option (toolchain.compile_costs).
+3. optimize: the exact solver per input resolution, the evolutionary search (whole-plan
+   predictions) and the greedy baseline each propose a plan under the budgets.
+4. measure: every distinct proposal is rewritten and its accuracy measured on the calibration
+   data; the least measured drop wins (or, with only an accuracy limit, the least predicted
+   latency whose measured drop is within it). If none meets --max-accuracy-drop, the
+   predicted-drop limit is tightened by the measured/predicted ratio and the solvers run again
+   (at most `retries` times), then InfeasibleError with the best measured drop.
+5. emit: the chosen model through TVM for the target (passes.emit_tvm), latency measured where
+   the target is measurable here (reported only: plans never depend on measured latency).
+6. write OUTDIR atomically: model.onnx, model.so / model.tar, plan.json, manifest.json,
+   report.html (built in a temporary folder beside OUTDIR, renamed into place at the end).
+
+Plans are deterministic: they depend on the model, the calibration data, the target's
+predictions and the measured accuracy, never on timing.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolchain.accuracy import AccuracyEstimator, SensitivityTable, cache_key, measure_sensitivity
+from toolchain.compile_costs import PlanCostFn, TableSet, build_tables, plan_metrics, plan_of
+from toolchain.errors import BadInputError, InfeasibleError
+from toolchain.optimize.costs import Budget, Solution, check_feasible
+from toolchain.optimize.evolve import solve_evolve
+from toolchain.optimize.exact import solve_exact
+from toolchain.optimize.greedy import solve_greedy
+from toolchain.space import Kernel, Plan, Space, atomic_write
+
+__all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
+           "MANIFEST_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """Work shared by every device compiled from one model and calibration set."""
+
+    source: str
+    model: onnx.ModelProto              # the input model, as loaded (never modified)
+    model_sha256: str
+    graph: object                       # toolchain.ir.Graph, analyzed
+    kernels: list[Kernel]
+    space: Space
+    calib: object                       # toolchain.calib.CalibData
+    calib_sha256: str | None            # None = synthetic calibration (accuracy unmeasured)
+    estimator: AccuracyEstimator
+    input_shape: tuple[int, ...] | None
+    sensitivity_cache: Path | None
+    warnings: list[str] = field(default_factory=list)
+    _sens: dict = field(default_factory=dict)
+
+    def sensitivity(self, precisions: tuple[str, ...], progress: Progress | None = None
+                    ) -> SensitivityTable:
+        """Measured drops of every atomic change legal with these precisions (cached)."""
+        key = tuple(sorted(precisions))
+        if key not in self._sens:
+            kernels = {k: self.space.choices(k, precisions) for k in self.space.options}
+            step = (lambda i, n, what: progress(f"sensitivity {i}/{n}: {what}")) \
+                if progress else None
+            self._sens[key] = measure_sensitivity(
+                self.estimator, self.rewrite, kernels, self.space.blocks, self.space.resolutions,
+                self.space.input_name, self.input_shape, self.sensitivity_cache, step)
+        return self._sens[key]
+
+    def rewrite(self, plan: Plan) -> onnx.ModelProto:
+        """The model rewritten by a plan (issue 3's passes), checked in onnxruntime there."""
+        from toolchain.rewrite import apply_plan
+
+        return apply_plan(self.model, plan, calib=self.calib)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed plan with its predicted and measured figures."""
+
+    solver: str
+    resolution: int | None
+    solution: Solution
+    plan: Plan
+    measured_drop: float | None = None
+    measured_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    outdir: Path
+    plan: Plan
+    manifest: dict
+    candidates: tuple[Candidate, ...]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike | None = None,
+            *, samples: int | None = None, cache: bool = True,
+            progress: Progress | None = None) -> Prepared:
+    """Import and analyze the model, load calibration data, score fp32 (shared work)."""
+    from passes.import_onnx import load_model
+    from toolchain.analysis import analyze, kernels_of, space_of
+    from toolchain.calib import load_calib, synthetic_calib
+    from toolchain.home import cache_dir
+
+    proto = load_model(model)
+    raw = proto.SerializeToString(deterministic=True)
+    source = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
+    from passes.import_onnx import import_onnx
+
+    graph = import_onnx(proto)
+    analyze(graph)
+    warnings = []
+    if calib is not None:
+        data = load_calib(calib, graph)
+        calib_sha = _sha256_file(Path(calib))
+    else:
+        data = synthetic_calib(graph)
+        calib_sha = None
+        warnings.append("no calibration data: accuracy is agreement with fp32 on random "
+                        "inputs, int8 ranges are fit to noise (accuracy UNMEASURED)")
+    if samples is not None:
+        data = data.take(samples)
+    if progress:
+        progress(f"scoring the fp32 model on {len(data)} calibration samples")
+    estimator = AccuracyEstimator(proto, data.inputs, data.labels)
+    first = graph.inputs[0] if graph.inputs else None
+    shape = tuple(graph.shape(first)) if first and graph.shape(first) else None
+    sens_cache = None
+    if cache:
+        digest = calib_sha or "synthetic"
+        sens_cache = cache_dir(create=True) / "sensitivity" / \
+            f"{cache_key(raw, digest, len(data))}.json"
+    return Prepared(source, proto, hashlib.sha256(raw).hexdigest(), graph, kernels_of(graph),
+                    space_of(graph), data, calib_sha, estimator, shape, sens_cache, warnings)
+
+
+def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
+                  outdir: str | os.PathLike, *, latency_ms: float | None = None,
+                  energy_mj: float | None = None, max_accuracy_drop: float | None = None,
+                  calib: str | os.PathLike | None = None, cost: PlanCostFn | None = None,
+                  predictor_name: str | None = None, retries: int = 3, seed: int = 0,
+                  measure_latency: bool = True, progress: Progress | None = None
+                  ) -> CompileResult:
+    """Optimize, rewrite, build and write OUTDIR for one target (see the module doc).
+
+    `model` may be a Prepared (shared work of a fleet); `cost` overrides the target's predictor
+    (a function from Plan to PlanCosts) and `predictor_name` then names it in the manifest."""
+    from toolchain.target import Target, load_target
+
+    say = progress or (lambda msg: None)
+    tgt = target if isinstance(target, Target) else load_target(target)
+    if latency_ms is None and energy_mj is None and max_accuracy_drop is None:
+        raise BadInputError("give a budget: --latency-ms, --energy-mj and/or "
+                            "--max-accuracy-drop")
+    for name, v in (("latency-ms", latency_ms), ("energy-mj", energy_mj),
+                    ("max-accuracy-drop", max_accuracy_drop)):
+        if v is not None and not (np.isfinite(v) and v >= 0 and (v > 0 or name[0] == "m")):
+            raise BadInputError(f"--{name} must be a positive number, got {v}")
+    prep = model if isinstance(model, Prepared) else prepare(model, calib, progress=say)
+    warnings = list(prep.warnings)
+    cost, predictor_name, cost_warnings = _cost_function(tgt, prep, cost, predictor_name,
+                                                         energy_mj is not None)
+    warnings += cost_warnings
+    sens = prep.sensitivity(tgt.precisions, say)
+    say("building cost tables")
+    tset = build_tables(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
+    budget = Budget(latency_ms, energy_mj, None, None, max_accuracy_drop)
+    objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
+    chosen, candidates = _choose(prep, tset, budget, objective, cost, sens, tgt.name, retries,
+                                 seed, say)
+    return _finish(prep, tgt, tset, budget, objective, chosen, candidates, predictor_name,
+                   warnings, Path(outdir), measure_latency, say)
+
+
+def _cost_function(tgt, prep: Prepared, cost: PlanCostFn | None, name: str | None,
+                   need_energy: bool) -> tuple[PlanCostFn, str, list[str]]:
+    """The target's plan-cost function, with energy from the predictor or the power figure."""
+    warnings: list[str] = []
+    if cost is None:
+        from toolchain.compile_predict import predictor_cost
+
+        cost, name, warnings = predictor_cost(tgt, prep)
+    if need_energy and not _has_energy(cost, prep):
+        if tgt.power_w is None:
+            raise BadInputError(f"--energy-mj needs an energy model for target {tgt.name}: "
+                                "energy measurements in its predictor or a power_w figure in "
+                                "its target file")
+        base = cost
+        power = tgt.power_w
+
+        def cost(plan: Plan):    # noqa: F811 - energy = latency x average power (estimate)
+            got = base(plan)
+            return replace(got, energy_mj=got.latency_ms * power)
+        warnings.append(f"energy is an ESTIMATE: predicted latency x the target's average "
+                        f"power {power:g} W (no energy measurements)")
+    return cost, name or tgt.predictor, warnings
+
+
+def _has_energy(cost: PlanCostFn, prep: Prepared) -> bool:
+    return cost(Plan()).energy_mj > 0
+
+
+def _solve(tset: TableSet, budget: Budget, objective: str, cost, sens, target: str,
+           seed: int) -> list[tuple[str, int | None, Solution]]:
+    """Proposals: the exact optimum per resolution (best two kept), evolutionary, greedy."""
+    exact = []
+    last_err: InfeasibleError | None = None
+    for r, table in tset.tables.items():
+        try:
+            exact.append((r, solve_exact(table, budget, objective)))
+        except InfeasibleError as err:
+            last_err = err
+    if not exact:
+        raise _best_reachable_error(tset, budget, last_err)
+    exact.sort(key=lambda rs: (getattr(rs[1].metrics, objective), rs[1].metrics.latency_ms,
+                               -(rs[0] or 0)))
+    out = [("exact", r, s) for r, s in exact[:2]]
+    r0 = tset.input_shape[2] if tset.input_shape and None not in tset.tables else None
+    home = r0 if r0 in tset.tables else next(iter(tset.tables))
+    seeds = []
+    try:
+        greedy = solve_greedy(tset.tables[home], budget)
+        out.append(("greedy", home, greedy))
+        seeds.append(greedy.picks)
+    except InfeasibleError:
+        pass
+    best_r, best = exact[0]
+    evaluate = plan_metrics(tset, best_r, cost, sens)
+    try:
+        evo = solve_evolve(tset.tables[best_r], budget, objective, evaluate=evaluate, seed=seed,
+                           seeds=[best.picks] + (seeds if best_r == home else []),
+                           population=24, generations=25)
+        out.append(("evolve", best_r, evo))
+    except InfeasibleError:
+        pass
+    return out
+
+
+def _best_reachable_error(tset: TableSet, budget: Budget,
+                          err: InfeasibleError | None) -> InfeasibleError:
+    """The message of the resolution that gets closest (least latency) to the budget."""
+    best = None
+    for table in tset.tables.values():
+        try:
+            check_feasible(table, budget)
+        except InfeasibleError as e:
+            lat = sum(min(o.latency_ms for o in d.options) for d in table.decisions) \
+                + table.base.latency_ms
+            if best is None or lat < best[0]:
+                best = (lat, e)
+    return best[1] if best else (err or InfeasibleError("no plan meets the budgets"))
+
+
+def _choose(prep: Prepared, tset: TableSet, budget: Budget, objective: str, cost, sens,
+            target: str, retries: int, seed: int, say: Progress
+            ) -> tuple[Candidate, list[Candidate]]:
+    measured: dict[str, Candidate] = {}
+    limit = budget.max_drop
+    pred_budget = budget
+    for attempt in range(retries + 1):
+        try:
+            proposals = _solve(tset, pred_budget, objective, cost, sens, target, seed)
+        except InfeasibleError:
+            if not measured:
+                raise          # the budgets themselves are out of reach: say by how much
+            break              # the tightened predicted limit is: stop retrying
+        for solver, r, sol in proposals:
+            plan = plan_of(tset, r, sol.picks, target)
+            key = plan.to_json()
+            if key in measured:
+                continue
+            say(f"measuring the accuracy of the {solver} plan "
+                f"({sol.metrics.latency_ms:.3f} ms predicted)")
+            score = prep.estimator.score(prep.rewrite(plan))
+            drop = prep.estimator.baseline.value - score.value
+            measured[key] = Candidate(solver, r, sol, plan, round(drop, 6), score.value)
+        ok = [c for c in measured.values() if limit is None or c.measured_drop <= limit + 1e-9]
+        if ok:
+            return _pick(ok, objective), sorted(measured.values(), key=_order)
+        best = min(measured.values(), key=_order)
+        ratio = max(best.solution.metrics.drop, 1e-3) / best.measured_drop
+        tighter = (pred_budget.max_drop if pred_budget.max_drop is not None else limit) \
+            * min(ratio, 0.9)
+        say(f"measured drop {best.measured_drop:.3f} > limit {limit:g}: tightening the "
+            f"predicted-drop limit to {tighter:.3f} (retry {attempt + 1}/{retries})")
+        pred_budget = replace(pred_budget, max_drop=tighter)
+    best = min(measured.values(), key=_order)
+    raise InfeasibleError(f"accuracy-drop limit {limit:g} points cannot be met within the "
+                          f"budgets: the best measured drop is {best.measured_drop:.3g} points "
+                          f"({best.solver} plan)")
+
+
+def _order(c: Candidate):
+    return (c.measured_drop, c.solution.metrics.latency_ms, c.solver, c.plan.to_json())
+
+
+def _pick(ok: list[Candidate], objective: str) -> Candidate:
+    if objective == "drop":
+        return min(ok, key=_order)
+    return min(ok, key=lambda c: (c.solution.metrics.latency_ms, c.measured_drop, c.solver,
+                                  c.plan.to_json()))
+
+
+def _tools() -> dict[str, str]:
+    out = {}
+    for dist in ("fleetc", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | None:
+    """Latency of the rewritten model on the target when it runs here (report only)."""
+    if tgt.measure.kind != "local-ort":
+        return None
+    from toolchain.measure.ort_backend import time_ort
+
+    say(f"timing the result in onnxruntime ({tgt.measure.threads or 'all'} thread(s))")
+    return round(time_ort(model, threads=tgt.measure.threads).median_ms, 4)
+
+
+def _finish(prep: Prepared, tgt, tset: TableSet, budget: Budget, objective: str,
+            chosen: Candidate, candidates: list[Candidate], predictor: str,
+            warnings: list[str], outdir: Path, measure_latency: bool,
+            say: Progress) -> CompileResult:
+    from passes.emit_tvm import emit_tvm
+    from toolchain.compile_output import kernel_rows, report_points, write_outdir
+
+    model = prep.rewrite(chosen.plan)
+    parent = outdir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=parent))
+    try:
+        atomic_write(tmp / "model.onnx", model.SerializeToString(deterministic=True))
+        say(f"building for {tgt.name} with TVM")
+        feeds = {k: v[:1] for k, v in prep.calib.inputs.items()}
+        emitted = emit_tvm(model, tgt, tmp, cross_compiler=tgt.cross_compiler,
+                           inputs=_resized(feeds, model))
+        warnings += list(emitted.warnings)
+        latency = _measured_latency(tgt, model, say) if measure_latency else None
+        m = chosen.solution.metrics
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "target": tgt.name,
+            "inputs": {"model_sha256": prep.model_sha256, "calib_sha256": prep.calib_sha256},
+            "tools": _tools(),
+            "budgets": {"latency_ms": budget.latency_ms, "energy_mj": budget.energy_mj,
+                        "max_accuracy_drop": budget.max_drop},
+            "objective": "least accuracy drop" if objective == "drop" else "least latency",
+            "solver": chosen.solver,
+            "predictor": predictor,
+            "plan": json.loads(chosen.plan.to_json()),
+            "predicted": {"latency_ms": round(m.latency_ms, 4),
+                          "energy_mj": round(m.energy_mj, 4) if m.energy_mj else None,
+                          "accuracy_drop": round(m.drop, 4), "model_bytes": int(m.model_bytes),
+                          "peak_activation_bytes": int(m.peak_activation_bytes)},
+            "measured": {"latency_ms": latency, "accuracy": chosen.measured_accuracy,
+                         "accuracy_drop": chosen.measured_drop,
+                         "metric": prep.estimator.baseline.metric,
+                         "baseline_accuracy": prep.estimator.baseline.value,
+                         "samples": prep.estimator.samples},
+            "tvm": {"target": emitted.target, "arch": emitted.arch, "cross": emitted.cross,
+                    "checked_against_onnxruntime": emitted.checked,
+                    "max_abs_error": emitted.max_abs_error,
+                    "int8_runs_in_float": emitted.int8_in_float},
+            "artifacts": [{"path": "model.onnx",
+                           "sha256": _sha256_file(tmp / "model.onnx"), "arch": "onnx"}]
+            + [{"path": a.path, "sha256": a.sha256, "arch": a.arch} for a in emitted.artifacts],
+            "warnings": sorted(set(warnings)),
+        }
+        write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
+                     kernel_rows(prep, tset, chosen), candidates, budget)
+        _replace_dir(tmp, outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"wrote {outdir}")
+    return CompileResult(outdir, chosen.plan, manifest, tuple(candidates))
+
+
+def _resized(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Check inputs at the rewritten model's input size (a plan may change the resolution)."""
+    from toolchain.accuracy import resize_nchw
+
+    out = {}
+    for vi in model.graph.input:
+        if vi.name not in feeds:
+            continue
+        x = feeds[vi.name]
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if x.ndim == 4 and len(dims) == 4 and dims[2] > 0 and tuple(dims[2:]) != x.shape[2:]:
+            x = resize_nchw(x, (dims[2], dims[3]))
+        out[vi.name] = x
+    return out
+
+
+def _replace_dir(tmp: Path, outdir: Path) -> None:
+    """Put the finished folder in place; an existing OUTDIR is replaced only at the end."""
+    if outdir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
+        os.replace(outdir, old / "x")
+        os.replace(tmp, outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, outdir)
+
