@@ -253,7 +253,7 @@ def _export(executable, path: Path, kind: str, cc: str | None = None) -> Artifac
     os.close(fd)
     try:
         if cc:
-            from tvm.contrib import cc as tvm_cc
+            from tvm.support import cc as tvm_cc
 
             executable.export_library(tmp, fcompile=tvm_cc.cross_compiler(cc))
         else:

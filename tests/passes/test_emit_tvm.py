@@ -99,3 +99,13 @@ def test_elf_arch_reads_the_machine_field():
     header[18:20] = (183).to_bytes(2, "little")
     assert elf_arch(bytes(header)) == "aarch64"
     assert elf_arch(b"not an elf file at all") == "not-elf"
+
+
+def test_without_cross_compiler_only_the_tar_is_written(tmp_path, monkeypatch):
+    import passes.emit_tvm as emit
+
+    monkeypatch.setattr(emit, "find_cross_compiler", lambda arch, preferred=None: None)
+    res = emit.emit_tvm(tiny_model(), "raspberry-pi/4b-aarch64", tmp_path)
+    assert [a.path for a in res.artifacts] == ["model.tar"]
+    assert any("no aarch64 cross compiler" in w for w in res.warnings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tar"]
