@@ -1,0 +1,332 @@
+"""`fleetc fleet`: every device of a fleet in one run, cached, in parallel, on a cluster.
+
+Flow: the shared work (import, kernels, design space, fp32 score and the per-change accuracy
+sensitivity, measured once and kept in the on-disk cache) is done first, once; then every
+device that is not already in the build cache is optimized, rewritten and built by
+`toolchain.compile.compile_model` - in this process (`--jobs 1`), in worker processes
+(`--jobs N`) or on a Dask cluster (`--executor dask://HOST:PORT`). A device that fails is
+reported and the others are still built (exit 4).
+
+Build cache: `$FLEETC_HOME/cache/fleet/<key>/` holds one device's finished output folder. The
+key is a SHA-256 over the model bytes, the calibration bytes, the device's entry (name,
+target, budgets, how it is known, the bytes of its measurements / fingerprint), its target
+file, its predictor package files and the versions of fleetc and every tool a build uses -
+so a changed input always rebuilds, an unchanged one never does.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolchain.errors import BadInputError, FleetcError, PartialFailureError
+from toolchain.fleet_spec import Device, Fleet, canonical, sha256_file
+from toolchain.home import cache_dir
+from toolchain.space import atomic_write
+
+__all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "device_key", "write_depfile",
+           "FLEET_JSON_VERSION", "raise_if_failed", "build_device"]
+
+logger = logging.getLogger(__name__)
+
+FLEET_JSON_VERSION = 1
+_TOOLS = ("fleetc", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DeviceOutcome:
+    name: str
+    status: str                 # "built" | "cached" | "failed"
+    seconds: float
+    key: str
+    error: str | None = None
+    summary: dict | None = None  # from the device's manifest.json
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    outdir: Path
+    outcomes: tuple[DeviceOutcome, ...]
+
+    @property
+    def failed(self) -> list[DeviceOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in _TOOLS:
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def _files_digest(paths: list[Path]) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        if p.is_file():
+            out[p.name] = sha256_file(p)
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file():
+                    out[str(f.relative_to(p.parent))] = sha256_file(f)
+    return out
+
+
+def _target_digest(device: Device) -> dict:
+    """The target file and the predictor package(s) the device's build reads."""
+    from toolchain.home import predictors_dir
+    from toolchain.target import load_target
+
+    names = [device.target] + ([device.proxy] if device.proxy else [])
+    files: list[Path] = []
+    for name in names:
+        tgt = load_target(name)
+        files.append(Path(tgt.source))
+        builtin = Path(__file__).resolve().parent.parent / "targets" / "predictors"
+        files += [predictors_dir() / tgt.predictor, builtin / tgt.predictor]
+    return _files_digest(files)
+
+
+def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None) -> str:
+    doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
+           "device": device.entry(), "target": _target_digest(device), "tools": _versions()}
+    return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
+
+
+def _job(fleet: Fleet, device: Device, key: str, prepared=None) -> dict:
+    return {"model": str(fleet.model), "calib": str(fleet.calib) if fleet.calib else None,
+            "device": device, "key": key, "home": os.environ.get("FLEETC_HOME"),
+            "prepared": prepared}
+
+
+def _cost_for(device: Device, prep):
+    """(cost function, predictor name) for devices not profiled here; None = target's own."""
+    if device.known_by == "fewshot":
+        from toolchain.predict.fleet_costs import fewshot_cost
+
+        return fewshot_cost(device, prep)
+    if device.known_by == "fingerprint":
+        from toolchain.predict.fleet_costs import fingerprint_cost
+
+        return fingerprint_cost(device, prep)
+    return None, None
+
+
+def build_device(job: dict) -> DeviceOutcome:
+    """Build one device into the cache (top level: runs in workers and on Dask)."""
+    from toolchain.compile import compile_model, prepare
+
+    if job.get("home"):
+        os.environ["FLEETC_HOME"] = job["home"]
+    device: Device = job["device"]
+    start = time.perf_counter()
+    entry = cache_dir(create=True) / "fleet" / job["key"]
+    try:
+        prep = job["prepared"] or prepare(job["model"], job["calib"])
+        cost, predictor_name = _cost_for(device, prep)
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=entry.parent) as tmp:
+            out = Path(tmp) / "out"
+            compile_model(prep, device.target, out, cost=cost, predictor_name=predictor_name,
+                          **device.budgets())
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(out, entry)
+        summary = _summary(entry)
+        return DeviceOutcome(device.name, "built", time.perf_counter() - start, job["key"],
+                             summary=summary)
+    except FleetcError as err:
+        return DeviceOutcome(device.name, "failed", time.perf_counter() - start, job["key"],
+                             error=str(err))
+    except Exception as err:  # one broken device must not stop the fleet
+        logger.debug("device %s failed", device.name, exc_info=True)
+        return DeviceOutcome(device.name, "failed", time.perf_counter() - start, job["key"],
+                             error=f"internal error: {type(err).__name__}: {err}")
+
+
+def _summary(folder: Path) -> dict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {"predicted": manifest.get("predicted", {}), "measured": manifest.get("measured", {}),
+            "warnings": manifest.get("warnings", []),
+            "artifacts": [a.get("path") for a in manifest.get("artifacts", [])]}
+
+
+def _cached(key: str) -> Path | None:
+    entry = cache_dir() / "fleet" / key
+    return entry if (entry / "manifest.json").is_file() else None
+
+
+def _install(entry: Path, dest: Path) -> None:
+    """Copy a cached device folder into the output folder (atomic per device)."""
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(entry, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+class _Pool:
+    """submit/as_completed over the in-process loop, a process pool or a Dask client."""
+
+    def __init__(self, jobs: int, executor: str | None) -> None:
+        self.client = self.pool = None
+        if executor:
+            if not executor.startswith("dask://"):
+                raise BadInputError(f"--executor {executor!r}: expected dask://HOST:PORT")
+            try:
+                from distributed import Client
+            except ImportError as err:
+                raise BadInputError("--executor dask:// needs dask.distributed: pip install "
+                                    "'fleetc[fleet]'") from err
+            address = "tcp://" + executor[len("dask://"):]
+            try:
+                self.client = Client(address, timeout="10s")
+            except (OSError, TimeoutError) as err:
+                raise BadInputError(f"cannot reach the Dask scheduler at {address}: "
+                                    f"{err}") from err
+        elif jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+
+    @property
+    def in_process(self) -> bool:
+        return self.client is None and self.pool is None
+
+    def run(self, jobs: list[dict]):
+        if self.in_process:
+            for job in jobs:
+                yield build_device(job)
+            return
+        if self.client is not None:
+            from distributed import as_completed
+
+            futures = [self.client.submit(build_device, job, pure=False) for job in jobs]
+            for fut in as_completed(futures):
+                yield fut.result()
+            return
+        futures = [self.pool.submit(build_device, job) for job in jobs]
+        for fut in cf.as_completed(futures):
+            yield fut.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.client is not None:
+            self.client.close()
+
+
+def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
+    """Import, analysis and sensitivity once, before any device is dispatched."""
+    from toolchain.compile import prepare
+    from toolchain.target import load_target
+
+    say(f"shared work: importing {fleet.model.name} and measuring accuracy sensitivity")
+    prep = prepare(fleet.model, fleet.calib, progress=say)
+    for precisions in sorted({load_target(d.target).precisions for d in todo}):
+        prep.sensitivity(precisions, say)
+    return prep
+
+
+def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str | None = None,
+              use_cache: bool = True, progress: Progress | None = None) -> FleetResult:
+    say = progress or (lambda msg: None)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    from toolchain.target import load_target
+
+    for d in fleet.devices:  # unknown targets are the user's error: say so before any work
+        load_target(d.target)
+        if d.proxy:
+            load_target(d.proxy)
+    model_sha = sha256_file(fleet.model)
+    calib_sha = sha256_file(fleet.calib) if fleet.calib else None
+    keys = {d.name: device_key(fleet, d, model_sha, calib_sha) for d in fleet.devices}
+    outcomes: dict[str, DeviceOutcome] = {}
+    todo = []
+    for d in fleet.devices:
+        entry = _cached(keys[d.name]) if use_cache else None
+        if entry is not None:
+            _install(entry, outdir / d.name)
+            outcomes[d.name] = DeviceOutcome(d.name, "cached", 0.0, keys[d.name],
+                                             summary=_summary(entry))
+            say(f"[{len(outcomes)}/{len(fleet.devices)}] {d.name}: up to date (cache)")
+        else:
+            todo.append(d)
+    if todo:
+        pool = _Pool(jobs, executor)
+        try:
+            prep = _shared_work(fleet, todo, say)
+            shared = prep if pool.in_process else None
+            say(f"building {len(todo)} device(s) ({_where(jobs, executor)})")
+            jobs_ = [_job(fleet, d, keys[d.name], shared) for d in todo]
+            for outcome in pool.run(jobs_):
+                outcomes[outcome.name] = outcome
+                if outcome.status == "built":
+                    _install(cache_dir() / "fleet" / outcome.key, outdir / outcome.name)
+                    state = f"built in {outcome.seconds:.1f}s"
+                else:
+                    state = f"FAILED: {outcome.error}"
+                say(f"[{len(outcomes)}/{len(fleet.devices)}] {outcome.name}: {state}")
+        finally:
+            pool.close()
+    ordered = tuple(outcomes[d.name] for d in fleet.devices)
+    result = FleetResult(outdir, ordered)
+    _write_fleet_json(fleet, result, model_sha, calib_sha)
+    return result
+
+
+def _where(jobs: int, executor: str | None) -> str:
+    if executor:
+        return f"on {executor}"
+    return "in this process" if jobs <= 1 else f"{jobs} worker processes"
+
+
+def _write_fleet_json(fleet: Fleet, result: FleetResult, model_sha: str,
+                      calib_sha: str | None) -> None:
+    devices = []
+    for d, o in zip(fleet.devices, result.outcomes, strict=True):
+        devices.append({"name": d.name, "target": d.target, "known_by": d.known_by,
+                        "budgets": d.budgets(), "status": o.status, "error": o.error,
+                        "seconds": round(o.seconds, 3), "cache_key": o.key,
+                        "outdir": d.name if o.status != "failed" else None,
+                        **(o.summary or {})})
+    doc = {"version": FLEET_JSON_VERSION, "fleet": str(fleet.path),
+           "inputs": {"model": str(fleet.model), "model_sha256": model_sha,
+                      "calib": str(fleet.calib) if fleet.calib else None,
+                      "calib_sha256": calib_sha},
+           "devices": devices,
+           "summary": {s: sum(1 for o in result.outcomes if o.status == s)
+                       for s in ("built", "cached", "failed")}}
+    atomic_write(result.outdir / "fleet.json", json.dumps(doc, indent=2) + "\n")
+
+
+def write_depfile(fleet: Fleet, outdir: Path, path: Path) -> None:
+    """Make dependency format: the fleet's output depends on every file it read."""
+    def esc(p: Path) -> str:
+        return str(p).replace(" ", "\\ ")
+    target = esc(outdir / "fleet.json")
+    deps = " \\\n  ".join(esc(p) for p in fleet.inputs())
+    atomic_write(path, f"{target}: \\\n  {deps}\n")
+
+
+def raise_if_failed(result: FleetResult) -> None:
+    if result.failed:
+        names = ", ".join(f"{o.name} ({o.error})" for o in result.failed)
+        raise PartialFailureError(f"{len(result.failed)} of {len(result.outcomes)} devices "
+                                  f"failed: {names}")
+

@@ -1,0 +1,74 @@
+"""`fleetc fleet` and `fleetc cache clean`."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from toolchain.cli import cli
+from toolchain.fleet import raise_if_failed, run_fleet, write_depfile
+from toolchain.fleet_spec import load_fleet
+from toolchain.home import cache_dir
+
+__all__ = ["fleet_command", "cache_group"]
+
+
+def _fmt(value, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.3g}{unit}"
+
+
+def summary_table(result, fleet) -> str:
+    header = ("device", "target", "known by", "budgets", "pred ms", "meas ms", "acc drop",
+              "status")
+    rows = []
+    for d, o in zip(fleet.devices, result.outcomes, strict=True):
+        s = o.summary or {}
+        pred, meas = s.get("predicted", {}), s.get("measured", {})
+        budgets = " ".join(f"{k.split('_')[0] if k != 'max_accuracy_drop' else 'drop'}"
+                           f"<={v:g}" for k, v in d.budgets().items())
+        rows.append((d.name, d.target, d.known_by, budgets, _fmt(pred.get("latency_ms")),
+                     _fmt(meas.get("latency_ms")), _fmt(meas.get("accuracy_drop")),
+                     o.status if o.status != "failed" else f"FAILED: {o.error}"))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(7)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
+
+
+@cli.command("fleet")
+@click.argument("fleet_file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
+              help="Output folder: one sub-folder per device plus fleet.json.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Devices built in parallel worker processes.")
+@click.option("--executor", metavar="dask://HOST:PORT",
+              help="Build the devices on a Dask cluster instead of local processes.")
+@click.option("--no-cache", is_flag=True, help="Rebuild every device (the cache is refreshed).")
+@click.option("--depfile", type=click.Path(path_type=Path),
+              help="Write a Make dependency file listing every input the builds read.")
+def fleet_command(fleet_file: Path, outdir: Path, jobs: int, executor: str | None,
+                  no_cache: bool, depfile: Path | None) -> None:
+    """Build every device of FLEET_FILE (TOML, see docs/fleet.md): shared work once, unchanged
+    devices from the cache, the rest in parallel. Exit 4 if any device failed."""
+    fleet = load_fleet(fleet_file)
+    say = lambda msg: click.echo(f"fleetc: {msg}", err=True)  # noqa: E731
+    result = run_fleet(fleet, outdir, jobs=jobs, executor=executor, use_cache=not no_cache,
+                       progress=say)
+    if depfile is not None:
+        write_depfile(fleet, outdir, depfile)
+    click.echo(summary_table(result, fleet))
+    raise_if_failed(result)
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The build cache under $FLEETC_HOME/cache."""
+
+
+@cache_group.command("clean")
+def cache_clean() -> None:
+    """Delete every cached build and measurement."""
+    root = cache_dir()
+    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0
+    shutil.rmtree(root, ignore_errors=True)
+    click.echo(f"removed {root} ({size / 1e6:.1f} MB)")
