@@ -10,7 +10,7 @@ from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from tests.helpers import LIGHT_MODELS, random_feeds, randomize_weights, run_ort
 from toolchain import zoo
-from toolchain.inspect import inspect
+from toolchain.inspection import inspect
 
 
 def test_light_models_are_there():

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-import toolchain.inspect as ti
+import toolchain
+import toolchain.inspection as ti
 from tests.helpers import LIGHT_MODELS
 from toolchain.cli import cli
 from toolchain.commands import __name__ as _registered  # noqa: F401  (registers commands)
@@ -69,7 +70,7 @@ def test_cli_json_is_one_document_and_matches_api():
     result = CliRunner().invoke(cli, ["inspect", str(RESNET50), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    api = ti.inspect(str(RESNET50))
+    api = toolchain.inspect(str(RESNET50))
     assert doc["summary"] == api["summary"]
     assert [k["name"] for k in doc["kernels"]] == [k["name"] for k in api["kernels"]]
     s = doc["summary"]

@@ -7,7 +7,7 @@ import click
 
 from passes.import_onnx import parse_input_shape
 from toolchain.cli import cli
-from toolchain.inspect import format_table, inspect
+from toolchain.inspection import format_table, inspect
 
 __all__ = ["inspect_command"]
 
