@@ -1,0 +1,97 @@
+"""`fleetc bench`: the cross-device methods measured on published multi-device tables.
+
+The group `bench` is registered on the root CLI by `toolchain/commands.py`. Other modules add
+their commands to it (`from toolchain.bench.cli import bench`, then `@bench.command("name")`)
+and can reuse the helpers here:
+
+    data_option            # click decorator: repeatable --data FILE (.csv / .csv.gz)
+    load_data(paths)       # -> Table (BadInputError on unknown / missing index / mixed index)
+    parse_budgets(text)    # "0.1,0.25,0.5" -> (0.1, 0.25, 0.5), BadInputError otherwise
+    emit(result, json_out) # write --json atomically and print a short summary line per key
+    progress(text)         # one line on stderr
+
+`bench proxy` is defined here (method in toolchain.bench.proxy); see docs/bench.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import click
+
+from toolchain.bench.scores import write_json
+from toolchain.bench.table import Table, load_table, parse_names
+from toolchain.cli import cli
+from toolchain.errors import BadInputError
+
+__all__ = ["bench", "data_option", "load_data", "parse_budgets", "emit", "progress"]
+
+logger = logging.getLogger(__name__)
+
+data_option = click.option(
+    "--data", "data", multiple=True, required=True, type=click.Path(dir_okay=False),
+    help="CSV table (.csv or .csv.gz); repeat to outer-join files on their *_idx column.")
+
+
+def load_data(paths: tuple[str, ...]) -> Table:
+    return load_table(list(paths))
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in parse_names(text))
+    except ValueError:
+        raise BadInputError(
+            f"--budgets: expected quantiles like 0.1,0.25,0.5, got {text!r}") from None
+    if not values or any(not 0 < q < 1 for q in values):
+        raise BadInputError(f"--budgets: quantiles must be strictly between 0 and 1: {text!r}")
+    return values
+
+
+def progress(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def emit(result: dict, json_out: str | None) -> None:
+    """Write the JSON (if asked) and print the scalar results on stdout."""
+    if json_out:
+        write_json(json_out, result)
+    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) or v is None}
+    click.echo(json.dumps(scalars, indent=None))
+
+
+@cli.group()
+def bench() -> None:
+    """Evidence on published multi-device tables (protocol: docs/bench.md)."""
+
+
+@bench.command("proxy")
+@data_option
+@click.option("--proxy", required=True, help="Proxy device column (lat_*), read in full.")
+@click.option("--targets", default=None,
+              help="Target columns, comma-separated (default: every other lat_* column).")
+@click.option("--samples", "-k", type=int, required=True, help="K target cells for adaptation.")
+@click.option("--verify", "-v", type=int, default=0, show_default=True,
+              help="V more target cells to verify candidates before choosing (per target).")
+@click.option("--objective", default=None, help="Objective column (acc*) for budget choices.")
+@click.option("--budgets", default="0.1,0.25,0.5", show_default=True,
+              help="Budget quantiles of each target's latencies.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--method", type=click.Choice(["transfer", "reference"]), default="transfer",
+              show_default=True, help="transfer: this toolchain's; reference: AdaProxy baseline.")
+@click.option("--selection", type=click.Choice(["fixed", "random"]), default="fixed",
+              show_default=True, help="Which K rows to measure: fixed rule or random (seeded).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the full results here.")
+def proxy_cmd(data, proxy, targets, samples, verify, objective, budgets, seeds, method,
+              selection, json_out) -> None:
+    """Reuse the PROXY device's predictor on each target after K (+V) measurements."""
+    from toolchain.bench.proxy import ProxyOptions, run_proxy
+
+    table = load_data(data)
+    table.check([proxy], role="latency")
+    names = parse_names(targets) or [c for c in table.latency if c != proxy]
+    opts = ProxyOptions(proxy=proxy, targets=tuple(names), samples=samples, verify=verify,
+                        objective=objective, budgets=parse_budgets(budgets), seeds=seeds,
+                        method=method, selection=selection)
+    emit(run_proxy(table, opts, progress=progress), json_out)

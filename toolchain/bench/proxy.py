@@ -1,0 +1,445 @@
+"""`fleetc bench proxy`: reuse a proxy device's predictor on targets measured K (+V) times.
+
+For each target column and seed: pick K rows to measure (fixed, device-independent rule or
+random with the seed), fit the transfer (toolchain.predict.transfer) or the AdaProxy reference,
+score Spearman / acc10 on the target's other filled rows, then for every budget quantile choose
+one design, directly (V = 0) or after measuring up to V candidates of its own short list.
+A method reads the target only through `TargetAccess` (at most K + V cells).
+
+Design features are derived from the encoding columns alone (no column name is assumed):
+columns are grouped by name without trailing digits (`e0..e5` -> `e`, `ks0..ks19` -> `ks`);
+a group with a small integer alphabet gives per-value counts, a group that looks like a
+NAS-Bench-201 cell (6 edges, 5 ops coded 0..4, 0 = none) also gives its on-path op counts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toolchain.bench.scores import (
+    BudgetTally,
+    acc10,
+    budget_key,
+    budget_of,
+    choose_direct,
+    finite_or_none,
+    held_out,
+    outcome,
+    spearman,
+)
+from toolchain.bench.table import Table, TargetAccess
+from toolchain.errors import BadInputError
+from toolchain.predict.transfer import (
+    Transfer,
+    fit_transfer,
+    fixed_selection,
+    random_selection,
+)
+
+__all__ = [
+    "ProxyOptions", "run_proxy", "design_features", "cell_features", "reference_features",
+    "fit_reference", "pareto_rows", "METHODS", "SELECTIONS",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("transfer", "reference")
+SELECTIONS = ("fixed", "random")
+NEAR = 0.05          # a violation by at most 5% of the budget counts as "near"
+MAX_ALPHABET = 16    # a column group with at most this many integer codes is categorical
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    proxy: str
+    targets: tuple[str, ...]
+    samples: int
+    verify: int = 0
+    objective: str | None = None
+    budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
+    seeds: int = 5
+    method: str = "transfer"
+    selection: str = "fixed"
+
+
+# ---------------------------------------------------------------- design features
+
+_CELL_SRC = (0, 0, 1, 0, 1, 2)   # NAS-Bench-201 edge order 0->1, 0->2, 1->2, 0->3, 1->3, 2->3
+_CELL_DST = (1, 2, 2, 3, 3, 3)
+_CELL_OPS = 5
+
+
+def _groups(names: tuple[str, ...]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for j, name in enumerate(names):
+        groups.setdefault(re.sub(r"\d+$", "", name), []).append(j)
+    return groups
+
+
+def _is_cell(codes: np.ndarray) -> bool:
+    """A NAS-Bench-201 cell code: 6 edge columns, integer ops in 0..4."""
+    return (codes.shape[1] == len(_CELL_SRC) and np.all(np.isfinite(codes))
+            and np.all(codes == np.round(codes)) and codes.min() >= 0
+            and codes.max() < _CELL_OPS)
+
+
+def _cell_reach(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge: source reachable from node 0, target reaches node 3 (through non-none edges)."""
+    n, live = len(codes), codes != 0
+    fwd = np.zeros((n, 4), bool)
+    fwd[:, 0] = True
+    for k, (s, d) in enumerate(zip(_CELL_SRC, _CELL_DST, strict=True)):
+        fwd[:, d] |= fwd[:, s] & live[:, k]
+    bwd = np.zeros((n, 4), bool)
+    bwd[:, 3] = True
+    for k in reversed(range(len(_CELL_SRC))):
+        bwd[:, _CELL_SRC[k]] |= bwd[:, _CELL_DST[k]] & live[:, k]
+    src_ok = fwd[:, list(_CELL_SRC)]
+    dst_ok = bwd[:, list(_CELL_DST)]
+    return src_ok, dst_ok
+
+
+def cell_features(codes: np.ndarray) -> np.ndarray:
+    """The reference's counts: per op other than none, edges on a live input-output path, and
+    edges whose source is reachable from the input (4 + 4 columns)."""
+    codes = codes.astype(int)
+    src_ok, dst_ok = _cell_reach(codes)
+    on_path = [((codes == op) & src_ok & dst_ok).sum(axis=1) for op in range(1, _CELL_OPS)]
+    reached = [((codes == op) & src_ok).sum(axis=1) for op in range(1, _CELL_OPS)]
+    return np.column_stack(on_path + reached).astype(float)
+
+
+def reference_features(table: Table) -> np.ndarray:
+    """The issue's reference encoding: for a NAS-Bench-201 cell, 30 one-hot (edge x op) + the
+    4 + 4 path counts + a constant (39); for any other encoding, one-hot per categorical
+    column (raw value for the others) + a constant."""
+    codes = table.encoding_matrix()
+    if _is_cell(codes):
+        onehot = (codes[:, :, None] == np.arange(_CELL_OPS)).reshape(len(codes), -1)
+        return np.column_stack([onehot, cell_features(codes), np.ones(len(codes))]).astype(float)
+    cols = []
+    for j in range(codes.shape[1]):
+        values = np.unique(codes[:, j][np.isfinite(codes[:, j])])
+        if len(values) <= MAX_ALPHABET:
+            cols += [(codes[:, j] == v).astype(float) for v in values]
+        else:
+            cols.append(np.nan_to_num(codes[:, j]))
+    cols.append(np.ones(len(codes)))
+    return np.column_stack(cols)
+
+
+def design_features(table: Table) -> np.ndarray:
+    """Compact features for the adaptation: value counts per column group (+ cell path counts)."""
+    codes = table.encoding_matrix()
+    cols: list[np.ndarray] = []
+    for members in _groups(table.encoding).values():
+        group = codes[:, members]
+        values = np.unique(group[np.isfinite(group)])
+        if len(values) <= MAX_ALPHABET and np.all(values == np.round(values)):
+            cols += [(group == v).sum(axis=1).astype(float) for v in values[1:]]
+            if _is_cell(group):
+                cols += list(cell_features(group).T)
+        else:
+            cols += list(np.nan_to_num(group).T)
+    if not cols:
+        return np.zeros((table.n_rows, 0))
+    return np.column_stack(cols)
+
+
+# ---------------------------------------------------------------- the reference (AdaProxy)
+
+REFERENCE_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Target weights w_t = w_p * (a + b) with an intercept c (linear latency model)."""
+
+    proxy_weights: np.ndarray = field(repr=False)
+    a: float
+    b: np.ndarray = field(repr=False)
+    c: float
+    lam: float
+    sigma: float    # leave-one-out residual std of log latency
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return X @ (self.proxy_weights * (self.a + self.b)) + self.c
+
+
+def fit_proxy_weights(X: np.ndarray, proxy: np.ndarray) -> np.ndarray:
+    """Least squares of proxy latency on the reference features over every filled row."""
+    rows = np.isfinite(proxy) & np.all(np.isfinite(X), axis=1)
+    return np.linalg.lstsq(X[rows], proxy[rows], rcond=None)[0]
+
+
+def fit_reference(X: np.ndarray, w_p: np.ndarray, y: np.ndarray) -> Reference:
+    """Minimize |y - (a Xw_p + (X*w_p) b + c)|^2 + lambda |b|^2 mean(y)^2; lambda by LOO."""
+    Xw = X * w_p
+    D = np.column_stack([Xw.sum(axis=1), Xw, np.ones(len(y))])
+    best = None
+    for lam in REFERENCE_LAMBDAS:
+        penalty = np.r_[0.0, np.full(Xw.shape[1], lam * float(np.mean(y)) ** 2), 0.0]
+        A_inv = np.linalg.pinv(D.T @ D + np.diag(penalty))
+        theta = A_inv @ (D.T @ y)
+        h = np.einsum("ij,jk,ik->i", D, A_inv, D)
+        loo = (y - D @ theta) / np.maximum(1.0 - h, 1e-3)
+        err = float(np.mean(loo ** 2))
+        if best is None or err < best[0]:
+            best = (err, lam, theta, loo)
+    _, lam, theta, loo = best
+    log_res = np.log(y) - np.log(np.maximum(y - loo, 1e-9 * np.max(y)))
+    return Reference(w_p, float(theta[0]), theta[1:-1], float(theta[-1]), lam,
+                     float(np.sqrt(np.mean(log_res ** 2))))
+
+
+# ---------------------------------------------------------------- one target, one seed
+
+@dataclass
+class _Model:
+    """What the choosing code needs from either method: predictions and their log spread."""
+
+    pred: np.ndarray          # predicted latency for every table row
+    sigma: float
+    path: str
+
+
+class _Context:
+    """Everything a method may read that does not depend on the target."""
+
+    def __init__(self, table: Table, opts: ProxyOptions):
+        self.opts = opts
+        self.proxy = table.column(opts.proxy)
+        self.features = design_features(table)
+        self.objective = table.column(opts.objective) if opts.objective else None
+        if opts.method == "reference":
+            self.ref_X = reference_features(table)
+            self.ref_w = fit_proxy_weights(self.ref_X, self.proxy)
+        usable = np.isfinite(self.proxy) & (self.proxy > 0)
+        usable &= np.all(np.isfinite(self.features), axis=1)
+        self.usable = usable
+        self.pareto = pareto_rows(self.proxy, self.objective, usable) \
+            if self.objective is not None else np.array([], dtype=np.int64)
+
+    def fit(self, rows: np.ndarray, values: np.ndarray) -> _Model:
+        if self.opts.method == "reference":
+            ref = fit_reference(self.ref_X[rows], self.ref_w, values)
+            return _Model(ref.predict(self.ref_X), ref.sigma, "adapt")
+        tr = self._transfer(rows, values)
+        return _Model(tr.predict(self.proxy, self.features), tr.sigma, tr.path)
+
+    def _transfer(self, rows: np.ndarray, values: np.ndarray) -> Transfer:
+        return fit_transfer(self.proxy[rows], self.features[rows], values)
+
+    def select(self, rows: np.ndarray, seed: int) -> np.ndarray:
+        k = self.opts.samples
+        if self.opts.selection == "random":
+            return random_selection(rows, k, seed)
+        return fixed_selection(rows, self.proxy, self.features, k)
+
+
+def pareto_rows(latency: np.ndarray, objective: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Rows not dominated in (lower latency, higher objective): the proxy's optimum for every
+    budget at once."""
+    rows = np.flatnonzero(usable & np.isfinite(objective))
+    order = rows[np.lexsort((-objective[rows], latency[rows]))]
+    best = np.maximum.accumulate(objective[order])
+    keep = np.r_[True, objective[order][1:] > best[:-1]]
+    return np.sort(order[keep])
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+def _verified_choice(ctx: _Context, access: TargetAccess, model: _Model, rows: np.ndarray,
+                     budget: float, verify: int) -> int:
+    """Measure up to `verify` candidates, each the best expected improvement over the best
+    design already measured within budget; refit after every measurement. Returns the best
+    measured design within budget, else the fastest predicted one."""
+    objective = ctx.objective
+    stop = access.measurements + verify
+    while access.measurements < stop:
+        seen, values = access.measured()
+        ok = seen[values <= budget]
+        best = float(np.max(objective[ok])) if len(ok) else -math.inf
+        gain = objective[rows] - (best if math.isfinite(best) else np.nanmin(objective[rows]))
+        fresh = np.ones(len(rows), bool)
+        fresh[np.isin(rows, seen)] = False
+        live = fresh & (gain > 0) & np.isfinite(gain)
+        if not live.any():
+            break
+        z = (math.log(budget) - np.log(np.maximum(model.pred[rows[live]], 1e-12))) \
+            / max(model.sigma, 1e-3)
+        score = _normal_cdf(z) * gain[live]
+        access.measure(rows[live][int(np.argmax(score))])
+        seen, values = access.measured()
+        model = ctx.fit(seen, values)
+    seen, values = access.measured()
+    ok = seen[(values <= budget) & np.isin(seen, rows)]
+    if len(ok):
+        return int(ok[np.argmax(objective[ok])])
+    return int(rows[np.argmin(model.pred[rows])])
+
+
+@dataclass
+class _TargetResult:
+    spearman: list[float] = field(default_factory=list)
+    acc10: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    measurements: int = 0
+
+
+def _run_target(ctx: _Context, table: Table, target: str, tallies: dict[str, BudgetTally],
+                result: _TargetResult) -> None:
+    opts = ctx.opts
+    true = table.column(target)
+    for seed in range(opts.seeds):
+        access = TargetAccess(target, true, opts.samples + opts.verify)
+        rows = access.rows[ctx.usable[access.rows] & (true[access.rows] > 0)]
+        sampled = ctx.select(rows, seed)
+        values = access.measure(sampled)
+        model = ctx.fit(sampled, values)
+        scored = held_out(rows, sampled)
+        result.spearman.append(spearman(model.pred[scored], true[scored]))
+        result.acc10.append(acc10(model.pred[scored], true[scored]))
+        result.paths.append(model.path)
+        if ctx.objective is not None:
+            _choose_all(ctx, target, true, rows, access, model, tallies)
+        result.measurements = max(result.measurements, access.measurements)
+
+
+def _choose(ctx: _Context, access: TargetAccess, model: _Model, candidates: np.ndarray,
+            budgets: list[float]) -> list[int]:
+    """One choice per budget. The V verification cells are shared by all budgets of a target
+    (the protocol allows K + V cells per target): each budget gets an equal share of what is
+    left, and what earlier budgets measured is known to later ones."""
+    chosen = []
+    for i, budget in enumerate(budgets):
+        share = (access.remaining) // (len(budgets) - i)
+        if share > 0:
+            chosen.append(_verified_choice(ctx, access, model, candidates, budget, share))
+        else:
+            chosen.append(choose_direct(model.pred, ctx.objective, candidates, budget))
+    return chosen
+
+
+def _choose_all(ctx: _Context, target: str, true: np.ndarray, rows: np.ndarray,
+                access: TargetAccess, model: _Model, tallies: dict[str, BudgetTally]) -> None:
+    """Every budget: the main choice (direct or verified), the direct one, Pareto reuse."""
+    opts, objective = ctx.opts, ctx.objective
+    rows = rows[np.isfinite(objective[rows])]
+    pareto = np.intersect1d(ctx.pareto, rows)
+    budgets = [budget_of(true[rows], q) for q in opts.budgets]
+    sampled, _ = access.measured()
+
+    def tally(name: str, q: float, budget: float, chosen: int) -> None:
+        met, regret = outcome(chosen, true, objective, rows, budget)
+        tallies[name].add(target, q, met, regret, near=bool(true[chosen] <= budget * (1 + NEAR)))
+
+    for q, budget in zip(opts.budgets, budgets, strict=True):
+        tally("direct", q, budget, choose_direct(model.pred, objective, rows, budget))
+        feasible = pareto[true[pareto] <= budget]
+        if len(feasible):  # the best the proxy's Pareto set holds for this target
+            tally("pareto_oracle", q, budget, int(feasible[np.argmax(objective[feasible])]))
+    for q, budget, chosen in zip(opts.budgets, budgets, _choose(ctx, access, model, rows,
+                                                                budgets), strict=True):
+        tally("main", q, budget, chosen)
+    if len(pareto):
+        pareto_access = TargetAccess(target, true, access.limit)
+        pareto_access.measure(sampled[:opts.samples])
+        for q, budget, chosen in zip(opts.budgets, budgets,
+                                     _choose(ctx, pareto_access, model, pareto, budgets),
+                                     strict=True):
+            tally("pareto", q, budget, chosen)
+
+
+# ---------------------------------------------------------------- the whole bench
+
+def _check(table: Table, opts: ProxyOptions) -> None:
+    table.check([opts.proxy], role="latency")
+    table.check(opts.targets, role="latency")
+    if opts.objective:
+        table.check([opts.objective], role="objective")
+    if opts.proxy in opts.targets:
+        raise BadInputError(f"the proxy {opts.proxy!r} is also a target")
+    if opts.samples < 3:
+        raise BadInputError("--samples must be at least 3 (the calibration has 2 parameters)")
+    if opts.verify < 0 or opts.seeds < 1:
+        raise BadInputError("--verify must be >= 0 and --seeds >= 1")
+    if opts.verify and not opts.objective:
+        raise BadInputError("--verify needs --objective (verification is for budget choices)")
+    if any(not 0 < q < 1 for q in opts.budgets):
+        raise BadInputError("--budgets are quantiles strictly between 0 and 1")
+    if opts.method not in METHODS or opts.selection not in SELECTIONS:
+        raise BadInputError(f"--method is one of {METHODS}, --selection one of {SELECTIONS}")
+
+
+def _budget_summary(tally: BudgetTally, targets: tuple[str, ...]) -> dict:
+    return {"median_regret": finite_or_none(tally.median_regret()),
+            "violation_rate": finite_or_none(tally.overall_violation_rate()),
+            "near_violation_rate": finite_or_none(tally.near_violation_rate()),
+            "regret": {t: tally.regret(t) for t in targets},
+            "violation_rate_per_target": {t: tally.violation_rate(t) for t in targets}}
+
+
+def run_proxy(table: Table, opts: ProxyOptions, progress=None) -> dict:
+    """Run the bench; returns the protocol's JSON object (plus `direct`, `pareto`, timings)."""
+    _check(table, opts)
+    start = time.perf_counter()
+    ctx = _Context(table, opts)
+    tallies = {name: BudgetTally() for name in ("main", "direct", "pareto", "pareto_oracle")}
+    proxy = table.column(opts.proxy)
+    targets: dict[str, dict] = {}
+    for i, target in enumerate(opts.targets):
+        res = _TargetResult()
+        _run_target(ctx, table, target, tallies, res)
+        true = table.column(target)
+        shared = np.isfinite(proxy) & np.isfinite(true)
+        entry = {
+            "raw_spearman": spearman(proxy[shared], true[shared]),
+            "spearman": float(np.mean(res.spearman)),
+            "worst_seed_spearman": float(np.min(res.spearman)),
+            "acc10": float(np.mean(res.acc10)),
+            "path": max(set(res.paths), key=res.paths.count),
+            "adapt_share": res.paths.count("adapt") / len(res.paths),
+            "measurements": res.measurements,
+        }
+        if opts.objective:
+            entry["regret"] = {k: finite_or_none(v) for k, v in tallies["main"].regret(target)
+                               .items()}
+            entry["violation_rate"] = tallies["main"].violation_rate(target)
+        targets[target] = entry
+        if progress:
+            progress(f"[{i + 1}/{len(opts.targets)}] {target}: spearman {entry['spearman']:.3f} "
+                     f"(raw {entry['raw_spearman']:.3f}, {entry['path']})")
+    spearmans = [t["spearman"] for t in targets.values()]
+    out = {
+        "proxy": opts.proxy, "samples": opts.samples, "verify": opts.verify,
+        "seeds": opts.seeds, "method": opts.method, "selection": opts.selection,
+        "objective": opts.objective, "budgets": [budget_key(q) for q in opts.budgets],
+        "targets": targets,
+        "mean_spearman": float(np.mean(spearmans)),
+        "worst_spearman": float(np.min(spearmans)),
+        "worst_vs_raw": float(min(t["spearman"] - t["raw_spearman"] for t in targets.values())),
+    }
+    if opts.objective:
+        main = tallies["main"]
+        out["median_regret"] = finite_or_none(main.median_regret())
+        out["violation_rate"] = finite_or_none(main.overall_violation_rate())
+        out["near_violation_rate"] = finite_or_none(main.near_violation_rate())
+        out["direct"] = {k: v for k, v in _budget_summary(tallies["direct"], opts.targets).items()
+                         if k != "regret"}
+        out["pareto"] = {
+            "size": int(len(ctx.pareto)),
+            "measurements_per_target": opts.samples + opts.verify,
+            **{k: v for k, v in _budget_summary(tallies["pareto"], opts.targets).items()
+               if k in ("median_regret", "violation_rate", "near_violation_rate")},
+            "oracle_median_regret": finite_or_none(tallies["pareto_oracle"].median_regret()),
+        }
+    out["seconds"] = time.perf_counter() - start
+    return out
