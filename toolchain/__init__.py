@@ -8,6 +8,14 @@ Heavier entry points (compile, rewrite, fleet) live in their modules: `toolchain
 """
 from __future__ import annotations
 
-from toolchain.inspection import inspect
-
 __all__ = ["inspect"]
+
+
+def __getattr__(name: str):
+    # Resolved on first use: passes import toolchain's modules, so the package itself must not
+    # import them eagerly.
+    if name == "inspect":
+        from toolchain.inspection import inspect
+
+        return inspect
+    raise AttributeError(f"module 'toolchain' has no attribute {name!r}")

@@ -20,15 +20,17 @@ __all__ = ["analyze", "load_and_analyze", "unknown_ops", "kernels_of", "space_of
 logger = logging.getLogger(__name__)
 
 
-def analyze(graph: Graph, debug: bool = False) -> list[PassRecord]:
+def analyze(graph: Graph, debug: bool | None = None) -> list[PassRecord]:
     """Annotate costs, group kernels and discover the design space, in place."""
-    ctx = PassContext(debug=debug, facts={"shapes"})
+    ctx = PassContext(facts={"shapes"})
+    if debug is not None:
+        ctx.debug = debug
     return Pipeline([CountCostsPass(), GroupKernelsPass(), DiscoverSpacePass()]).run(graph, ctx)
 
 
 def load_and_analyze(source: str | os.PathLike | onnx.ModelProto,
                      input_shapes: dict[str, tuple[int, ...]] | None = None,
-                     debug: bool = False) -> Graph:
+                     debug: bool | None = None) -> Graph:
     graph = import_onnx(source, input_shapes)
     analyze(graph, debug=debug)
     return graph

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 
@@ -45,6 +46,8 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     """fleetc: compile one ONNX model into device-tuned builds for a fleet of edge devices."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if debug:
+        os.environ["FLEETC_DEBUG"] = "1"  # passes verify the IR after each one
     level = logging.DEBUG if verbose > 1 or debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

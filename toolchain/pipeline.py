@@ -9,6 +9,7 @@ passes before it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -25,11 +26,16 @@ class PipelineError(FleetcError):
     """A pass could not run or broke the IR; says which pass and which ran before it."""
 
 
+def _debug_default() -> bool:
+    # `fleetc --debug` and the test suite set FLEETC_DEBUG=1: the IR is verified after each pass
+    return os.environ.get("FLEETC_DEBUG") == "1"
+
+
 @dataclass
 class PassContext:
     """What passes share during one pipeline run: options, calibration data, facts."""
 
-    debug: bool = False
+    debug: bool = field(default_factory=_debug_default)
     calib: dict | None = None
     facts: set[str] = field(default_factory=set)
     target: object | None = None
