@@ -9,4 +9,6 @@ import toolchain.bench.cli  # noqa: F401
 import toolchain.compile_cmd  # noqa: F401
 import toolchain.fleet_cmd  # noqa: F401
 import toolchain.inspect_cmd  # noqa: F401
+import toolchain.measure_cmd  # noqa: F401
+import toolchain.predict_cmd  # noqa: F401
 import toolchain.targets_cmd  # noqa: F401

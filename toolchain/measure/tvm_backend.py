@@ -1,0 +1,85 @@
+"""Compile ONNX models with TVM (relax) and time them on this machine's CPU."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnx
+
+from toolchain.errors import BadInputError
+from toolchain.measure.timing import Timing, TimingConfig, pick_cpus, pinned, summarize
+
+__all__ = ["compile_relax", "input_arrays", "time_vm", "time_tvm_local", "set_tvm_threads"]
+
+logger = logging.getLogger(__name__)
+
+_NP = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 2: np.uint8, 3: np.int8}
+
+
+def input_arrays(model: onnx.ModelProto, seed: int = 0) -> list[np.ndarray]:
+    """Seeded arrays for the model's graph inputs (initializers excluded), in order."""
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim]
+        dtype = _NP.get(t.elem_type, np.float32)
+        arr = rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) \
+            else rng.integers(0, 2, shape)
+        out.append(np.asarray(arr, dtype=dtype))
+    return out
+
+
+def compile_relax(model: onnx.ModelProto, target):
+    """`from_onnx` with weights embedded, then `tvm.compile` for `target` (a tvm Target)."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, keep_params_in_input=False)
+        return tvm.compile(mod, target=target)
+    except Exception as err:  # TVM import/build errors are long; keep the first line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BadInputError(f"TVM cannot compile the model: {first}") from err
+
+
+def set_tvm_threads(threads: int) -> None:
+    """Size TVM's CPU thread pool (0 = one per core) for the calling process."""
+    import tvm
+
+    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    n = threads if threads > 0 else len(os.sched_getaffinity(0))
+    if config is not None:
+        config(1, n)  # 1 = big cores; n threads
+    else:
+        os.environ["TVM_NUM_THREADS"] = str(n)
+
+
+def time_vm(executable, dev, arrays: list[np.ndarray], config: TimingConfig) -> Timing:
+    """Time `main` of a relax VM on `dev` (local or remote) with TVM's time_evaluator."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, dev)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    once = vm.time_evaluator("main", dev, number=1, repeat=max(1, config.warmup))(*args)
+    once_ms = max(1e-3, float(np.min(once.results)) * 1e3)
+    number = max(1, int(np.ceil(config.min_sample_ms / once_ms)))
+    repeats = max(3, min(config.repeats, int(config.max_seconds * 1e3 / (once_ms * number))))
+    result = vm.time_evaluator("main", dev, number=number, repeat=repeats)(*args)
+    return summarize([r * 1e3 for r in result.results], number, config.outlier_mads)
+
+
+def time_tvm_local(model: onnx.ModelProto, target, threads: int = 1,
+                   config: TimingConfig | None = None) -> Timing:
+    """Compile for `target` (a tvm Target for this CPU) and time it here, pinned."""
+    import tvm
+
+    executable = compile_relax(model, target)
+    set_tvm_threads(threads)
+    with pinned(pick_cpus(threads)):
+        return time_vm(executable, tvm.cpu(), input_arrays(model), config or TimingConfig())

@@ -1,0 +1,320 @@
+"""Kernel-level latency predictor: model latency = fixed cost + sum of per-kernel predictions.
+
+Each kernel (a `Unit`: a `group_kernels` kernel after fusion, with its precision) is priced by
+the regressor of its kind (`conv/fp32`, `dwconv/int8`, `MaxPool/fp32`, `quantize/int8`, ...):
+a non-negative linear model on features of the kernel - a per-kernel constant (dispatch), MACs,
+MACs with channels padded to the 16-lane vector width, elements read and written, weight
+elements, output rows, window elements for pools - in millions.
+
+Training needs only whole-model measurements (`design,latency_ms`): every measured design is an
+equation "latency = model constant + sum of its kernels' costs", linear in all regressors'
+weights at once, solved by non-negative least squares on relative errors. This is why probes
+can be small networks: a kernel's cost is learned in context (a conv between convs pays no
+layout conversion, one at the model's edge does), and no per-kernel timer is needed on the
+device.
+
+A kernel whose kind never occurred in the training data has no model: it is listed in
+`Prediction.unknown` (and `strict=True` raises UnsupportedKernelError); it never counts as zero.
+
+Package (a folder): `meta.json` (name, version, target, training-data hash and size, held-out
+error) and `model.json` (per kind: feature names and weights). No pickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import BadInputError, UnsupportedKernelError
+from toolchain.predict.units import Unit
+
+__all__ = [
+    "KernelPredictor", "Prediction", "KernelCost", "features", "nnls", "spearman",
+    "FORMAT", "FORMAT_VERSION", "fit_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "fleetc.kernel-latency"
+FORMAT_VERSION = 1
+_M = 1e-6   # features in millions: weights are then ms per million
+
+_CONV = ("kernel", "macs", "macs_pad16", "in_elems", "out_elems", "weight_elems", "rows")
+_BASIS: dict[str, tuple[str, ...]] = {
+    "conv": _CONV, "dwconv": _CONV,
+    "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems"),
+    "MaxPool": ("kernel", "in_elems", "window_elems"),
+    "AveragePool": ("kernel", "in_elems", "window_elems"),
+    "LRN": ("kernel", "out_elems", "window_elems"),
+}
+_DEFAULT_BASIS = ("kernel", "in_elems", "out_elems")
+MODEL_BASIS = ("model",)
+
+
+def _pad(c: int, lanes: int = 16) -> float:
+    return math.ceil(c / lanes) * lanes / c if c > 0 else 1.0
+
+
+def features(u: Unit) -> dict[str, float]:
+    """The named features of one unit (millions, except the per-kernel constant)."""
+    cin_pad = 1.0 if u.cls == "dwconv" else _pad(u.cin)
+    return {
+        "kernel": 1.0, "macs": u.macs * _M, "macs_pad16": u.macs * _pad(u.cout) * cin_pad * _M,
+        "in_elems": u.in_elems * _M, "out_elems": u.out_elems * _M,
+        "weight_elems": u.weight_elems * _M, "rows": u.rows * _M,
+        "window_elems": u.out_elems * u.k_area * _M,
+    }
+
+
+def basis_of(cls: str) -> tuple[str, ...]:
+    return _BASIS.get(cls, _DEFAULT_BASIS)
+
+
+def _vector(u: Unit) -> np.ndarray:
+    f = features(u)
+    return np.array([f[name] for name in basis_of(u.cls)])
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    name: str
+    kind: str
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-kernel costs, the fixed per-model cost, their total, and what had no model."""
+
+    latency_ms: float
+    overhead_ms: float
+    kernels: tuple[KernelCost, ...]
+    unknown: tuple[str, ...] = ()          # "name (kind)" of kernels with no regressor
+    predictor: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return not self.unknown
+
+    def to_json(self) -> dict:
+        return {"latency_ms": self.latency_ms, "overhead_ms": self.overhead_ms,
+                "complete": self.complete, "unknown": list(self.unknown),
+                "predictor": self.predictor,
+                "kernels": [{"name": k.name, "kind": k.kind, "latency_ms": k.latency_ms}
+                            for k in self.kernels]}
+
+
+class KernelPredictor:
+    """Per-kind linear regressors plus a per-model constant; see the module doc."""
+
+    def __init__(self, weights: dict[str, dict[str, float]], model: dict[str, float],
+                 meta: dict | None = None) -> None:
+        self.weights = weights     # kind -> feature -> weight (ms per unit of feature)
+        self.model = model         # model feature -> weight
+        self.meta = dict(meta or {})
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", "unnamed"))
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.weights)
+
+    # ------------------------------------------------------------------ prediction
+    def kernel_ms(self, u: Unit) -> float | None:
+        w = self.weights.get(u.kind)
+        if w is None:
+            return None
+        f = features(u)
+        return float(sum(w[name] * f[name] for name in w))
+
+    def predict_units(self, units: Iterable[Unit], strict: bool = False) -> Prediction:
+        costs, unknown = [], []
+        for u in units:
+            ms = self.kernel_ms(u)
+            if ms is None:
+                unknown.append(f"{u.name} ({u.kind})")
+            else:
+                costs.append(KernelCost(u.name, u.kind, ms))
+        if unknown and strict:
+            raise UnsupportedKernelError(
+                f"predictor {self.name} has no model for {len(unknown)} kernel(s): "
+                f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        overhead = float(self.model.get("model", 0.0))
+        total = overhead + sum(c.latency_ms for c in costs)
+        return Prediction(total, overhead, tuple(costs), tuple(unknown), self.name)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, designs: Sequence[Sequence[Unit]], latency_ms: Sequence[float],
+            meta: dict | None = None, folds: int = 5) -> KernelPredictor:
+        """Fit on whole-design latencies; meta gains held-out (k-fold) error figures."""
+        y = np.asarray(latency_ms, dtype=float)
+        if len(designs) != len(y) or len(y) < 3:
+            raise BadInputError(f"need at least 3 measured designs to fit, got {len(y)}")
+        kinds = sorted({u.kind for units in designs for u in units})
+        columns = [(k, f) for k in kinds for f in basis_of(k.split("/")[0])]
+        columns += [("", f) for f in MODEL_BASIS]
+        X = _design_matrix(designs, columns)
+        w = _solve(X, y)
+        meta = dict(meta or {})
+        meta["held_out"] = _cross_validate(X, y, folds)
+        meta["training_fit"] = _scores(y, X @ w)
+        meta["kinds"] = kinds
+        return cls._from_columns(columns, w, meta)
+
+    @classmethod
+    def _from_columns(cls, columns, w, meta) -> KernelPredictor:
+        weights: dict[str, dict[str, float]] = {}
+        model: dict[str, float] = {}
+        for (kind, feat), value in zip(columns, w, strict=True):
+            if kind:
+                weights.setdefault(kind, {})[feat] = float(value)
+            else:
+                model[feat] = float(value)
+        return cls(weights, model, meta)
+
+    # ------------------------------------------------------------------ package
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write meta.json and model.json (atomically each)."""
+        from toolchain.space import atomic_write
+
+        folder = Path(folder)
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, **self.meta}
+        doc = {"model": self.model, "kinds": {k: self.weights[k] for k in self.kinds}}
+        atomic_write(folder / "model.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        atomic_write(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> KernelPredictor:
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            doc = json.loads((folder / "model.json").read_text())
+        except FileNotFoundError as err:
+            raise BadInputError(f"{folder}: not a predictor package (missing "
+                                f"{Path(err.filename).name})") from err
+        except json.JSONDecodeError as err:
+            raise BadInputError(f"{folder}: predictor package is not valid JSON: {err}") from err
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise BadInputError(f"{folder}: predictor format {meta.get('format')} "
+                                f"v{meta.get('version')} is not {FORMAT} v{FORMAT_VERSION}")
+        return cls(doc["kinds"], doc["model"], meta)
+
+
+def _design_matrix(designs: Sequence[Sequence[Unit]], columns) -> np.ndarray:
+    index = {c: i for i, c in enumerate(columns)}
+    X = np.zeros((len(designs), len(columns)))
+    for r, units in enumerate(designs):
+        for u in units:
+            for name, value in zip(basis_of(u.cls), _vector(u), strict=True):
+                X[r, index[(u.kind, name)]] += value
+        for name in MODEL_BASIS:
+            X[r, index[("", name)]] = 1.0
+    return X
+
+
+def _solve(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative errors, columns scaled to unit norm."""
+    A = X / y[:, None]
+    norms = np.linalg.norm(A, axis=0)
+    norms[norms == 0] = 1.0
+    return nnls(A / norms, np.ones(len(y))) / norms
+
+
+def _cross_validate(X: np.ndarray, y: np.ndarray, folds: int) -> dict:
+    n = len(y)
+    if n < 2 * folds:
+        return {"folds": 0, "note": "too few designs for k-fold validation"}
+    order = np.random.default_rng(0).permutation(n)
+    pred = np.empty(n)
+    for k in range(folds):
+        test = order[k::folds]
+        train = np.setdiff1d(order, test)
+        pred[test] = X[test] @ _solve(X[train], y[train])
+    return {"folds": folds, **_scores(y, pred)}
+
+
+def _scores(y: np.ndarray, pred: np.ndarray) -> dict:
+    rel = np.abs(pred - y) / y
+    return {"designs": int(len(y)), "median_abs_rel_err": round(float(np.median(rel)), 4),
+            "p90_abs_rel_err": round(float(np.percentile(rel, 90)), 4),
+            "within_10pct": round(float(np.mean(rel <= 0.10)), 4),
+            "spearman": round(spearman(y, pred), 4)}
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for value in np.unique(v):   # average tied ranks
+            tied = v == value
+            if tied.sum() > 1:
+                r[tied] = r[tied].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def nnls(A: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """min ||Ax - b|| subject to x >= 0 (Lawson-Hanson active set)."""
+    m, n = A.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    tol = 10 * np.finfo(float).eps * np.linalg.norm(A, 1) * max(m, n)
+    max_iter = max_iter or 3 * n
+    for _ in range(max_iter):
+        w = A.T @ (b - A @ x)
+        if passive.all() or np.max(np.where(passive, -np.inf, w)) <= tol:
+            break
+        passive[int(np.argmax(np.where(passive, -np.inf, w)))] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
+            if np.all(z[passive] > tol):
+                x = z
+                break
+            neg = passive & (z <= tol)
+            alpha = np.min(x[neg] / np.maximum(x[neg] - z[neg], 1e-300))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+    return x
+
+
+def fit_rows(rows, units_of_design: Callable[[str], list[Unit] | None], meta: dict,
+             progress: Callable[[int, int, str], None] | None = None) -> KernelPredictor:
+    """Fit from measurement rows; designs `units_of_design` cannot resolve are skipped and
+    listed in meta["training"]["skipped"]."""
+    designs, y, skipped = [], [], []
+    for i, row in enumerate(rows):
+        if progress:
+            progress(i + 1, len(rows), row.design)
+        units = units_of_design(row.design)
+        if units is None:
+            skipped.append(row.design)
+            continue
+        designs.append(units)
+        y.append(row.latency_ms)
+    meta = dict(meta)
+    meta.setdefault("training", {})["skipped"] = skipped
+    meta["training"]["designs"] = len(designs)
+    return KernelPredictor.fit(designs, y, meta)
+
+
+def data_hash(path: str | os.PathLike) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()

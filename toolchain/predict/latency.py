@@ -1,0 +1,112 @@
+"""Latency prediction for a target: find its predictor package, turn designs into units, predict
+models and plans.
+
+Predictor packages are looked up by the target's `predictor` name, first under
+`$FLEETC_HOME/predictors/<name>/` (fitted or calibrated by the user), then in the repository's
+`targets/predictors/<name>/` (shipped defaults).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import onnx
+
+from toolchain.errors import BadInputError
+from toolchain.home import cache_dir, predictors_dir
+from toolchain.predict.kernel import KernelPredictor, Prediction
+from toolchain.predict.units import Unit, graph_units, units_under_plan
+from toolchain.space import Plan
+from toolchain.target import Target
+
+__all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "predict_model",
+           "predict_plan", "builtin_predictors_dir"]
+
+logger = logging.getLogger(__name__)
+
+
+def builtin_predictors_dir() -> Path:
+    import targets
+
+    return Path(targets.__file__).parent / "predictors"
+
+
+def predictor_dir(target: Target) -> Path | None:
+    """The folder of the target's predictor package, or None if there is none yet."""
+    for base in (predictors_dir(), builtin_predictors_dir()):
+        folder = base / target.predictor
+        if (folder / "meta.json").is_file():
+            return folder
+    return None
+
+
+def load_predictor(target: Target, folder: str | os.PathLike | None = None) -> KernelPredictor:
+    """The target's predictor (or the package in `folder`); BadInputError says how to make one."""
+    path = Path(folder) if folder else predictor_dir(target)
+    if path is None:
+        hint = (f"fleetc profile --probe --target {target.name} -o {target.name}.csv && "
+                f"fleetc predictor fit --target {target.name} --data {target.name}.csv"
+                if target.measurable_here else
+                f"measure the probes on the device (fleetc probe --target {target.name}) and run "
+                f"fleetc predictor fit --target {target.name} --data MEASUREMENTS.csv, or "
+                "calibrate a proxy predictor (fleetc targets calibrate)")
+        raise BadInputError(f"no latency predictor for target {target.name} yet: {hint}")
+    return KernelPredictor.load(path)
+
+
+def model_units(source: str | os.PathLike | onnx.ModelProto) -> list[Unit]:
+    """Units of a model file or proto (imported and analyzed)."""
+    from toolchain.analysis import load_and_analyze
+
+    return graph_units(load_and_analyze(source))
+
+
+def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
+    """Units of a measured design: a probe name, or a model file `folder/design[.onnx]`.
+
+    Probe units are cached as JSON next to the cached probe models (analysis takes a while).
+    """
+    from toolchain.probe import PROBE_VERSION, build_probe, probe_names
+
+    if design in probe_names():
+        cache = cache_dir() / "probes" / f"units-v{PROBE_VERSION}" / f"{design}.json"
+        if cache.is_file():
+            return [_unit_from_json(d) for d in json.loads(cache.read_text())]
+        units = model_units(build_probe(design))
+        from toolchain.space import atomic_write
+
+        atomic_write(cache, json.dumps([_unit_to_json(u) for u in units]))
+        return units
+    for candidate in ((folder or Path.cwd()) / design, (folder or Path.cwd()) / f"{design}.onnx"):
+        if candidate.is_file():
+            return model_units(candidate)
+    return None
+
+
+def _unit_to_json(u: Unit) -> dict:
+    from dataclasses import asdict
+
+    return asdict(u)
+
+
+def _unit_from_json(d: dict) -> Unit:
+    return Unit(**{**d, "inputs": tuple(d["inputs"])})
+
+
+def predict_model(predictor: KernelPredictor, source, plan: Plan | None = None,
+                  strict: bool = False) -> Prediction:
+    """Predict a model file/proto, as it is or under a plan."""
+    if plan is None:
+        return predictor.predict_units(model_units(source), strict)
+    from toolchain.analysis import load_and_analyze
+
+    return predict_plan(predictor, load_and_analyze(source), plan, strict)
+
+
+def predict_plan(predictor: KernelPredictor, graph, plan: Plan, strict: bool = False,
+                 int8_ops: tuple[str, ...] = ()) -> Prediction:
+    """Predict an analyzed float graph under a plan, without rewriting it (fast: for
+    optimizers scoring many plans). See `units_under_plan` for how choices are applied."""
+    return predictor.predict_units(units_under_plan(graph, plan, int8_ops), strict)

@@ -1,0 +1,307 @@
+"""Cost units: what the kernel-level latency predictor prices, built from `group_kernels`.
+
+A unit is one kernel of `group_kernels` seen by a runtime, with the numbers its cost depends on
+(MACs, elements read and written, weight elements, kernel area, channels) and its precision.
+
+Quantized (QDQ) graphs are read the way onnxruntime runs them:
+- a DequantizeLinear of a weight is folded into its consumer, which becomes an int8 unit;
+- a QuantizeLinear -> DequantizeLinear pair between two int8 units is a requantization fused
+  into the producer: no unit;
+- a QuantizeLinear of a float value (graph input, fp32 producer) is a `quantize` unit, and a
+  DequantizeLinear feeding a float consumer or a graph output is a `dequantize` unit: these are
+  real element-wise conversions at precision boundaries.
+
+Under a plan (`units_under_plan`) the same units are derived from the original float model:
+structural choices (input size, skipped blocks, kernel sizes) go through the graph passes that
+the rewrite uses; precision and width are applied to the units directly (widths scale the
+channels of the kernel and of the kernels that read its output), so pricing a plan costs no
+rewrite and no quantization.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from toolchain.ir import Graph
+from toolchain.space import Kernel, Plan, pruned_channels
+
+__all__ = ["Unit", "units_of", "units_under_plan", "graph_units", "COMPUTE_OPS", "op_class"]
+
+logger = logging.getLogger(__name__)
+
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Ops that cost the same under another name.
+_ALIASES = {"Sum": "Add", "Flatten": "Reshape", "Squeeze": "Reshape", "Unsqueeze": "Reshape",
+            "Identity": "Reshape", "GlobalMaxPool": "GlobalAveragePool",
+            "ReduceMean": "GlobalAveragePool"}
+_PRECISION_OF_DTYPE = {"float32": "fp32", "float16": "fp16", "int8": "int8", "uint8": "int8"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One priced kernel. Element counts are per inference (batch included)."""
+
+    name: str
+    cls: str                 # "conv", "dwconv", "gemm", an op type, "quantize", "dequantize"
+    precision: str           # fp32 | fp16 | int8
+    macs: float = 0.0
+    in_elems: float = 0.0    # elements of the data inputs (weights excluded)
+    out_elems: float = 0.0
+    weight_elems: float = 0.0
+    k_area: int = 1          # kernel height x width (pooling window for pools)
+    cin: int = 0             # input channels per group (compute units)
+    cout: int = 0
+    rows: float = 0.0        # output rows (batch x channels x height): per-row overheads
+    inputs: tuple[str, ...] = ()   # data input tensors, to follow widths through the graph
+    output: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The regressor that prices it: class and precision."""
+        return f"{self.cls}/{self.precision}"
+
+
+def op_class(kernel: Kernel) -> str:
+    op = _ALIASES.get(kernel.op_type, kernel.op_type)
+    if op in ("Conv", "ConvTranspose"):
+        return "dwconv" if kernel.depthwise else "conv"
+    if op in ("Gemm", "MatMul"):
+        return "gemm"
+    return op
+
+
+def _numel(shape) -> float:
+    if not shape:
+        return 0.0
+    return float(math.prod(int(d) if isinstance(d, int) and d > 0 else 1 for d in shape))
+
+
+def _data_inputs(graph: Graph, node: str) -> list[str]:
+    return [t for t in graph.node(node)["inputs"] if t and not graph.is_weight(t)]
+
+
+def _weight_shape(graph: Graph, kernel: Kernel) -> tuple | None:
+    if kernel.weight_shape is not None:
+        return kernel.weight_shape
+    ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t]
+    # QDQ: the weight arrives through a DequantizeLinear of an initializer.
+    if kernel.op_type in COMPUTE_OPS and len(ins) > 1:
+        return graph.shape(ins[1])
+    return None
+
+
+def _unit(graph: Graph, kernel: Kernel, precision: str, skip: set[str]) -> Unit:
+    cls = op_class(kernel)
+    inputs = tuple(t for t in _data_inputs(graph, kernel.nodes[0]) if t not in skip)
+    out = graph.node(kernel.nodes[-1])["outputs"][0]
+    in_elems = sum(_numel(graph.shape(t)) for t in inputs)
+    out_elems = _numel(graph.shape(out))
+    w = _weight_shape(graph, kernel) if cls in ("conv", "dwconv", "gemm") else None
+    shape_out = graph.shape(out) or ()
+    cin = cout = 0
+    rows = out_elems
+    if cls in ("conv", "dwconv") and w is not None and len(w) >= 3:
+        cout, cin = int(w[0]), int(w[1])
+        rows = _numel(shape_out[:3]) if len(shape_out) >= 3 else out_elems
+    elif cls == "gemm" and w is not None and len(w) == 2:
+        transb = graph.node(kernel.nodes[0])["attrs"].get("transB", 0)
+        cin, cout = (int(w[1]), int(w[0])) if transb else (int(w[0]), int(w[1]))
+        rows = out_elems / max(cout, 1)
+    attrs = graph.node(kernel.nodes[0])["attrs"]
+    k_area = int(math.prod(kernel.kernel_shape or attrs.get("kernel_shape") or (1,)))
+    if cls == "LRN":
+        k_area = int(attrs.get("size", 1))
+    macs = float(kernel.macs)
+    if cls in ("conv", "dwconv", "gemm") and macs == 0 and w is not None:
+        macs = out_elems * _numel(w[1:])
+    return Unit(name=kernel.name, cls=cls, precision=precision, macs=macs, in_elems=in_elems,
+                out_elems=out_elems, weight_elems=_numel(w) if w is not None else 0.0,
+                k_area=k_area, cin=cin, cout=cout, rows=rows, inputs=inputs, output=out)
+
+
+def units_of(graph: Graph, kernels: list[Kernel]) -> list[Unit]:
+    """Units of an analyzed graph (float or QDQ), in kernel order."""
+    by_node = {n: k for k in kernels for n in k.nodes}
+    quant = {k.name for k in kernels if k.op_type in _QUANT_OPS}
+    weight_dq = {k.name for k in kernels if k.op_type == "DequantizeLinear"
+                 and graph.is_weight(graph.node(k.name)["inputs"][0])}
+    # Activation DequantizeLinear outputs: int8 values seen as float by the graph.
+    dq_out = {graph.node(k.name)["outputs"][0] for k in kernels
+              if k.op_type == "DequantizeLinear" and k.name not in weight_dq}
+
+    def is_int8(kernel: Kernel) -> bool:
+        # onnxruntime runs a node in int8 when its data inputs come dequantized and its
+        # output goes only to QuantizeLinear (DQ -> op -> Q fuses into a QLinear op).
+        ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t and not graph.is_weight(t)]
+        ins = [t for t in ins if graph.op(graph.producer(t) or kernel.name) != "DequantizeLinear"
+               or t in dq_out]
+        out = graph.node(kernel.nodes[-1])["outputs"][0]
+        readers = graph.consumers(out)
+        return (bool(ins) and all(t in dq_out for t in ins) and bool(readers)
+                and all(graph.op(r) == "QuantizeLinear" for r in readers))
+
+    weights = {graph.node(k.name)["outputs"][0] for k in kernels if k.name in weight_dq}
+    units, int8 = [], set()
+    for k in kernels:
+        if k.name in quant:
+            continue
+        precision = "int8" if is_int8(k) else _PRECISION_OF_DTYPE.get(k.dtype, "fp32")
+        if precision == "int8":
+            int8.add(k.name)
+        units.append(_unit(graph, k, precision, skip=weights))
+    units += _conversions(graph, kernels, by_node, int8, weight_dq)
+    order = {k.name: i for i, k in enumerate(kernels)}
+    return sorted(units, key=lambda u: order.get(u.name, len(order)))
+
+
+def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel],
+                 int8: set[str], weight_dq: set[str]) -> list[Unit]:
+    """Quantize / dequantize units at the boundaries between float and int8 units."""
+    out = []
+    for k in kernels:
+        node = graph.node(k.name)
+        if k.op_type == "QuantizeLinear":
+            src = graph.producer(node["inputs"][0])
+            producer = by_node.get(src) if src else None
+            if producer is None or producer.name not in int8:
+                elems = _numel(graph.shape(node["inputs"][0]))
+                out.append(Unit(k.name, "quantize", "int8", in_elems=elems, out_elems=elems,
+                                rows=elems, inputs=(node["inputs"][0],), output=node["outputs"][0]))
+        elif k.op_type == "DequantizeLinear" and k.name not in weight_dq:
+            t = node["outputs"][0]
+            readers = [by_node[c] for c in graph.consumers(t) if c in by_node]
+            if t in graph.outputs or any(r.name not in int8 and r.op_type not in _QUANT_OPS
+                                         for r in readers):
+                elems = _numel(graph.shape(t))
+                out.append(Unit(k.name, "dequantize", "int8", in_elems=elems, out_elems=elems,
+                                rows=elems, inputs=(node["inputs"][0],), output=t))
+    return out
+
+
+def graph_units(graph: Graph) -> list[Unit]:
+    """Units of a graph analyzed by `toolchain.analysis` (kernels in graph.meta)."""
+    return units_of(graph, graph.meta["kernels"])
+
+
+# ---------------------------------------------------------------------------------- plans
+
+def units_under_plan(graph: Graph, plan: Plan, int8_ops: tuple[str, ...] = ()) -> list[Unit]:
+    """Units of the float model `graph` (analyzed) rewritten by `plan`, without rewriting it.
+
+    `int8_ops`: non-compute op types the rewrite runs in int8 when every input is int8
+    (empty: only the plan's compute kernels are quantized, as the quantize pass does).
+    """
+    base = _structural(graph, plan)
+    units = [_with_precision(u, plan) for u in base]
+    units = _apply_widths(units, plan)
+    return _plan_conversions(units, graph, int8_ops)
+
+
+def _with_precision(u: Unit, plan: Plan) -> Unit:
+    choice = plan.kernels.get(u.name)
+    return replace(u, precision=choice.precision) if choice is not None else u
+
+
+def _structural(graph: Graph, plan: Plan) -> list[Unit]:
+    sizes = tuple(sorted((k, c.kernel_size) for k, c in plan.kernels.items()
+                         if c.kernel_size is not None))
+    shapes = tuple(sorted((k, tuple(v)) for k, v in plan.input_shape.items()))
+    key = (shapes, tuple(sorted(plan.skip_blocks)), sizes)
+    if key == ((), (), ()):
+        return graph_units(graph)
+    return list(_structural_cached(_GraphKey(graph), key))
+
+
+@dataclass(frozen=True, eq=False)
+class _GraphKey:
+    """Identity-hashed wrapper so a graph can key the structural cache."""
+
+    graph: Graph
+
+
+@lru_cache(maxsize=64)
+def _structural_cached(gk: _GraphKey, key: tuple) -> tuple[Unit, ...]:
+    from passes.resize_input import ResizeInputPass
+    from passes.shrink_kernels import ShrinkKernelsPass
+    from passes.skip_blocks import SkipBlocksPass
+    from toolchain.analysis import analyze
+    from toolchain.pipeline import PassContext, Pipeline
+
+    shapes, blocks, sizes = key
+    g = gk.graph.copy()
+    passes = []
+    if shapes:
+        passes.append(ResizeInputPass(shapes=dict(shapes)))
+    if blocks:
+        passes.append(SkipBlocksPass(blocks=blocks))
+    if sizes:
+        passes.append(ShrinkKernelsPass(sizes=dict(sizes)))
+    Pipeline(passes).run(g, PassContext(facts={"shapes"}))
+    analyze(g)
+    return tuple(graph_units(g))
+
+
+def _apply_widths(units: list[Unit], plan: Plan) -> list[Unit]:
+    """Scale channels: a kernel at width w keeps pruned_channels(cout, w) outputs; readers of
+    its output see fewer input channels (depthwise kernels and element-wise ops pass the
+    reduction on to their own outputs)."""
+    ratio: dict[str, float] = {}   # tensor -> kept fraction of its channels
+    out = []
+    for u in units:
+        r_in = max((ratio.get(t, 1.0) for t in u.inputs), default=1.0)
+        choice = plan.kernels.get(u.name)
+        if u.cls in ("conv", "gemm"):
+            r_out = pruned_channels(u.cout, choice.width) / u.cout if choice and u.cout else 1.0
+            cin = max(1, round(u.cin * r_in))
+            cout = max(1, round(u.cout * r_out))
+            f_in = cin / u.cin if u.cin else r_in
+            u = replace(u, macs=u.macs * f_in * r_out, in_elems=u.in_elems * r_in,
+                        out_elems=u.out_elems * r_out, weight_elems=u.weight_elems * f_in * r_out,
+                        cin=cin, cout=cout, rows=u.rows * (r_out if u.cls == "conv" else 1.0))
+        else:
+            r_out = r_in
+            if r_in != 1.0:
+                u = replace(u, macs=u.macs * r_in, in_elems=u.in_elems * r_in,
+                            out_elems=u.out_elems * r_in, weight_elems=u.weight_elems * r_in,
+                            cout=max(1, round(u.cout * r_in)) if u.cout else 0,
+                            rows=u.rows * r_in)
+        ratio[u.output] = r_out
+        out.append(u)
+    return out
+
+
+def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]) -> list[Unit]:
+    """Propagate int8 through `int8_ops`, then add quantize / dequantize units where int8 and
+    float units meet (once per tensor), as the QDQ rewrite and onnxruntime's fusion produce."""
+    producer = {u.output: u for u in units}
+    prec: dict[str, str] = {}
+    fixed = []
+    for u in units:
+        if u.cls in int8_ops and u.inputs and all(
+                prec.get(t) == "int8" for t in u.inputs if t in producer):
+            u = replace(u, precision="int8")
+        prec[u.output] = u.precision
+        fixed.append(u)
+    out, quantized, dequantized = [], set(), set()
+    for u in fixed:
+        for t in u.inputs:
+            src = prec.get(t, "fp32")
+            elems = u.in_elems / max(len(u.inputs), 1)
+            if u.precision == "int8" and src != "int8" and t not in quantized:
+                quantized.add(t)
+                out.append(Unit(f"{t}:quantize", "quantize", "int8", in_elems=elems,
+                                out_elems=elems, rows=elems, inputs=(t,), output=t))
+            elif u.precision != "int8" and src == "int8" and t not in dequantized:
+                dequantized.add(t)
+                out.append(Unit(f"{t}:dequantize", "dequantize", "int8", in_elems=elems,
+                                out_elems=elems, rows=elems, inputs=(t,), output=t))
+        out.append(u)
+    for u in fixed:
+        if u.precision == "int8" and u.output in graph.outputs and u.output not in dequantized:
+            out.append(Unit(f"{u.output}:dequantize", "dequantize", "int8", in_elems=u.out_elems,
+                            out_elems=u.out_elems, rows=u.out_elems, inputs=(u.output,),
+                            output=u.output))
+    return out

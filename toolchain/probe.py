@@ -1,0 +1,474 @@
+"""The probe set: small, fixed ONNX models that span the design space of the kernel predictor.
+
+Measuring them on a device gives the training data of its kernel-level latency predictor and its
+fingerprint. The set is fixed and deterministic (seeded weights): a probe's name identifies its
+model, so a CSV `design,latency_ms` of probe names is enough to fit a predictor.
+
+Families (each in fp32, and in int8 - QDQ through onnxruntime's `quantize_static` - and fp16
+when the target has those precisions):
+
+- `conv`: one Conv (+ Relu): stems, 3x3 / 1x1 / 5x5 / 7x7 / 11x11, strides 1, 2, 4, widths
+  8..512, resolutions 7..224; `dw`: depthwise 3x3 / 5x5 / 7x7; `gconv`: grouped 1x1;
+- `chain`: the same shape-preserving Conv three times (separates a kernel's own cost from the
+  fixed costs of a model: session call, layout conversion at the model's edges);
+- `gemm`: one fully connected layer (classifier heads, large VGG/AlexNet layers);
+- `pool`, `gap`, and single element-wise / data-movement ops: Add, Mul, Relu, Clip,
+  BatchNormalization, Concat, LRN, Softmax, Reshape, Transpose, Dropout;
+- `block`: MobileNetV2 inverted residuals, ResNet basic and bottleneck blocks, DenseNet and
+  Inception style concatenations, SqueezeNet fire modules and a classifier head - kernels in
+  their usual context; `mixed` variants quantize only some of their convolutions.
+
+`probe_set(precisions, subset)` lists the designs; `build_probe(name)` builds one model.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from toolchain.errors import BadInputError
+
+__all__ = ["Probe", "probe_set", "build_probe", "write_probes", "probe_names", "OPSET"]
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe design: `name` = f"{family}-{params}-{precision}"."""
+
+    name: str
+    family: str
+    precision: str
+    params: tuple
+
+
+class _Net:
+    """A tiny graph builder with seeded weights (names are stable, so models are deterministic)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list = []
+        self.inits: list = []
+        self.count = 0
+
+    def _name(self, op: str) -> str:
+        self.count += 1
+        return f"{op.lower()}{self.count}"
+
+    def weight(self, array: np.ndarray, dtype=np.float32) -> str:
+        name = f"w{len(self.inits)}"
+        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype), name))
+        return name
+
+    def op(self, op: str, inputs: list[str], **attrs) -> str:
+        name = self._name(op)
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def conv(self, x: str, cin: int, cout: int, k: int, s: int = 1, g: int = 1,
+             act: str | None = "Relu") -> str:
+        w = self.rng.normal(0, np.sqrt(2.0 / (cin // g * k * k)), (cout, cin // g, k, k))
+        b = self.rng.normal(0, 0.01, cout)
+        y = self.op("Conv", [x, self.weight(w), self.weight(b)], kernel_shape=[k, k],
+                    strides=[s, s], pads=[k // 2] * 4, group=g)
+        return self.act(y, act)
+
+    def act(self, x: str, act: str | None) -> str:
+        if act == "Clip":
+            return self.op("Clip", [x, self.weight(np.array(0.0)), self.weight(np.array(6.0))])
+        return self.op(act, [x]) if act else x
+
+    def bn(self, x: str, c: int) -> str:
+        return self.op("BatchNormalization", [x, self.weight(self.rng.uniform(0.8, 1.2, c)),
+                                              self.weight(self.rng.normal(0, 0.1, c)),
+                                              self.weight(np.zeros(c)), self.weight(np.ones(c))],
+                       epsilon=1e-5)
+
+    def gemm(self, x: str, k: int, n: int, act: str | None = None) -> str:
+        w = self.rng.normal(0, np.sqrt(1.0 / k), (n, k))
+        return self.act(self.op("Gemm", [x, self.weight(w), self.weight(np.zeros(n))],
+                                transB=1), act)
+
+    def model(self, inputs: dict[str, tuple], y: str) -> onnx.ModelProto:
+        vis = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()]
+        out = helper.make_tensor_value_info(y, TensorProto.FLOAT, None)
+        graph = helper.make_graph(self.nodes, "probe", vis, [out], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="fleetc.probe")
+        model.ir_version = 8
+        return onnx.shape_inference.infer_shapes(model)
+
+
+# ----------------------------------------------------------------------------- families
+
+def _conv(p, net):  # (cin, cout, k, stride, hw, group, act)
+    cin, cout, k, s, hw, g, act = p
+    return {"x": (1, cin, hw, hw)}, net.conv("x", cin, cout, k, s, g, act)
+
+
+def _chain(p, net):  # (c, k, hw, group): three shape-preserving convs
+    c, k, hw, g = p
+    y = "x"
+    for _ in range(3):
+        y = net.conv(y, c, c, k, 1, g)
+    return {"x": (1, c, hw, hw)}, y
+
+
+def _gemm(p, net):  # (k, n, act)
+    k, n, act = p
+    return {"x": (1, k)}, net.gemm("x", k, n, act)
+
+
+def _pool(p, net):  # (op, c, hw, k, stride)
+    op, c, hw, k, s = p
+    if op == "GlobalAveragePool":
+        return {"x": (1, c, hw, hw)}, net.op(op, ["x"])
+    return {"x": (1, c, hw, hw)}, net.op(op, ["x"], kernel_shape=[k, k], strides=[s, s],
+                                         pads=[k // 2] * 4 if s == 1 else [0] * 4)
+
+
+def _elementwise(p, net):  # (op, c, hw)
+    op, c, hw = p
+    shape = (1, c, hw, hw)
+    if op == "Add":
+        return {"x": shape, "z": shape}, net.op("Add", ["x", "z"])
+    if op == "Mul":
+        scale = net.weight(net.rng.uniform(0.5, 1.5, (1, c, 1, 1)))
+        return {"x": shape}, net.op("Mul", ["x", scale])
+    if op == "BatchNormalization":
+        return {"x": shape}, net.bn("x", c)
+    if op == "Concat":
+        return {"x": shape, "z": shape}, net.op("Concat", ["x", "z"], axis=1)
+    if op == "LRN":
+        return {"x": shape}, net.op("LRN", ["x"], size=5, alpha=1e-4, beta=0.75, bias=1.0)
+    if op == "Transpose":  # the channel shuffle of ShuffleNet: reshape, transpose, reshape
+        shape5 = net.weight(np.array([1, 2, c // 2, hw, hw]), np.int64)
+        y = net.op("Reshape", ["x", shape5])
+        y = net.op("Transpose", [y], perm=[0, 2, 1, 3, 4])
+        return {"x": shape}, net.op("Reshape", [y, net.weight(np.array([1, c, hw, hw]), np.int64)])
+    if op in ("Softmax", "Reshape", "Dropout"):
+        x = net.op("Flatten", ["x"], axis=1)
+        return {"x": shape}, net.op(op, [x]) if op != "Reshape" else x
+    return {"x": shape}, net.act("x", op)
+
+
+def _block(p, net):
+    kind = p[0]
+    return _BLOCKS[kind](p[1:], net)
+
+
+def _mbv2(p, net):  # (cin, cout, t, stride, hw, k): two blocks, the second with a residual
+    cin, cout, t, s, hw, k = p
+    y = "x"
+    for i, (ci, st) in enumerate(((cin, s), (cout, 1))):
+        mid = ci * t
+        h = net.conv(y, ci, mid, 1, 1, 1, "Clip") if t != 1 else y
+        h = net.conv(h, mid, mid, k, st, mid, "Clip")
+        h = net.conv(h, mid, cout, 1, 1, 1, None)
+        y = net.op("Add", [y, h]) if i == 1 else h
+    return {"x": (1, cin, hw, hw)}, y
+
+
+def _basic(p, net):  # (cin, cout, stride, hw): ResNet basic block with BN kept separate
+    cin, cout, s, hw = p
+    h = net.act(net.bn(net.conv("x", cin, cout, 3, s, 1, None), cout), "Relu")
+    h = net.bn(net.conv(h, cout, cout, 3, 1, 1, None), cout)
+    short = "x" if s == 1 and cin == cout else net.bn(net.conv("x", cin, cout, 1, s, 1, None),
+                                                      cout)
+    return {"x": (1, cin, hw, hw)}, net.act(net.op("Add", [short, h]), "Relu")
+
+
+def _bottleneck(p, net):  # (cin, mid, stride, hw)
+    cin, mid, s, hw = p
+    cout = mid * 4
+    h = net.conv("x", cin, mid, 1, 1)
+    h = net.conv(h, mid, mid, 3, s)
+    h = net.conv(h, mid, cout, 1, 1, 1, None)
+    short = "x" if s == 1 and cin == cout else net.conv("x", cin, cout, 1, s, 1, None)
+    return {"x": (1, cin, hw, hw)}, net.act(net.op("Add", [short, h]), "Relu")
+
+
+def _dense(p, net):  # (cin, growth, hw, layers): BN-ReLU-Conv1x1-BN-ReLU-Conv3x3, concat
+    cin, growth, hw, layers = p
+    y, c = "x", cin
+    for _ in range(layers):
+        h = net.conv(net.act(net.bn(y, c), "Relu"), c, 4 * growth, 1, 1, 1, None)
+        h = net.conv(net.act(net.bn(h, 4 * growth), "Relu"), 4 * growth, growth, 3, 1, 1, None)
+        y, c = net.op("Concat", [y, h], axis=1), c + growth
+    return {"x": (1, cin, hw, hw)}, y
+
+
+def _inception(p, net):  # (cin, c1, c3, c5, cp, hw)
+    cin, c1, c3, c5, cp, hw = p
+    b1 = net.conv("x", cin, c1, 1)
+    b3 = net.conv(net.conv("x", cin, c3 // 2, 1), c3 // 2, c3, 3)
+    b5 = net.conv(net.conv("x", cin, c5 // 2, 1), c5 // 2, c5, 5)
+    bp = net.conv(net.op("MaxPool", ["x"], kernel_shape=[3, 3], strides=[1, 1],
+                         pads=[1, 1, 1, 1]), cin, cp, 1)
+    return {"x": (1, cin, hw, hw)}, net.op("Concat", [b1, b3, b5, bp], axis=1)
+
+
+def _fire(p, net):  # (cin, squeeze, expand, hw)
+    cin, sq, ex, hw = p
+    s = net.conv("x", cin, sq, 1)
+    return {"x": (1, cin, hw, hw)}, net.op("Concat", [net.conv(s, sq, ex, 1),
+                                                      net.conv(s, sq, ex, 3)], axis=1)
+
+
+def _head(p, net):  # (c, hw, classes, flatten op)
+    c, hw, n, pool = p
+    y = net.op(pool, ["x"], kernel_shape=[hw, hw]) if pool == "AveragePool" \
+        else net.op(pool, ["x"])
+    y = net.op("Flatten", [y], axis=1)
+    return {"x": (1, c, hw, hw)}, net.op("Softmax", [net.gemm(y, c, n)])
+
+
+def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLeNet
+    cout, k, hw = p
+    y = net.conv("x", 3, cout, k, 2)
+    return {"x": (1, 3, hw, hw)}, net.op("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2],
+                                         pads=[1, 1, 1, 1])
+
+
+_BLOCKS = {"mbv2": _mbv2, "basic": _basic, "bottleneck": _bottleneck, "dense": _dense,
+           "inception": _inception, "fire": _fire, "head": _head, "stem": _stem}
+_FAMILIES: dict[str, Callable] = {"conv": _conv, "chain": _chain, "gemm": _gemm, "pool": _pool,
+                                  "op": _elementwise, "block": _block}
+
+
+def _grid() -> list[tuple[str, tuple]]:
+    """The fixed list of (family, params) - float designs; precisions are added on top."""
+    out: list[tuple[str, tuple]] = []
+    convs = [  # stems and plain convolutions: (cin, cout, k, stride, hw)
+        (3, 16, 3, 2, 224), (3, 32, 3, 2, 160), (3, 64, 7, 2, 224), (3, 96, 11, 4, 224),
+        (3, 24, 3, 2, 96), (16, 16, 3, 1, 112), (32, 32, 3, 1, 56), (64, 64, 3, 1, 56),
+        (64, 128, 3, 2, 56), (128, 128, 3, 1, 28), (128, 256, 3, 2, 28), (256, 256, 3, 1, 14),
+        (256, 512, 3, 2, 14), (512, 512, 3, 1, 7), (64, 192, 3, 1, 56), (96, 256, 5, 1, 27),
+        (256, 384, 3, 1, 13), (384, 256, 3, 1, 13), (32, 64, 5, 1, 28), (24, 48, 7, 2, 56),
+        (48, 48, 5, 1, 28), (8, 8, 3, 1, 64), (512, 512, 3, 1, 14), (64, 64, 3, 1, 224),
+        (128, 128, 3, 1, 112), (256, 256, 3, 1, 56), (16, 24, 3, 2, 112),
+    ]
+    out += [("conv", (ci, co, k, s, hw, 1, "Relu")) for ci, co, k, s, hw in convs]
+    pointwise = [(16, 96, 112), (96, 24, 56), (24, 144, 56), (144, 32, 28), (32, 192, 28),
+                 (192, 64, 14), (64, 384, 14), (384, 96, 14), (96, 576, 14), (576, 160, 7),
+                 (160, 960, 7), (960, 320, 7), (320, 1280, 7), (64, 256, 56), (256, 64, 56),
+                 (512, 128, 28), (1024, 256, 14), (2048, 512, 7), (512, 2048, 7),
+                 (128, 512, 28), (64, 16, 55), (480, 192, 14), (256, 256, 28), (8, 32, 32)]
+    out += [("conv", (ci, co, 1, 1, hw, 1, "Relu")) for ci, co, hw in pointwise]
+    out += [("conv", (ci, co, 1, 1, hw, 1, None)) for ci, co, hw in pointwise[1:12:3]]
+    out += [("conv", (ci, co, 1, 2, hw, 1, None)) for ci, co, hw in
+            ((64, 256, 56), (256, 512, 56), (512, 1024, 28), (1024, 2048, 14))]
+    depthwise = [(32, 3, 1, 112), (96, 3, 2, 112), (144, 3, 1, 56), (144, 3, 2, 56),
+                 (192, 3, 1, 28), (192, 3, 2, 28), (384, 3, 1, 14), (576, 3, 1, 14),
+                 (576, 3, 2, 14), (960, 3, 1, 7), (32, 5, 1, 56), (144, 5, 2, 56),
+                 (240, 5, 1, 14), (480, 7, 1, 14), (72, 7, 2, 56), (16, 3, 1, 80),
+                 (48, 3, 2, 80), (256, 3, 1, 28), (120, 5, 1, 28), (960, 5, 1, 7)]
+    out += [("conv", (c, c, k, s, hw, c, "Clip")) for c, k, s, hw in depthwise]
+    out += [("conv", (c, c, 3, 1, hw, c, "Relu")) for c, hw in ((64, 56), (128, 28))]
+    groups = [(240, 240, 1, 1, 28, 3), (480, 480, 1, 1, 14, 3), (240, 240, 3, 2, 28, 240),
+              (128, 128, 3, 1, 28, 4), (256, 256, 3, 1, 14, 32)]
+    out += [("conv", (ci, co, k, s, hw, g, "Relu")) for ci, co, k, s, hw, g in groups]
+    out += [("chain", p) for p in ((32, 3, 56, 1), (64, 1, 28, 1), (128, 3, 14, 1),
+                                   (256, 1, 14, 1), (96, 3, 56, 96), (384, 3, 14, 384),
+                                   (16, 3, 112, 1), (512, 3, 7, 1), (144, 5, 28, 144),
+                                   (960, 3, 7, 960), (128, 1, 56, 1), (64, 3, 28, 1))]
+    out += [("gemm", p) for p in ((1280, 1000, None), (512, 1000, None), (2048, 1000, None),
+                                  (1024, 1000, None), (9216, 4096, "Relu"), (4096, 4096, "Relu"),
+                                  (4096, 1000, None), (256, 10, None),
+                                  (128, 64, "Relu"), (960, 1280, None))]
+    out += [("pool", p) for p in (("MaxPool", 64, 112, 3, 2), ("MaxPool", 96, 55, 3, 2),
+                                  ("MaxPool", 256, 27, 3, 2), ("MaxPool", 64, 224, 2, 2),
+                                  ("MaxPool", 512, 14, 2, 2), ("MaxPool", 192, 28, 3, 1),
+                                  ("MaxPool", 832, 14, 3, 1), ("AveragePool", 256, 28, 2, 2),
+                                  ("AveragePool", 1024, 7, 7, 7), ("AveragePool", 128, 28, 3, 1),
+                                  ("GlobalAveragePool", 1280, 7, 1, 1),
+                                  ("GlobalAveragePool", 2048, 7, 1, 1),
+                                  ("GlobalAveragePool", 512, 14, 1, 1),
+                                  ("GlobalAveragePool", 64, 56, 1, 1))]
+    for op in ("Add", "Relu", "Clip", "BatchNormalization", "Mul", "Concat"):
+        out += [("op", (op, c, hw)) for c, hw in ((32, 112), (128, 56), (256, 14), (1024, 7))]
+    out += [("op", (op, c, hw)) for op in ("LRN", "Transpose", "Sigmoid", "HardSwish")
+            for c, hw in ((64, 56), (256, 14))]
+    out += [("op", (op, c, 1)) for op in ("Softmax", "Reshape", "Dropout")
+            for c in (1000, 4096)]
+    blocks = [("mbv2", 16, 24, 6, 2, 112, 3), ("mbv2", 24, 32, 6, 2, 56, 3),
+              ("mbv2", 32, 64, 6, 2, 28, 3), ("mbv2", 64, 96, 6, 1, 14, 3),
+              ("mbv2", 96, 160, 6, 2, 14, 3), ("mbv2", 160, 320, 6, 1, 7, 3),
+              ("mbv2", 32, 16, 1, 1, 80, 3), ("mbv2", 24, 40, 3, 2, 40, 5),
+              ("mbv2", 40, 80, 4, 2, 20, 7), ("mbv2", 24, 24, 6, 1, 40, 3),
+              ("basic", 64, 64, 1, 56), ("basic", 64, 128, 2, 56), ("basic", 128, 256, 2, 28),
+              ("basic", 256, 512, 2, 14), ("basic", 32, 32, 1, 40), ("basic", 512, 512, 1, 7),
+              ("bottleneck", 64, 64, 1, 56), ("bottleneck", 256, 128, 2, 56),
+              ("bottleneck", 512, 256, 2, 28), ("bottleneck", 1024, 512, 2, 14),
+              ("dense", 64, 32, 56, 3), ("dense", 256, 32, 14, 3),
+              ("inception", 192, 64, 128, 32, 32, 28), ("inception", 480, 192, 208, 48, 64, 14),
+              ("fire", 96, 16, 64, 55), ("fire", 256, 48, 192, 13),
+              ("head", 1280, 7, 1000, "GlobalAveragePool"), ("head", 512, 7, 1000, "AveragePool"),
+              ("stem", 64, 7, 224), ("stem", 32, 3, 160)]
+    out += [("block", b) for b in blocks]
+    return out
+
+
+# Families measured in int8: everything with arithmetic worth quantizing (the pure data-movement
+# ops are run in int8 inside blocks).
+_INT8 = ("conv", "chain", "gemm", "pool", "block")
+
+
+def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "full") -> list[Probe]:
+    """The fixed probe designs for these precisions; `subset="quick"` keeps about one in six
+    (for tests and smoke runs), `"fingerprint"` a dozen reference designs."""
+    probes = []
+    for i, (family, params) in enumerate(_grid()):
+        for precision in precisions:
+            if precision == "int8" and family not in _INT8:
+                continue
+            probes.append(Probe(_name(family, params, precision), family, precision, params))
+            if precision == "int8" and family == "block" and i % 2 == 0:
+                probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
+    if subset == "quick":
+        return [p for i, p in enumerate(probes) if i % 6 == 0]
+    if subset == "fingerprint":
+        return [p for i, p in enumerate(probes) if i % 24 == 0]
+    if subset != "full":
+        raise BadInputError(f"unknown probe subset {subset!r} (full, quick, fingerprint)")
+    return probes
+
+
+def probe_names(precisions: tuple[str, ...] = ("fp32", "fp16", "int8")) -> dict[str, Probe]:
+    return {p.name: p for p in probe_set(precisions)}
+
+
+def _name(family: str, params: tuple, precision: str) -> str:
+    parts = [str(v).lower() if not isinstance(v, str) else v.lower() for v in params]
+    return "-".join([family, *parts, precision]).replace("none", "id")
+
+
+_CACHE_MAX_BYTES = 32 << 20
+PROBE_VERSION = 1   # bump when a family's models change: cached models are keyed by it
+
+
+@functools.lru_cache(maxsize=8)
+def build_probe(name: str) -> onnx.ModelProto:
+    """The model of a probe design (deterministic). Unknown names raise BadInputError.
+
+    Built models are cached under $FLEETC_HOME/cache/probes (quantization takes a while)."""
+    probe = probe_names().get(name)
+    if probe is None:
+        raise BadInputError(f"{name!r} is not a probe design of `fleetc probe`")
+    path = _cache_path(name)
+    if path.is_file():
+        try:
+            return onnx.load(str(path))
+        except Exception:  # a damaged cache entry: rebuild it
+            logger.warning("rebuilding damaged cached probe %s", path)
+    model = _build(probe)
+    data = model.SerializeToString()
+    # Only quantized probes are worth caching (quantize_static is the slow part); big ones
+    # are rebuilt rather than kept on disk.
+    if probe.precision in ("int8", "mixed") and len(data) < _CACHE_MAX_BYTES:
+        from toolchain.space import atomic_write
+
+        atomic_write(path, data)
+    return model
+
+
+def _cache_path(name: str) -> Path:
+    import onnxruntime
+
+    from toolchain.home import cache_dir
+
+    return cache_dir() / "probes" / f"v{PROBE_VERSION}-ort{onnxruntime.__version__}" / \
+        f"{name}.onnx"
+
+
+def _build(probe: Probe) -> onnx.ModelProto:
+    name = probe.name
+    net = _Net(seed=sum(map(ord, name)) % 10007)
+    inputs, y = _FAMILIES[probe.family](probe.params, net)
+    model = net.model(inputs, y)
+    if probe.precision == "int8":
+        return quantize_qdq(model)
+    if probe.precision == "mixed":
+        convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+        return quantize_qdq(model, nodes=convs[::2])
+    if probe.precision == "fp16":
+        return to_fp16(model)
+    return model
+
+
+def quantize_qdq(model: onnx.ModelProto, nodes: list[str] | None = None,
+                 seed: int = 0) -> onnx.ModelProto:
+    """Static int8 QDQ quantization (uint8 activations, int8 per-channel weights) with seeded
+    random calibration data; `nodes` limits it to those nodes."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    rng = np.random.default_rng(seed)
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input}
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{n: rng.standard_normal(s).astype(np.float32)
+                                  for n, s in shapes.items()} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "f.onnx"), Path(tmp, "q.onnx")
+        onnx.save(model, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static warns "consider pre-processing" on root
+        try:
+            quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=True, nodes_to_quantize=nodes)
+        finally:
+            root.setLevel(level)
+        return onnx.load(str(dst))
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The whole model in float16: weights, inputs and outputs."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for init in out.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float16), init.name))
+    for vi in list(out.graph.input) + list(out.graph.output) + list(out.graph.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    return out
+
+
+def write_probes(probes: list[Probe], folder: str | os.PathLike) -> list[Path]:
+    """Write each probe as `<name>.onnx` plus `probes.txt` (one name a line)."""
+    from toolchain.space import atomic_write
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for p in probes:
+        path = folder / f"{p.name}.onnx"
+        atomic_write(path, build_probe(p.name).SerializeToString())
+        paths.append(path)
+    atomic_write(folder / "probes.txt", "".join(f"{p.name}\n" for p in probes))
+    return paths
