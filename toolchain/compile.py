@@ -182,6 +182,12 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                     ("max-accuracy-drop", max_accuracy_drop)):
         if v is not None and not (np.isfinite(v) and v >= 0 and (v > 0 or name[0] == "m")):
             raise BadInputError(f"--{name} must be a positive number, got {v}")
+    if energy_mj is not None and cost is None and tgt.power_w is None:
+        # Checked before any work: the kernel predictors price latency only, so the target
+        # file's power figure is the one energy model a built-in target can have.
+        raise BadInputError(f"--energy-mj needs an energy model for target {tgt.name}: "
+                            "energy measurements in its predictor or a power_w figure in "
+                            "its target file")
     prep = model if isinstance(model, Prepared) else prepare(model, calib, progress=say)
     warnings = list(prep.warnings)
     cost, predictor_name, cost_warnings = _cost_function(tgt, prep, cost, predictor_name,
@@ -190,6 +196,9 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
     sens = prep.sensitivity(tgt.precisions, say)
     say("building cost tables")
     tset = build_tables(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
+    if tset.unpriced:
+        warnings.append(f"{len(tset.unpriced)} option(s) not offered because the predictor "
+                        f"cannot price them, e.g. {tset.unpriced[0]}")
     budget = Budget(latency_ms, energy_mj, None, None, max_accuracy_drop)
     objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
     chosen, candidates = _choose(prep, tset, budget, objective, cost, sens, tgt.name, retries,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from toolchain.accuracy import SensitivityTable
+from toolchain.errors import UnsupportedKernelError
 from toolchain.optimize.costs import CostTable, Decision, Metrics, Option
 from toolchain.space import Choice, Kernel, Plan, Space
 
@@ -51,6 +52,7 @@ class TableSet:
     tables: dict[int | None, CostTable]     # None = the model has no resolution choice
     input_name: str | None
     input_shape: tuple[int, ...] | None
+    unpriced: tuple[str, ...] = ()          # options left out: the predictor cannot price them
 
 
 def _weight_bytes(k: Kernel, c: Choice) -> float:
@@ -71,6 +73,7 @@ def build_tables(kernels: list[Kernel], space: Space, precisions: tuple[str, ...
     by_name = {k.name: k for k in kernels}
     blocks = _block_members(kernels, space)
     tables = {}
+    unpriced: set[str] = set()
     for i, r in enumerate(resolutions):
         if progress:
             progress(i + 1, len(resolutions), f"cost table at resolution {r}")
@@ -82,7 +85,11 @@ def build_tables(kernels: list[Kernel], space: Space, precisions: tuple[str, ...
             k = by_name[name]
             opts = []
             for c in space.choices(name, precisions):
-                delta = _delta(cost, base_plan, base, kernels={name: c})
+                try:
+                    delta = _delta(cost, base_plan, base, kernels={name: c})
+                except UnsupportedKernelError as err:
+                    unpriced.add(f"{name}={_label(c)}: {err}")
+                    continue      # never priced as zero: not offered
                 opts.append(Option(_label(c), delta.latency_ms, sensitivity.kernel(name, c),
                                    delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
                                    payload={name: c}))
@@ -99,7 +106,10 @@ def build_tables(kernels: list[Kernel], space: Space, precisions: tuple[str, ...
         res_drop = sensitivity.resolution(r, original) if r and original else 0.0
         tables[r] = CostTable(tuple(sorted(decisions, key=lambda d: d.name)), Metrics(
             base.latency_ms, res_drop, base.energy_mj, fixed_bytes, fixed_act))
-    return TableSet(tables, space.input_name, input_shape)
+    if unpriced:
+        logger.warning("%d option(s) not offered: the predictor cannot price them",
+                       len(unpriced))
+    return TableSet(tables, space.input_name, input_shape, tuple(sorted(unpriced)))
 
 
 def _block_members(kernels: list[Kernel], space: Space) -> dict[str, tuple[str, ...]]:
