@@ -11,4 +11,5 @@ import toolchain.fleet_cmd  # noqa: F401
 import toolchain.inspect_cmd  # noqa: F401
 import toolchain.measure_cmd  # noqa: F401
 import toolchain.predict_cmd  # noqa: F401
+import toolchain.rewrite_cmd  # noqa: F401
 import toolchain.targets_cmd  # noqa: F401

@@ -1,0 +1,344 @@
+"""Channel pruning with least-squares reconstruction of the consumers (post-training, numpy).
+
+Rule: a pruned kernel (a group-1 Conv or a Gemm, named by its anchor node) keeps
+`pruned_channels(C, width)` of its C output channels. The kept set propagates along the
+channels' path: per-channel ops (BatchNormalization, activations, pooling, Flatten of a 1x1
+map, Add/Mul by a per-channel weight) are sliced, depthwise Convs shrink with their input
+(weights, bias, `group`), and the path ends in the input channels of group-1 Convs and Gemms
+(the consumers), whose weights are sliced. Channels that reach a graph output, an Add/Concat/Mul
+of two activations (tied channels) or anything else cannot be pruned: BadInputError names the
+kernel and the op. Which channels stay: the largest importance E[x_c^2] * ||W_consumer[:, c]||^2
+summed over consumers (x: the consumer's input on calibration data). Reconstruction (default
+on): each consumer's new weights and bias solve the ridge least-squares problem
+min ||[X_S, 1] A - X W^T|| over calibration activations, where X are the consumer's original
+inputs (im2col patches for a KxK Conv), W its original weights, S the kept channels - so the
+consumer's output is matched as well as the kept channels allow, without fine-tuning.
+Post-conditions: graph outputs keep their shapes; shapes are re-inferred.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from passes.infer_shapes import infer_shapes
+from toolchain.calib import CalibData, run_collect, synthetic_calib
+from toolchain.errors import BadInputError
+from toolchain.ir import Graph, TensorInfo
+from toolchain.pipeline import Pass, PassContext, PassResult
+from toolchain.space import pruned_channels
+
+__all__ = ["PruneChannelsPass", "PruneSite", "prune_site", "prune_channels"]
+
+logger = logging.getLogger(__name__)
+
+_PER_CHANNEL = {"BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid",
+                "LeakyRelu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
+                "GlobalMaxPool", "Dropout", "Identity"}
+# Calibration rows (positions) per consumer: a few per regression feature, capped for speed;
+# consumers with more features (e.g. a 3x3 Conv over 256 channels) are sliced, not refit.
+_ROWS_PER_FEATURE, _MIN_ROWS, _MAX_ROWS = 4, 4096, 24_000
+_MAX_FEATURES = 1200
+
+
+@dataclass(frozen=True)
+class PruneSite:
+    """Where one kernel's output channels go: the nodes to slice and the consumers."""
+
+    kernel: str
+    channels: int
+    path: tuple[str, ...]       # per-channel and depthwise nodes, in traversal order
+    consumers: tuple[str, ...]  # group-1 Convs / Gemms reading the channels as input 0
+
+
+def _depthwise(graph: Graph, node: str) -> bool:
+    d = graph.node(node)
+    w = d["inputs"][1] if len(d["inputs"]) > 1 else ""
+    return (d["op_type"] == "Conv" and int(d["attrs"].get("group", 1)) > 1
+            and graph.is_weight(w) and graph.initializers[w].shape[1] == 1)
+
+
+def _per_channel_weight(graph: Graph, d: dict, t: str, channels: int) -> bool:
+    """Add/Mul of `t` and a weight that broadcasts along the channel axis only."""
+    others = [i for i in d["inputs"] if i != t]
+    if d["op_type"] not in ("Add", "Mul") or d["inputs"].count(t) != 1 or len(others) != 1 \
+            or not graph.is_weight(others[0]):
+        return False
+    w, rank = graph.initializers[others[0]].shape, len(graph.shape(t) or ())
+    axis = len(w) - (rank - 1)
+    return all(s == 1 for i, s in enumerate(w) if i != axis) and \
+        (axis < 0 or w[axis] in (1, channels))
+
+
+def _step(graph: Graph, kernel: str, t: str, channels: int) -> tuple[list, list, list]:
+    """One tensor's readers -> (path nodes, consumers, next tensors); BadInputError if tied."""
+    path, consumers, nxt = [], [], []
+    if t in graph.outputs:
+        raise BadInputError(f"width: kernel {kernel!r}: its channels reach the graph output "
+                            f"{t!r} and cannot be pruned")
+    for user in graph.consumers(t):
+        d = graph.node(user)
+        op, ins = d["op_type"], d["inputs"]
+        if op == "Conv" and ins[0] == t and _depthwise(graph, user):
+            path.append(user)
+            nxt.append(d["outputs"][0])
+        elif op == "Conv" and ins[0] == t and int(d["attrs"].get("group", 1)) == 1:
+            consumers.append(user)
+        elif op == "Gemm" and ins[0] == t and not d["attrs"].get("transA", 0):
+            consumers.append(user)
+        elif (op in _PER_CHANNEL and ins[0] == t) or _per_channel_weight(graph, d, t, channels) \
+                or (op == "Flatten" and all(s == 1 for s in (graph.shape(t) or (0, 0, 0))[2:])):
+            path.append(user)
+            nxt.append(d["outputs"][0])
+        else:
+            raise BadInputError(f"width: kernel {kernel!r}: its channels are tied by {op} node "
+                                f"{user!r} and cannot be pruned on their own")
+    return path, consumers, nxt
+
+
+def prune_site(graph: Graph, kernel: str) -> PruneSite:
+    """Trace where the output channels of `kernel` go (BadInputError if they cannot be pruned)."""
+    if kernel not in graph or graph.op(kernel) not in ("Conv", "Gemm"):
+        raise BadInputError(f"width: {kernel!r} is not a Conv or Gemm kernel of this model")
+    d = graph.node(kernel)
+    weight = d["inputs"][1]
+    if not graph.is_weight(weight) or (graph.op(kernel) == "Conv"
+                                       and int(d["attrs"].get("group", 1)) != 1):
+        raise BadInputError(f"width: kernel {kernel!r} is grouped or has no constant weight")
+    W = graph.initializers[weight]
+    channels = W.shape[1] if graph.op(kernel) == "Gemm" and not d["attrs"].get("transB", 0) \
+        else W.shape[0]
+    path, consumers, stack, seen = [], [], [d["outputs"][0]], set()
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        p, c, nxt = _step(graph, kernel, t, channels)
+        path += [n for n in p if n not in path]
+        consumers += [n for n in c if n not in consumers]
+        stack += nxt
+    if not consumers:
+        raise BadInputError(f"width: kernel {kernel!r}: its channels reach no Conv or Gemm")
+    return PruneSite(kernel, channels, tuple(path), tuple(consumers))
+
+
+# --- calibration statistics --------------------------------------------------------------------
+
+def _rows(graph: Graph, consumer: str, x: np.ndarray, rng: np.random.Generator,
+          limit: int) -> np.ndarray:
+    """The consumer's input as regression rows: (positions, C*k*k) for a Conv, (N, F) for Gemm."""
+    d = graph.node(consumer)
+    if d["op_type"] == "Gemm":
+        rows = x.reshape(x.shape[0], -1)
+    else:
+        W = graph.initializers[d["inputs"][1]]
+        kh, kw = W.shape[2:]
+        a = d["attrs"]
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
+            ph, pw = kh - 1, kw - 1  # SAME_*: stride 1 in practice; total pad k-1
+            pads = [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
+        sh, sw = a.get("strides", [1, 1])
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw]  # N, C, Ho, Wo, kh, kw
+        rows = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    return rows.astype(np.float32)
+
+
+@dataclass
+class _Gram:
+    """Running E[[x, 1][x, 1]^T] of one consumer's input rows (only its diagonal if not `full`)."""
+
+    full: bool
+    sum: np.ndarray | None = None
+    count: int = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        aug = np.hstack([rows, np.ones((len(rows), 1), rows.dtype)])
+        # float32 BLAS, float64 running sum
+        g = (aug.T @ aug if self.full else (aug * aug).sum(axis=0)).astype(np.float64)
+        self.sum = g if self.sum is None else self.sum + g
+        self.count += len(rows)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(1, self.count)
+
+    @property
+    def diag(self) -> np.ndarray:
+        return np.diag(self.mean) if self.full else self.mean
+
+
+def _grams(graph: Graph, consumers: list[str], calib: CalibData, seed: int,
+           full: bool) -> dict[str, _Gram]:
+    rng = np.random.default_rng(seed)
+    tensors = sorted({graph.node(c)["inputs"][0] for c in consumers})
+    limits, grams = {}, {}
+    for c in consumers:
+        features = _consumer_matrix(graph, c)[0].shape[1]
+        grams[c] = _Gram(full and features <= _MAX_FEATURES)
+        total = min(_MAX_ROWS, max(_MIN_ROWS, _ROWS_PER_FEATURE * features))
+        limits[c] = max(1, -(-total // max(1, len(calib))))
+    for values in run_collect(graph, calib, tensors):
+        for c in consumers:
+            grams[c].add(_rows(graph, c, values[graph.node(c)["inputs"][0]], rng, limits[c]))
+    return grams
+
+
+# --- weight views ------------------------------------------------------------------------------
+
+def _consumer_matrix(graph: Graph, consumer: str) -> tuple[np.ndarray, int]:
+    """The consumer's weight as (outputs, inputs*taps) and its taps per input channel."""
+    d = graph.node(consumer)
+    W = graph.initializers[d["inputs"][1]]
+    if d["op_type"] == "Gemm":
+        return (W.T if not d["attrs"].get("transB", 0) else W), 1
+    return W.reshape(W.shape[0], -1), int(np.prod(W.shape[2:]))
+
+
+def _features(keep: np.ndarray, taps: int) -> np.ndarray:
+    return (keep[:, None] * taps + np.arange(taps)[None, :]).reshape(-1)
+
+
+def _importance(graph: Graph, site: PruneSite, grams: dict[str, _Gram]) -> np.ndarray:
+    score = np.zeros(site.channels)
+    for c in site.consumers:
+        M, taps = _consumer_matrix(graph, c)
+        energy = grams[c].diag[:-1] * (M.astype(np.float64) ** 2).sum(axis=0)
+        score += energy.reshape(site.channels, taps).sum(axis=1)
+    return score
+
+
+def _reconstruct(M: np.ndarray, gram: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+    """Ridge LS: new weights (outputs, |feats|) and bias delta matching X W^T from [X_S, 1]."""
+    idx = np.append(feats, gram.shape[0] - 1)
+    A = gram[np.ix_(idx, idx)]
+    ridge = 1e-4 * np.mean(np.diag(A)) + 1e-12
+    B = gram[idx, :-1] @ M.T.astype(np.float64)
+    sol = np.linalg.solve(A + ridge * np.eye(len(idx)), B)
+    return sol[:-1].T, sol[-1]
+
+
+# --- graph edits -------------------------------------------------------------------------------
+
+def _set_weight(graph: Graph, node: str, index: int, array: np.ndarray) -> None:
+    """Give input `index` of `node` a new, private initializer (others may share the old one)."""
+    old = graph.node(node)["inputs"][index]
+    name = graph.fresh_name(f"{old}.pruned")
+    graph.initializers[name] = np.ascontiguousarray(array.astype(graph.initializers[old].dtype))
+    graph.tensors[name] = TensorInfo(tuple(array.shape), graph.initializers[name].dtype.name)
+    graph.set_input(node, index, name)
+
+
+def _slice_producer(graph: Graph, site: PruneSite, keep: np.ndarray) -> None:
+    d = graph.node(site.kernel)
+    W = graph.initializers[d["inputs"][1]]
+    rows = d["op_type"] == "Conv" or d["attrs"].get("transB", 0)
+    _set_weight(graph, site.kernel, 1, W[keep] if rows else W[:, keep])
+    if len(d["inputs"]) > 2 and d["inputs"][2] and graph.is_weight(d["inputs"][2]):
+        b = graph.initializers[d["inputs"][2]]
+        if b.ndim >= 1 and b.shape[-1] == site.channels:
+            _set_weight(graph, site.kernel, 2, b[..., keep])
+
+
+def _slice_path_node(graph: Graph, node: str, keep: np.ndarray, channels: int) -> None:
+    d = graph.node(node)
+    op = d["op_type"]
+    if op == "BatchNormalization":
+        for i in range(1, 5):
+            _set_weight(graph, node, i, graph.initializers[d["inputs"][i]][keep])
+    elif op == "Conv":  # depthwise
+        _set_weight(graph, node, 1, graph.initializers[d["inputs"][1]][keep])
+        if len(d["inputs"]) > 2 and d["inputs"][2]:
+            _set_weight(graph, node, 2, graph.initializers[d["inputs"][2]][keep])
+        d["attrs"]["group"] = len(keep)
+    elif op in ("Add", "Mul"):
+        i = next(i for i, t in enumerate(d["inputs"]) if graph.is_weight(t))
+        w = graph.initializers[d["inputs"][i]]
+        rank = len(graph.shape(next(t for t in d["inputs"] if not graph.is_weight(t))))
+        axis = w.ndim - (rank - 1)
+        if axis >= 0 and w.shape[axis] == channels:
+            _set_weight(graph, node, i, np.take(w, keep, axis=axis))
+
+
+def _slice_consumer(graph: Graph, consumer: str, keep: np.ndarray, gram: _Gram | None) -> None:
+    d = graph.node(consumer)
+    W = graph.initializers[d["inputs"][1]]
+    M, taps = _consumer_matrix(graph, consumer)
+    feats = _features(keep, taps)
+    if gram is None or not gram.full:
+        new, delta = M[:, feats], None
+    else:
+        new, delta = _reconstruct(M, gram.mean, feats)
+    if d["op_type"] == "Gemm":
+        _set_weight(graph, consumer, 1, new if d["attrs"].get("transB", 0) else new.T)
+    else:
+        _set_weight(graph, consumer, 1, new.reshape(W.shape[0], len(keep), *W.shape[2:]))
+    if delta is not None:
+        _add_bias(graph, consumer, delta)
+
+
+def _add_bias(graph: Graph, node: str, delta: np.ndarray) -> None:
+    d = graph.node(node)
+    if len(d["inputs"]) > 2 and d["inputs"][2]:
+        b = graph.initializers[d["inputs"][2]]
+        _set_weight(graph, node, 2, b + delta.reshape(b.shape))
+        return
+    if d["op_type"] == "Gemm":
+        d["attrs"].setdefault("beta", 1.0)
+    name = graph.fresh_name(f"{node}.bias")
+    graph.initializers[name] = delta.astype(np.float32)
+    graph.tensors[name] = TensorInfo(tuple(delta.shape), "float32")
+    if len(d["inputs"]) == 2:
+        d["inputs"].append("")
+    graph.set_input(node, 2, name)
+
+
+def prune_channels(graph: Graph, widths: dict[str, float], calib: CalibData | None,
+                   reconstruct: bool = True, seed: int = 0) -> dict[str, int]:
+    """Prune every named kernel to its width; returns kernel -> channels kept."""
+    sites = [prune_site(graph, k) for k, w in sorted(widths.items()) if w < 1.0]
+    sites = [s for s in sites if pruned_channels(s.channels, widths[s.kernel]) < s.channels]
+    if not sites:
+        return {}
+    calib = calib or synthetic_calib(graph)
+    consumers = sorted({c for s in sites for c in s.consumers})
+    grams = _grams(graph, consumers, calib, seed, full=reconstruct)
+    kept = {}
+    for site in sites:
+        n = pruned_channels(site.channels, widths[site.kernel])
+        # Stable top-n, back in channel order so the surviving channels keep their order.
+        keep = np.sort(np.argsort(-_importance(graph, site, grams), kind="stable")[:n])
+        kept[site.kernel] = n
+        for c in site.consumers:
+            _slice_consumer(graph, c, keep, grams[c] if reconstruct else None)
+        _slice_producer(graph, site, keep)
+        for node in site.path:
+            _slice_path_node(graph, node, keep, site.channels)
+    graph.remove_unused()
+    infer_shapes(graph)
+    return kept
+
+
+@dataclass
+class PruneChannelsPass(Pass):
+    """Prune kernels' output channels to the plan's widths and reconstruct their consumers."""
+
+    name = "prune_channels"
+    requires = frozenset({"shapes"})
+    invalidates = frozenset({"kernels", "costs", "space"})
+    widths: dict[str, float] = field(default_factory=dict)  # kernel name -> width in (0, 1]
+    reconstruct: bool = True  # least-squares refit of the consumers on calibration data
+    seed: int = 0  # sampling of calibration positions
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        calib = ctx.calib if isinstance(ctx.calib, CalibData) else None
+        kept = prune_channels(graph, self.widths, calib, self.reconstruct, self.seed)
+        return PassResult(changed=bool(kept), stats={"kernels_pruned": len(kept),
+                                                     "channels_kept": kept})

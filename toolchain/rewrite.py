@@ -1,0 +1,209 @@
+"""Apply a plan to a model: the one entry point that compile, fleet and `fleetc rewrite` call.
+
+Order of the passes (each in `passes/`): resize_input -> skip_blocks -> shrink_kernels ->
+prune_channels -> quantize (int8) -> to_fp16. Structure first, then widths (reconstruction
+sees the final structure), then precision (int8 ranges are calibrated on the final weights).
+Before anything runs the plan is checked against the model's design space and the target's
+precisions (BadInputError naming the first illegal choice); choices for kernels inside a
+skipped block are dropped (the block is gone). After the passes the result is checked:
+onnx.checker, an onnxruntime session, and the original output shapes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from passes.count_costs import node_macs
+from passes.export_onnx import export_onnx
+from passes.prune_channels import PruneChannelsPass
+from passes.quantize import QuantizePass
+from passes.resize_input import ResizeInputPass, resize_images
+from passes.shrink_kernels import ShrinkKernelsPass
+from passes.skip_blocks import SkipBlocksPass
+from passes.to_fp16 import ToFp16Pass
+from toolchain.calib import CalibData, load_calib, synthetic_calib
+from toolchain.ir import Graph
+from toolchain.pipeline import Pass, PassContext, PassRecord, Pipeline
+from toolchain.space import PRECISIONS, Plan
+
+__all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelCost", "plan_passes",
+           "check_model", "kernel_costs"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    """One kernel's multiply-accumulates and parameter bytes (weights as stored)."""
+
+    name: str
+    op_type: str
+    macs: int
+    param_bytes: int
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    model: onnx.ModelProto
+    before: dict[str, KernelCost]
+    after: dict[str, KernelCost]      # kernels that still exist, by their original names
+    records: tuple[PassRecord, ...] = ()
+    dropped: tuple[str, ...] = ()     # plan choices for kernels removed with a skipped block
+    synthetic_calib: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _graph(source) -> Graph:
+    from passes.import_onnx import import_onnx
+
+    if isinstance(source, Graph):
+        return source.copy()
+    return import_onnx(source)
+
+
+def _plan(plan) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, dict):
+        return Plan.from_dict(plan)
+    return Plan.load(plan)
+
+
+def _precisions(plan: Plan, target) -> tuple[tuple[str, ...], str | None]:
+    """Precisions the target allows (all without a target) and the target's name."""
+    from toolchain.target import Target, load_target
+
+    if target is None and plan.target:
+        target = plan.target
+    if target is None:
+        return PRECISIONS, None
+    t = target if isinstance(target, Target) else load_target(target)
+    return tuple(t.precisions), t.name
+
+
+def _calib(calib, graph: Graph, needed: bool) -> CalibData | None:
+    if isinstance(calib, CalibData):
+        return calib
+    if calib is not None:
+        return load_calib(calib, graph)
+    return synthetic_calib(graph) if needed else None
+
+
+def _resized(calib: CalibData | None, shapes: dict[str, list[int]]) -> CalibData | None:
+    if calib is None or not shapes:
+        return calib
+    inputs = {k: (resize_images(v, *shapes[k][2:4]) if k in shapes and v.ndim == 4 else v)
+              for k, v in calib.inputs.items()}
+    return CalibData(inputs, calib.labels, calib.source)
+
+
+def plan_passes(plan: Plan, removed: set[str]) -> list[Pass]:
+    """The passes that carry out `plan` (choices for `removed` kernels left out), in order."""
+    live = {k: c for k, c in plan.kernels.items() if k not in removed}
+    return [
+        ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}),
+        SkipBlocksPass(blocks=tuple(plan.skip_blocks)),
+        ShrinkKernelsPass(sizes={k: c.kernel_size for k, c in live.items()
+                                 if c.kernel_size is not None}),
+        PruneChannelsPass(widths={k: c.width for k, c in live.items() if c.width < 1.0}),
+        QuantizePass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "int8"))),
+        ToFp16Pass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "fp16"))),
+    ]
+
+
+def _weight_bytes(graph: Graph, node: str) -> int:
+    """Bytes of the weights a node reads, directly or through DequantizeLinear / Cast."""
+    total, stack, seen = 0, list(graph.node(node)["inputs"][1:]), set()
+    while stack:
+        t = stack.pop()
+        if not t or t in seen:
+            continue
+        seen.add(t)
+        if graph.is_weight(t):
+            total += int(np.asarray(graph.initializers[t]).nbytes)
+            continue
+        p = graph.producer(t)
+        if p is not None and graph.op(p) in ("DequantizeLinear", "Cast"):
+            stack.extend(graph.node(p)["inputs"])
+    return total
+
+
+def kernel_costs(graph: Graph, kernels: dict[str, tuple[str, ...]]) -> dict[str, KernelCost]:
+    """Costs of the named kernels (name -> nodes) that exist in `graph`."""
+    out = {}
+    for name, nodes in kernels.items():
+        if name not in graph:
+            continue
+        live = [n for n in nodes if n in graph]
+        w = graph.node(name)["inputs"][1] if len(graph.node(name)["inputs"]) > 1 else ""
+        p = graph.producer(w) if w else None
+        precision = ("int8" if p is not None and graph.op(p) == "DequantizeLinear" else
+                     "fp16" if graph.dtype(graph.node(name)["inputs"][0]) == "float16"
+                     else "fp32")
+        out[name] = KernelCost(name, graph.op(name), node_macs(graph, name),
+                               sum(_weight_bytes(graph, n) for n in live), precision)
+    return out
+
+
+def check_model(model: onnx.ModelProto, output_shapes: dict[str, tuple]) -> None:
+    """The rewritten model passes onnx.checker, loads in onnxruntime, keeps its output shapes."""
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as err:  # a bug in a pass: name it, do not write the file
+        raise RuntimeError(f"the rewritten model is invalid: {str(err).splitlines()[0]}") from err
+    got = {o.name: tuple(o.shape) for o in sess.get_outputs()}
+    for name, shape in output_shapes.items():
+        if got.get(name) != tuple(shape):
+            raise RuntimeError(f"the rewritten model's output {name!r} has shape "
+                               f"{got.get(name)}, expected {tuple(shape)}")
+
+
+def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | dict | str | Path,
+            calib: CalibData | str | os.PathLike | None = None, target=None,
+            check: bool = True) -> RewriteResult:
+    """Apply `plan`; the source is never modified. See the module doc for the order."""
+    from toolchain.analysis import analyze, kernels_of, space_of
+
+    graph = _graph(source)
+    plan = _plan(plan)
+    precisions, target_name = _precisions(plan, target)
+    analyze(graph)
+    space = space_of(graph)
+    plan.check(space, precisions)
+    kernels = {k.name: k.nodes for k in kernels_of(graph) if k.is_compute}
+    before = kernel_costs(graph, kernels)
+    removed_nodes = {n for b in plan.skip_blocks for n in space.blocks[b]}
+    dropped = tuple(sorted(k for k in plan.kernels if k in removed_nodes))
+    needs_data = any(c.precision == "int8" or c.width < 1.0 for c in plan.kernels.values())
+    data = _calib(calib, graph, needs_data)
+    outputs = {t: graph.shape(t) for t in graph.outputs}
+    ctx = PassContext(calib=_resized(data, plan.input_shape), facts={"shapes"})
+    records = Pipeline(plan_passes(plan, set(dropped))).run(graph, ctx)
+    model = export_onnx(graph)
+    model.producer_name = "fleetc rewrite"
+    if target_name:
+        onnx.helper.set_model_props(model, {"fleetc.target": target_name})
+    if check:
+        check_model(model, outputs)
+    return RewriteResult(model, before, kernel_costs(graph, kernels), tuple(records), dropped,
+                         data is not None and data.synthetic)
+
+
+def apply_plan(graph_or_model: Graph | onnx.ModelProto | str | os.PathLike,
+               plan: Plan | dict | str | Path, calib: CalibData | str | os.PathLike | None = None,
+               target=None) -> onnx.ModelProto:
+    """The model rewritten by `plan`, checked (checker, onnxruntime, output shapes).
+
+    `calib`: CalibData, a .npz path (toolchain.calib format) or None (random data with a loud
+    warning, only if the plan quantizes or prunes). `target`: a Target or its name; the plan's
+    own `target` is used when this is None. Raises BadInputError for an illegal plan."""
+    return rewrite(graph_or_model, plan, calib, target).model
