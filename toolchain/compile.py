@@ -273,11 +273,24 @@ def _solve(tset: TableSet, budget: Budget, objective: str, cost, sens, target: s
 
 def _best_reachable_error(tset: TableSet, budget: Budget,
                           err: InfeasibleError | None) -> InfeasibleError:
-    """The message of the resolution that gets closest (least latency) to the budget."""
+    """Why no resolution's table has a plan: the accuracy limit (then the least predicted drop
+    under the other budgets), or a resource budget (then the best reachable value of it)."""
+    if budget.max_drop is not None:
+        without = replace(budget, max_drop=None)
+        drops = []
+        for table in tset.tables.values():
+            try:
+                drops.append(solve_exact(table, without, "drop").metrics.drop)
+            except InfeasibleError:
+                pass
+        if drops:
+            return InfeasibleError(
+                f"accuracy-drop limit {budget.max_drop:g} points cannot be met within the other "
+                f"budgets: the least predicted drop reachable is {min(drops):.3g} points")
     best = None
     for table in tset.tables.values():
         try:
-            check_feasible(table, budget)
+            check_feasible(table, replace(budget, max_drop=None))
         except InfeasibleError as e:
             lat = sum(min(o.latency_ms for o in d.options) for d in table.decisions) \
                 + table.base.latency_ms
