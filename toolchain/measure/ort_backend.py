@@ -62,11 +62,15 @@ def random_feed(session, seed: int = 0) -> dict[str, np.ndarray]:
 
 def time_ort(model: onnx.ModelProto | bytes | str, threads: int = 1,
              config: TimingConfig | None = None, pin: bool = True) -> Timing:
-    """Median latency of one inference in onnxruntime, the calling thread pinned when asked."""
+    """Median latency of one inference in onnxruntime, the calling thread pinned when asked.
+
+    With one thread onnxruntime computes on the calling thread: timed with the thread's CPU
+    clock (immune to other processes sharing the core); with more, by the wall clock."""
     n = resolved_threads(threads)
     with pinned(pick_cpus(n) if pin else None):
         # The session is made inside the pinned region so its worker threads inherit the mask.
         session = ort_session(model, n)
         feed = random_feed(session)
         names = [o.name for o in session.get_outputs()]
-        return time_callable(lambda: session.run(names, feed), config or TimingConfig())
+        return time_callable(lambda: session.run(names, feed), config or TimingConfig(),
+                             clock="thread" if n == 1 else "wall")

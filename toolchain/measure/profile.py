@@ -90,6 +90,6 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
 def _row(target: Target, name: str, t: Timing) -> dict:
     return {"design": name, "latency_ms": t.median_ms, "energy_mj": target.energy_mj(t.median_ms),
             "spread_pct": round(t.spread_pct, 2), "min_ms": t.min_ms, "repeats": t.repeats,
-            "number": t.number, "outliers": t.outliers, "target": target.name,
+            "number": t.number, "outliers": t.outliers, "clock": t.clock, "target": target.name,
             "backend": backend_name(target), "threads": target.measure.threads,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -21,7 +21,7 @@ __all__ = ["Row", "COLUMNS", "read_measurements", "measured_designs", "RowWriter
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("design", "latency_ms", "energy_mj", "spread_pct", "min_ms", "repeats", "number",
-           "outliers", "target", "backend", "threads", "measured_at")
+           "outliers", "clock", "target", "backend", "threads", "measured_at")
 REQUIRED = ("design", "latency_ms")
 
 

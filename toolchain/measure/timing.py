@@ -1,5 +1,10 @@
 """Robust timing: warm-up, repeated samples, outlier removal, median and spread, thread pinning.
 
+Clocks: "wall" (perf_counter) or "thread" (the calling thread's CPU time, for runtimes that
+compute on the calling thread, such as onnxruntime with one intra-op thread). On an idle core the
+two agree; on a shared machine the thread clock leaves out the time the thread waits while other
+processes hold the core, which is the noise that dominates wall-clock medians there.
+
 A sample is the mean of `number` back-to-back runs, `number` chosen so that one sample lasts at
 least `min_sample_ms` (short kernels are below the clock's useful resolution otherwise). High
 outliers - samples more than `outlier_mads` scaled MADs above the median, typically another
@@ -43,13 +48,15 @@ class Timing:
     repeats: int             # samples kept
     number: int              # runs averaged per sample
     outliers: int            # samples dropped as high outliers
+    clock: str = "wall"      # "wall" or "thread" (CPU time of the calling thread)
 
     @property
     def latency_ms(self) -> float:
         return self.median_ms
 
 
-def summarize(samples_ms: Sequence[float], number: int = 1, outlier_mads: float = 4.0) -> Timing:
+def summarize(samples_ms: Sequence[float], number: int = 1, outlier_mads: float = 4.0,
+              clock: str = "wall") -> Timing:
     """Median and interquartile spread of the samples after dropping high outliers."""
     x = np.asarray(samples_ms, dtype=float)
     if x.size == 0 or not np.all(np.isfinite(x)):
@@ -61,26 +68,29 @@ def summarize(samples_ms: Sequence[float], number: int = 1, outlier_mads: float 
     q1, q2, q3 = np.percentile(kept, [25, 50, 75])
     return Timing(median_ms=float(q2), min_ms=float(kept.min()),
                   spread_pct=float(100.0 * (q3 - q1) / q2) if q2 > 0 else 0.0,
-                  repeats=int(kept.size), number=number, outliers=int(x.size - kept.size))
+                  repeats=int(kept.size), number=number, outliers=int(x.size - kept.size),
+                  clock=clock)
 
 
-def time_callable(run: Callable[[], object], config: TimingConfig | None = None) -> Timing:
+def time_callable(run: Callable[[], object], config: TimingConfig | None = None,
+                  clock: str = "wall") -> Timing:
     """Time `run()` (one inference) with warm-up and repeated samples."""
     config = config or TimingConfig()
+    now = {"wall": time.perf_counter, "thread": time.thread_time}[clock]
     for _ in range(config.warmup):
         run()
-    start = time.perf_counter()
+    start = now()
     run()
-    once_ms = max(1e-3, (time.perf_counter() - start) * 1e3)
+    once_ms = max(1e-3, (now() - start) * 1e3)
     number = max(1, math.ceil(config.min_sample_ms / once_ms))
     budget = max(3, int(config.max_seconds * 1e3 / (once_ms * number)))
     samples = []
     for _ in range(max(3, min(config.repeats, budget))):
-        start = time.perf_counter()
+        start = now()
         for _ in range(number):
             run()
-        samples.append((time.perf_counter() - start) * 1e3 / number)
-    return summarize(samples, number, config.outlier_mads)
+        samples.append((now() - start) * 1e3 / number)
+    return summarize(samples, number, config.outlier_mads, clock)
 
 
 def pick_cpus(threads: int) -> set[int]:

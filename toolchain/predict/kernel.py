@@ -46,15 +46,17 @@ FORMAT = "fleetc.kernel-latency"
 FORMAT_VERSION = 1
 _M = 1e-6   # features in millions: weights are then ms per million
 
-_CONV = ("kernel", "macs", "macs_pad16", "in_elems", "out_elems", "weight_elems", "rows")
+_EDGES = ("edge_in", "edge_out")
+_CONV = ("kernel", "macs", "macs_pad16", "in_elems", "out_elems", "weight_elems", "rows",
+         "out_taps", *_EDGES)
 _BASIS: dict[str, tuple[str, ...]] = {
     "conv": _CONV, "dwconv": _CONV,
-    "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems"),
-    "MaxPool": ("kernel", "in_elems", "window_elems"),
-    "AveragePool": ("kernel", "in_elems", "window_elems"),
-    "LRN": ("kernel", "out_elems", "window_elems"),
+    "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", *_EDGES),
+    "MaxPool": ("kernel", "in_elems", "window_elems", *_EDGES),
+    "AveragePool": ("kernel", "in_elems", "window_elems", *_EDGES),
+    "LRN": ("kernel", "out_elems", "window_elems", *_EDGES),
 }
-_DEFAULT_BASIS = ("kernel", "in_elems", "out_elems")
+_DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", *_EDGES)
 MODEL_BASIS = ("model",)
 
 
@@ -70,6 +72,8 @@ def features(u: Unit) -> dict[str, float]:
         "in_elems": u.in_elems * _M, "out_elems": u.out_elems * _M,
         "weight_elems": u.weight_elems * _M, "rows": u.rows * _M,
         "window_elems": u.out_elems * u.k_area * _M,
+        "out_taps": u.out_elems * u.k_area * _M,   # = MACs / input channels per group
+        "edge_in": u.edge_in * _M, "edge_out": u.edge_out * _M,
     }
 
 

@@ -26,6 +26,8 @@ __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "pr
 
 logger = logging.getLogger(__name__)
 
+UNITS_VERSION = 2   # bump when Unit's fields or their computation change (cached probe units)
+
 
 def builtin_predictors_dir() -> Path:
     import targets
@@ -71,7 +73,8 @@ def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
     from toolchain.probe import PROBE_VERSION, build_probe, probe_names
 
     if design in probe_names():
-        cache = cache_dir() / "probes" / f"units-v{PROBE_VERSION}" / f"{design}.json"
+        cache = cache_dir() / "probes" / f"units-v{PROBE_VERSION}.{UNITS_VERSION}" / \
+            f"{design}.json"
         if cache.is_file():
             return [_unit_from_json(d) for d in json.loads(cache.read_text())]
         units = model_units(build_probe(design))

@@ -35,7 +35,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LAMBDAS = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+LAMBDAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -85,27 +85,34 @@ def rank_correlation(proxy: np.ndarray, target: np.ndarray, level: float = 0.9) 
     return RankEstimate(rho, math.tanh(z - half), math.tanh(z + half), n, level)
 
 
-def _ridge_loo(X: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> tuple[np.ndarray, float,
-                                                                            np.ndarray]:
-    """Ridge weights, mean squared leave-one-out error (exact, via the hat matrix), residuals."""
-    A = X.T @ X + np.diag(penalty)
-    A_inv = np.linalg.pinv(A)
+def _ridge_loo(X: np.ndarray, y: np.ndarray,
+               penalty: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge weights, exact leave-one-out residuals (hat matrix), effective parameters."""
+    A_inv = np.linalg.pinv(X.T @ X + np.diag(penalty))
     w = A_inv @ (X.T @ y)
     h = np.einsum("ij,jk,ik->i", X, A_inv, X)
-    loo = (y - X @ w) / np.maximum(1.0 - h, 1e-3)
-    return w, float(np.mean(loo ** 2)), loo
+    return w, (y - X @ w) / np.maximum(1.0 - h, 1e-3), float(np.sum(h))
+
+
+SPACES = ("log", "ms")   # log t = a + b log p + c.f   or   t = a + b p + c.f
 
 
 @dataclass(frozen=True)
 class Transfer:
-    """A calibrated or adapted proxy predictor for one target (log-latency model)."""
+    """A calibrated (reuse) or adapted proxy predictor for one target.
+
+    Reuse: the proxy latency through a monotone map (log-linear or linear with positive slope),
+    so the proxy's ranking is kept exactly. Adapt: plus ridge-shrunk corrections on one block of
+    design features (standardized on the samples)."""
 
     path: str                       # "reuse" or "adapt"
     reason: str
     rank: RankEstimate
+    space: str                      # "log" or "ms"
     intercept: float
     proxy_slope: float
-    feature_weights: np.ndarray = field(repr=False)   # per standardized feature (zeros: reuse)
+    columns: tuple[int, ...]        # feature columns the corrections use (empty: reuse)
+    weights: np.ndarray = field(repr=False)
     feature_mean: np.ndarray = field(repr=False)
     feature_scale: np.ndarray = field(repr=False)
     lam: float | None               # chosen ridge penalty (None: reuse)
@@ -113,66 +120,112 @@ class Transfer:
     cv_error_adapt: float
     sigma: float                    # leave-one-out residual std (log) of the chosen model
     samples: int
-
-    def predict_log(self, proxy_latency: np.ndarray, features: np.ndarray) -> np.ndarray:
-        out = self.intercept + self.proxy_slope * np.log(proxy_latency)
-        if self.path == "adapt":
-            out = out + ((features - self.feature_mean) / self.feature_scale) @ self.feature_weights
-        return out
+    floor: float                    # smallest prediction (ms model), a fraction of the samples
 
     def predict(self, proxy_latency: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Predicted target latency (same unit as the samples)."""
-        return np.exp(self.predict_log(proxy_latency, features))
+        """Predicted target latency (same unit as the samples), always > 0."""
+        proxy_latency = np.asarray(proxy_latency, float)
+        x = np.log(proxy_latency) if self.space == "log" else proxy_latency
+        out = self.intercept + self.proxy_slope * x
+        if self.columns:
+            f = np.asarray(features, float)[..., list(self.columns)]
+            out = out + ((f - self.feature_mean) / self.feature_scale) @ self.weights
+        return np.exp(out) if self.space == "log" else np.maximum(out, self.floor)
+
+    def predict_log(self, proxy_latency: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return np.log(self.predict(proxy_latency, features))
 
     def summary(self) -> dict:
-        return {"path": self.path, "reason": self.reason, "rho": self.rank.rho,
-                "rho_low": self.rank.low, "rho_high": self.rank.high, "lambda": self.lam,
+        return {"path": self.path, "reason": self.reason, "space": self.space,
+                "rho": self.rank.rho, "rho_low": self.rank.low, "rho_high": self.rank.high,
+                "lambda": self.lam, "columns": list(self.columns),
                 "cv_error_reuse": self.cv_error_reuse, "cv_error_adapt": self.cv_error_adapt}
 
 
-def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
-                 lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.05,
-                 level: float = 0.9) -> Transfer:
-    """Fit reuse and adaptation on the K samples and keep the one cross-validation prefers.
+@dataclass(frozen=True)
+class _Fit:
+    error: float
+    space: str
+    columns: tuple[int, ...]
+    lam: float | None
+    w: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    loo_log: np.ndarray
 
-    `proxy`, `target`: latencies (> 0) of the K sampled designs; `features`: (K, d)."""
+
+def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space: str,
+             columns: tuple[int, ...], lambdas: tuple[float, ...], floor: float,
+             max_dof: float = math.inf) -> list[_Fit]:
+    """Every penalty for one (space, feature block); errors are LOO errors of log latency, so
+    the two spaces compare on one scale. Penalties scale with K and (ms) the squared mean."""
+    f = features[:, list(columns)]
+    mean, scale = f.mean(axis=0), f.std(axis=0)
+    keep = scale > 1e-12
+    columns = tuple(c for c, k in zip(columns, keep, strict=True) if k)
+    mean, scale, f = mean[keep], scale[keep], f[:, keep]
+    x, y = (np.log(proxy), np.log(target)) if space == "log" else (proxy, target)
+    X = np.column_stack([np.ones(len(y)), x, (f - mean) / scale])
+    unit = float(np.mean(y)) ** 2 if space == "ms" else 1.0
+    fits = []
+    for lam in (lambdas if columns else (None,)):
+        penalty = np.r_[0.0, 0.0, np.full(len(columns), (lam or 0.0) * len(y) / 20 * unit)]
+        w, loo, dof = _ridge_loo(X, y, penalty)
+        if dof > max_dof:
+            continue
+        if space == "ms":
+            loo = np.log(target) - np.log(np.maximum(target - loo, floor))
+        fits.append(_Fit(float(np.mean(loo ** 2)), space, columns, lam, w, mean, scale, loo))
+    return fits
+
+
+def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
+                 blocks: list[tuple[int, ...]] | None = None,
+                 lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.0,
+                 level: float = 0.9, dof_ratio: float = 0.5) -> Transfer:
+    """Fit reuse and the adaptations on the K samples; keep what cross-validation prefers.
+
+    `proxy`, `target`: latencies (> 0) of the K sampled designs; `features`: (K, d) design
+    features; `blocks`: groups of feature columns an adaptation may use (default: all of them
+    as one block); every block alone and all blocks together are tried, in both spaces."""
     proxy, target = np.asarray(proxy, float), np.asarray(target, float)
     features = np.asarray(features, float).reshape(len(proxy), -1)
     rank = rank_correlation(proxy, target, level)
-    y = np.log(target)
-    base = np.column_stack([np.ones(len(y)), np.log(proxy)])
-    w_reuse, err_reuse, loo_reuse = _ridge_loo(base, y, np.zeros(2))
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0)
-    keep = scale > 1e-12
-    scale = np.where(keep, scale, 1.0)
-    Z = ((features - mean) / scale)[:, keep]
-    best = None
-    if Z.shape[1] and len(y) >= 4:
-        X = np.column_stack([base, Z])
-        for lam in lambdas:
-            penalty = np.r_[0.0, 0.0, np.full(Z.shape[1], lam)]
-            w, err, loo = _ridge_loo(X, y, penalty)
-            if best is None or err < best[1]:
-                best = (w, err, loo, lam)
-    err_adapt = best[1] if best else math.inf
+    floor = 0.05 * float(np.min(target))
+    all_columns = tuple(range(features.shape[1]))
+    blocks = [tuple(b) for b in (blocks or [all_columns]) if len(b)]
+    if len(blocks) > 1:
+        blocks.append(all_columns)
+    reuse = [f for space in SPACES
+             for f in _fit_one(proxy, target, features, space, (), (), floor)
+             if f.w[1] > 0]   # a non-increasing map would reverse the proxy's ranking
+    adapt = [f for space in SPACES for block in (blocks if len(target) >= 4 else [])
+             for f in _fit_one(proxy, target, features, space, block, lambdas, floor,
+                               max_dof=max(2.5, dof_ratio * len(target)))]
+    best_reuse = min(reuse, key=lambda f: f.error) if reuse else None
+    best_adapt = min(adapt, key=lambda f: f.error) if adapt else None
+    err_reuse = best_reuse.error if best_reuse else math.inf
+    err_adapt = best_adapt.error if best_adapt else math.inf
     rho_txt = f"rank correlation {rank.rho:.2f} [{rank.low:.2f}, {rank.high:.2f}]"
-    if best is not None and err_adapt < (1.0 - margin) * err_reuse and w_reuse[1] > 0:
-        w, _, loo, lam = best
-        weights = np.zeros(features.shape[1])
-        weights[keep] = w[2:]
-        reason = (f"{rho_txt}; adaptation lowers the leave-one-out error "
-                  f"{err_reuse:.3g} -> {err_adapt:.3g} (lambda {lam:g})")
-        return Transfer("adapt", reason, rank, float(w[0]), float(w[1]), weights, mean, scale,
-                        lam, err_reuse, err_adapt, float(np.sqrt(np.mean(loo ** 2))), len(y))
-    reason = (f"{rho_txt}; adaptation does not lower the leave-one-out error enough "
-              f"({err_reuse:.3g} vs {err_adapt:.3g}): monotone calibration of the proxy")
-    if w_reuse[1] <= 0:  # a non-increasing map would reverse the proxy's ranking: keep the order
-        w_reuse = np.array([float(np.mean(y - np.log(proxy))), 1.0])
-        reason = f"{rho_txt}; fitted slope not positive: proxy scaled by a constant"
-    return Transfer("reuse", reason, rank, float(w_reuse[0]), float(w_reuse[1]),
-                    np.zeros(features.shape[1]), mean, scale, None, err_reuse, err_adapt,
-                    float(np.sqrt(np.mean(loo_reuse ** 2))), len(y))
+    if best_adapt is not None and err_adapt < (1.0 - margin) * err_reuse:
+        chosen, path = best_adapt, "adapt"
+        reason = (f"{rho_txt}; adapting {len(chosen.columns)} feature corrections "
+                  f"({chosen.space} model, lambda {chosen.lam:g}) lowers the leave-one-out "
+                  f"error {err_reuse:.3g} -> {err_adapt:.3g}")
+    elif best_reuse is not None:
+        chosen, path = best_reuse, "reuse"
+        reason = (f"{rho_txt}; adaptation does not lower the leave-one-out error "
+                  f"({err_reuse:.3g} vs {err_adapt:.3g}): monotone {chosen.space} "
+                  "calibration of the proxy")
+    else:  # every fitted map decreases: keep the proxy's order, scaled by a constant
+        ratio = float(np.mean(np.log(target) - np.log(proxy)))
+        chosen = _Fit(math.inf, "log", (), None, np.array([ratio, 1.0]), np.zeros(0),
+                      np.ones(0), np.log(target) - np.log(proxy) - ratio)
+        path, reason = "reuse", f"{rho_txt}; fitted slope not positive: proxy scaled by a constant"
+    return Transfer(path, reason, rank, chosen.space, float(chosen.w[0]), float(chosen.w[1]),
+                    chosen.columns, chosen.w[2:], chosen.mean, chosen.scale, chosen.lam,
+                    err_reuse, err_adapt, float(np.sqrt(np.mean(chosen.loo_log ** 2))),
+                    len(target), floor)
 
 
 def fixed_selection(rows: np.ndarray, proxy: np.ndarray, features: np.ndarray,

@@ -55,6 +55,8 @@ class Unit:
     cin: int = 0             # input channels per group (compute units)
     cout: int = 0
     rows: float = 0.0        # output rows (batch x channels x height): per-row overheads
+    edge_in: float = 0.0     # input elements that are graph inputs (layout / format changes
+    edge_out: float = 0.0    # at the model's edges), output elements that are graph outputs
     inputs: tuple[str, ...] = ()   # data input tensors, to follow widths through the graph
     output: str = ""
 
@@ -64,10 +66,13 @@ class Unit:
         return f"{self.cls}/{self.precision}"
 
 
-def op_class(kernel: Kernel) -> str:
+def op_class(kernel: Kernel, weight_shape: tuple | None = None) -> str:
+    """The regressor class of a kernel; `weight_shape` for QDQ kernels (weights through DQ)."""
     op = _ALIASES.get(kernel.op_type, kernel.op_type)
+    w = kernel.weight_shape or weight_shape
     if op in ("Conv", "ConvTranspose"):
-        return "dwconv" if kernel.depthwise else "conv"
+        depthwise = kernel.group > 1 and w is not None and len(w) > 1 and w[1] == 1
+        return "dwconv" if depthwise else "conv"
     if op in ("Gemm", "MatMul"):
         return "gemm"
     return op
@@ -94,12 +99,12 @@ def _weight_shape(graph: Graph, kernel: Kernel) -> tuple | None:
 
 
 def _unit(graph: Graph, kernel: Kernel, precision: str, skip: set[str]) -> Unit:
-    cls = op_class(kernel)
+    w = _weight_shape(graph, kernel) if kernel.op_type in COMPUTE_OPS else None
+    cls = op_class(kernel, w)
     inputs = tuple(t for t in _data_inputs(graph, kernel.nodes[0]) if t not in skip)
     out = graph.node(kernel.nodes[-1])["outputs"][0]
     in_elems = sum(_numel(graph.shape(t)) for t in inputs)
     out_elems = _numel(graph.shape(out))
-    w = _weight_shape(graph, kernel) if cls in ("conv", "dwconv", "gemm") else None
     shape_out = graph.shape(out) or ()
     cin = cout = 0
     rows = out_elems
@@ -119,7 +124,30 @@ def _unit(graph: Graph, kernel: Kernel, precision: str, skip: set[str]) -> Unit:
         macs = out_elems * _numel(w[1:])
     return Unit(name=kernel.name, cls=cls, precision=precision, macs=macs, in_elems=in_elems,
                 out_elems=out_elems, weight_elems=_numel(w) if w is not None else 0.0,
-                k_area=k_area, cin=cin, cout=cout, rows=rows, inputs=inputs, output=out)
+                k_area=k_area, cin=cin, cout=cout, rows=rows, inputs=inputs, output=out,
+                **_edges(graph, inputs, out))
+
+
+def _edges(graph: Graph, inputs: tuple[str, ...], output: str) -> dict[str, float]:
+    """Elements crossing the model's edges; through Q/DQ, the float tensor they convert."""
+    def source(t: str) -> str:
+        p = graph.producer(t)
+        while p is not None and graph.op(p) in _QUANT_OPS:
+            t = graph.node(p)["inputs"][0]
+            p = graph.producer(t)
+        return t
+
+    def sink_is_output(t: str) -> bool:
+        seen = [t]
+        while seen:
+            t = seen.pop()
+            if t in graph.outputs:
+                return True
+            seen += [graph.node(c)["outputs"][0] for c in graph.consumers(t)
+                     if graph.op(c) in _QUANT_OPS]
+        return False
+    return {"edge_in": sum(_numel(graph.shape(t)) for t in inputs if source(t) in graph.inputs),
+            "edge_out": _numel(graph.shape(output)) if sink_is_output(output) else 0.0}
 
 
 def units_of(graph: Graph, kernels: list[Kernel]) -> list[Unit]:
@@ -169,7 +197,8 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
             if producer is None or producer.name not in int8:
                 elems = _numel(graph.shape(node["inputs"][0]))
                 out.append(Unit(k.name, "quantize", "int8", in_elems=elems, out_elems=elems,
-                                rows=elems, inputs=(node["inputs"][0],), output=node["outputs"][0]))
+                                rows=elems, inputs=(node["inputs"][0],), output=node["outputs"][0],
+                                **_edges(graph, (node["inputs"][0],), node["outputs"][0])))
         elif k.op_type == "DequantizeLinear" and k.name not in weight_dq:
             t = node["outputs"][0]
             readers = [by_node[c] for c in graph.consumers(t) if c in by_node]
@@ -177,7 +206,8 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
                                          for r in readers):
                 elems = _numel(graph.shape(t))
                 out.append(Unit(k.name, "dequantize", "int8", in_elems=elems, out_elems=elems,
-                                rows=elems, inputs=(node["inputs"][0],), output=t))
+                                rows=elems, inputs=(node["inputs"][0],), output=t,
+                                **_edges(graph, (node["inputs"][0],), t)))
     return out
 
 
@@ -293,15 +323,17 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
             if u.precision == "int8" and src != "int8" and t not in quantized:
                 quantized.add(t)
                 out.append(Unit(f"{t}:quantize", "quantize", "int8", in_elems=elems,
-                                out_elems=elems, rows=elems, inputs=(t,), output=t))
+                                out_elems=elems, rows=elems, inputs=(t,), output=t,
+                                edge_in=elems if t in graph.inputs else 0.0))
             elif u.precision != "int8" and src == "int8" and t not in dequantized:
                 dequantized.add(t)
                 out.append(Unit(f"{t}:dequantize", "dequantize", "int8", in_elems=elems,
-                                out_elems=elems, rows=elems, inputs=(t,), output=t))
+                                out_elems=elems, rows=elems, inputs=(t,), output=t,
+                                edge_out=elems if t in graph.outputs else 0.0))
         out.append(u)
     for u in fixed:
         if u.precision == "int8" and u.output in graph.outputs and u.output not in dequantized:
             out.append(Unit(f"{u.output}:dequantize", "dequantize", "int8", in_elems=u.out_elems,
                             out_elems=u.out_elems, rows=u.out_elems, inputs=(u.output,),
-                            output=u.output))
+                            output=u.output, edge_out=u.out_elems))
     return out

@@ -1,0 +1,211 @@
+"""Kernel-level latency predictor on models it never saw: accuracy per target.
+
+For each target (default: host-ort-1t and host-ort):
+1. fit the predictor on the target's probe measurements (`--data-dir/<target>.csv`, profiled
+   with `fleetc profile --probe` first when missing - resumable);
+2. time unseen models on the target: the onnx package's light models (AlexNet, DenseNet-121,
+   Inception v1/v2, ResNet-50, ShuffleNet, SqueezeNet, VGG-19, ZFNet-512) and MobileNetV2- /
+   ResNet-style variants from `toolchain.zoo` (random resolution, width, kernel sizes) under
+   random plans (per-kernel int8/fp32, skipped residual blocks), rewritten for real;
+3. predict each from its rewritten graph (`predict(rewritten.onnx)`) and, for the variants, from
+   the original graph and the plan (`predict --plan`, no rewrite);
+4. print per-model rows and the figures of the issue: share within +/-10%, Spearman, and the
+   per-kernel cost ratios that differ between targets (int8 vs fp32 speed-ups per kernel kind).
+
+Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-ort]
+     [--variants 24] [--data-dir benchmarks/out] [--quick]
+Measured figures are printed, nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from toolchain.measure.profile import measure_model, profile  # noqa: E402
+from toolchain.measure.records import read_measurements  # noqa: E402
+from toolchain.measure.timing import TimingConfig  # noqa: E402
+from toolchain.predict.kernel import KernelPredictor, fit_rows, spearman  # noqa: E402
+from toolchain.predict.latency import design_units, model_units, predict_plan  # noqa: E402
+from toolchain.probe import build_probe, probe_set, quantize_qdq  # noqa: E402
+from toolchain.space import Choice, Plan  # noqa: E402
+from toolchain.target import load_target  # noqa: E402
+
+
+def light_models() -> list[tuple[str, onnx.ModelProto]]:
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    return [(p.stem, onnx.load(str(p))) for p in sorted(folder.glob("light_*.onnx"))]
+
+
+def fold_bn(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's basic graph optimizations (Conv+BN folding), as quantization pre-processing
+    does; the result is plain ONNX."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp, "opt.onnx"))
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath)
+
+
+def rewrite(base: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """The rewritten model: the project's rewrite when present, else skip_blocks + QDQ of the
+    plan's int8 kernels (BN folded first)."""
+    try:
+        from toolchain.rewrite import apply_plan  # issue 3
+    except ImportError:
+        apply_plan = None
+    if apply_plan is not None:
+        return apply_plan(base, plan)
+    from passes.export_onnx import export_onnx
+    from passes.import_onnx import import_onnx
+    from passes.skip_blocks import skip_block
+
+    graph = import_onnx(base)
+    for block in plan.skip_blocks:
+        skip_block(graph, block)
+    model = fold_bn(export_onnx(graph))
+    int8 = [k for k, c in plan.kernels.items() if c.precision == "int8"]
+    return quantize_qdq(model, nodes=int8) if int8 else model
+
+
+def variants(count: int, seed: int, precisions: tuple[str, ...]):
+    """(name, base model, plan) for random zoo variants under random plans."""
+    from toolchain.analysis import kernels_of, load_and_analyze, space_of
+    from toolchain.zoo import mobilenet_v2, resnet
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        res = int(rng.choice([96, 128, 160, 192, 224]))
+        width = float(rng.choice([0.5, 0.75, 1.0]))
+        if i % 2 == 0:
+            ks = int(rng.choice([3, 5]))
+            base, label = mobilenet_v2(res, width, kernel_sizes=ks), f"mbv2-r{res}-w{width}-k{ks}"
+        else:
+            depth = int(rng.choice([10, 18, 26]))
+            base, label = resnet(res, depth, width), f"resnet{depth}-r{res}-w{width}"
+        graph = load_and_analyze(base)
+        space, kernels = space_of(graph), kernels_of(graph)
+        p_int8 = float(rng.choice([0.0, 0.3, 0.7, 1.0])) if "int8" in precisions else 0.0
+        chosen = {k.name: Choice("int8") for k in kernels
+                  if k.is_compute and rng.random() < p_int8}
+        blocks = sorted(space.blocks)
+        skips = [b for b in blocks if rng.random() < 0.25]
+        plan = Plan(kernels=chosen, skip_blocks=skips)
+        out.append((f"{label}-q{p_int8}-s{len(skips)}", base, graph, plan))
+    return out
+
+
+def fit_target(target, data: Path, quick: bool) -> KernelPredictor:
+    probes = probe_set(target.precisions, "quick" if quick else "full")
+    start = time.monotonic()
+    result = profile(target, [(p.name, lambda n=p.name: build_probe(n)) for p in probes], data)
+    print(f"# {target.name}: probes {result.measured} measured, {result.already} reused "
+          f"({time.monotonic() - start:.0f} s)")
+    names = {p.name for p in probes}
+    rows = [r for r in read_measurements(data) if r.design in names]
+    start = time.monotonic()
+    model = fit_rows(rows, design_units, {"name": target.predictor, "target": target.name})
+    h = model.meta["held_out"]
+    print(f"# {target.name}: fitted on {len(rows)} probes in {time.monotonic() - start:.0f} s; "
+          f"held-out probes: median |err| {100 * h.get('median_abs_rel_err', float('nan')):.1f}%"
+          f", within 10% {100 * h.get('within_10pct', float('nan')):.0f}%, "
+          f"Spearman {h.get('spearman', float('nan')):.3f}")
+    return model
+
+
+def evaluate(target, model: KernelPredictor, cases, config: TimingConfig) -> dict:
+    rows = []
+    for name, truth_model, graph, plan in cases:
+        measured = measure_model(target, truth_model, config).median_ms
+        direct = model.predict_units(model_units(truth_model))
+        planned = predict_plan(model, graph, plan) if plan is not None else None
+        rows.append((name, measured, direct, planned))
+        err = 100 * (direct.latency_ms / measured - 1)
+        extra = (f"  plan-path {planned.latency_ms:9.3f} ms ({100 * (planned.latency_ms / measured - 1):+6.1f}%)"  # noqa: E501
+                 if planned else "")
+        unknown = f"  UNKNOWN: {', '.join(direct.unknown[:3])}" if direct.unknown else ""
+        print(f"{target.name:<12} {name:<40} measured {measured:9.3f} ms  predicted "
+              f"{direct.latency_ms:9.3f} ms ({err:+6.1f}%){extra}{unknown}", flush=True)
+    return _summary(target.name, rows)
+
+
+def _summary(label: str, rows) -> dict:
+    y = np.array([r[1] for r in rows])
+    p = np.array([r[2].latency_ms for r in rows])
+    rel = np.abs(p / y - 1)
+    out = {"models": len(rows), "within_10pct": float(np.mean(rel <= 0.10)),
+           "median_abs_err": float(np.median(rel)), "spearman": spearman(y, p)}
+    planned = [(r[1], r[3].latency_ms) for r in rows if r[3] is not None]
+    msg = (f"== {label}: {out['models']} unseen models: within +/-10%: "
+           f"{100 * out['within_10pct']:.0f}%, median |error| {100 * out['median_abs_err']:.1f}%,"
+           f" Spearman {out['spearman']:.3f}")
+    if planned:
+        yy, pp = np.array(planned).T
+        msg += (f"; plan path ({len(planned)} variants): within 10% "
+                f"{100 * np.mean(np.abs(pp / yy - 1) <= 0.1):.0f}%, Spearman "
+                f"{spearman(yy, pp):.3f}")
+    print(msg, flush=True)
+    return out
+
+
+def int8_speedups(models: dict[str, KernelPredictor]) -> None:
+    """Per-kernel int8 speed-up predicted by each target's predictor on reference kernels."""
+    names = ["conv-64-64-3-1-56-1-relu", "conv-256-256-3-1-14-1-relu",
+             "conv-144-32-1-1-28-1-relu", "conv-144-144-3-1-56-144-clip",
+             "conv-576-576-3-1-14-576-clip", "gemm-1280-1000-id"]
+    print("# predicted int8 speed-up (fp32 ms / int8 ms) per kernel, per target:")
+    print(f"{'kernel':<34}" + "".join(f"{t:>14}" for t in models))
+    for n in names:
+        cells = []
+        for m in models.values():
+            f = [u for u in design_units(f"{n}-fp32") if u.cls in ("conv", "dwconv", "gemm")]
+            q = [u for u in design_units(f"{n}-int8") if u.cls in ("conv", "dwconv", "gemm")]
+            a, b = m.kernel_ms(f[0]), m.kernel_ms(q[0])
+            cells.append(f"{a / b:14.2f}" if a and b else f"{'n/a':>14}")
+        print(f"{n:<34}" + "".join(cells))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", default="host-ort-1t,host-ort")
+    ap.add_argument("--variants", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--data-dir", default=str(ROOT / "benchmarks" / "out"))
+    ap.add_argument("--quick", action="store_true", help="quick probe subset, 6 variants, "
+                    "3 light models (smoke run)")
+    ap.add_argument("--no-light", action="store_true", help="skip the onnx light models")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    config = TimingConfig(repeats=15, max_seconds=6.0)
+    lights = [] if args.no_light else light_models()
+    if args.quick:
+        args.variants, lights = min(args.variants, 6), lights[-3:]
+    fitted = {}
+    for name in args.targets.split(","):
+        target = load_target(name)
+        model = fit_target(target, Path(args.data_dir) / f"{name}.csv", args.quick)
+        fitted[name] = model
+        cases = [(n, m, None, None) for n, m in lights]
+        cases += [(n, rewrite(b, p), g, p)
+                  for n, b, g, p in variants(args.variants, args.seed, target.precisions)]
+        evaluate(target, model, cases, config)
+    if len(fitted) > 1:
+        int8_speedups(fitted)
+
+
+if __name__ == "__main__":
+    main()

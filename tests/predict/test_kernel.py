@@ -1,0 +1,137 @@
+"""Kernel-level latency predictor: units from kernels (float, QDQ, plans), fitting, packages."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from toolchain.analysis import load_and_analyze
+from toolchain.errors import BadInputError, UnsupportedKernelError
+from toolchain.predict.kernel import KernelPredictor, nnls, spearman
+from toolchain.predict.latency import design_units, model_units, predict_plan
+from toolchain.predict.units import Unit, graph_units
+from toolchain.probe import build_probe, probe_set
+from toolchain.space import Choice, Plan
+from toolchain.zoo import mobilenet_v2
+
+
+def test_nnls_matches_brute_force():
+    rng = np.random.default_rng(0)
+    A, b = rng.normal(size=(30, 4)), rng.normal(size=30)
+    x = nnls(A, b)
+    assert np.all(x >= 0)
+    best = min((np.linalg.norm(A[:, list(s)] @ np.clip(np.linalg.lstsq(A[:, list(s)], b,
+                                                                        rcond=None)[0], 0, None)
+                               - b), s)
+               for s in [(0,), (1,), (2,), (3,), (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3),
+                         (0, 1, 2), (0, 1, 3), (0, 2, 3), (1, 2, 3), (0, 1, 2, 3)])
+    assert np.linalg.norm(A @ x - b) <= best[0] + 1e-9
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def _unit(name, kind, macs, elems):
+    cls, precision = kind.split("/")
+    return Unit(name, cls, precision, macs=macs, in_elems=elems, out_elems=elems, cin=16,
+                cout=16, rows=elems / 8)
+
+
+def test_fit_recovers_additive_costs_and_lists_unknown(tmp_path):
+    """Designs made of two kinds with known linear costs: the fit predicts new sums exactly,
+    the package round-trips as JSON, and a kind never seen is listed, not counted as zero."""
+    rng = np.random.default_rng(1)
+    designs, y = [], []
+    for i in range(40):
+        units = [_unit(f"c{i}{j}", "conv/fp32", rng.uniform(1e6, 5e7), rng.uniform(1e4, 1e6))
+                 for j in range(rng.integers(1, 4))]
+        units += [_unit(f"a{i}", "Add/fp32", 0, rng.uniform(1e4, 1e6))]
+        designs.append(units)
+        y.append(0.01 + sum(2e-8 * u.macs + (3e-7 if u.cls == "Add" else 1e-7) * u.in_elems
+                            for u in units))
+    model = KernelPredictor.fit(designs, y, {"name": "synthetic", "target": "none"})
+    assert model.meta["held_out"]["median_abs_rel_err"] < 0.01
+    folder = model.save(tmp_path / "pkg")
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.json"]
+    loaded = KernelPredictor.load(folder)
+    new = [_unit("x", "conv/fp32", 2e7, 5e5), _unit("a", "Add/fp32", 0, 2e5),
+           _unit("q", "conv/int8", 2e7, 5e5)]
+    pred = loaded.predict_units(new)
+    assert pred.unknown == ("q (conv/int8)",) and not pred.complete
+    assert pred.latency_ms == pytest.approx(0.01 + 2e-8 * 2e7 + 1e-7 * 5e5 + 3e-7 * 2e5,
+                                            rel=0.02)
+    with pytest.raises(UnsupportedKernelError, match="conv/int8"):
+        loaded.predict_units(new, strict=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["format"] == "fleetc.kernel-latency" and meta["version"] == 1
+
+
+def test_load_rejects_non_packages(tmp_path):
+    with pytest.raises(BadInputError, match="not a predictor package"):
+        KernelPredictor.load(tmp_path)
+    (tmp_path / "meta.json").write_text('{"format": "pickle", "version": 1}')
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(BadInputError, match="format"):
+        KernelPredictor.load(tmp_path)
+
+
+def test_qdq_units_mark_precision_and_conversions():
+    """An int8 probe: every conv int8, one quantize at the input, one dequantize at the output,
+    and requantizations between int8 kernels cost nothing."""
+    units = model_units(build_probe("chain-32-3-56-1-int8"))
+    kinds = [u.kind for u in units]
+    assert kinds.count("conv/int8") == 3 and "conv/fp32" not in kinds
+    assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
+    q = next(u for u in units if u.cls == "quantize")
+    assert q.edge_in == 32 * 56 * 56
+    mixed = model_units(build_probe("block-mbv2-24-24-6-1-40-3-mixed"))
+    assert {"conv/int8", "conv/fp32"} <= {u.kind for u in mixed}
+
+
+def test_plan_units_follow_precision_width_and_resolution():
+    graph = load_and_analyze(mobilenet_v2(96, 0.5))
+    base = graph_units(graph)
+    convs = [u for u in base if u.cls == "conv"]
+    expand = next(u for u in convs if "expand" in u.name)
+    plan = Plan(kernels={expand.name: Choice("int8"), convs[-1].name: Choice("fp32", 0.5)})
+    from toolchain.predict.units import units_under_plan
+
+    units = {u.name: u for u in units_under_plan(graph, plan)}
+    assert units[expand.name].precision == "int8"
+    assert sum(u.cls == "quantize" for u in units.values()) == 1
+    assert sum(u.cls == "dequantize" for u in units.values()) == 1
+    assert units[convs[-1].name].cout < convs[-1].cout
+    small = units_under_plan(graph, Plan(input_shape={graph.inputs[0]: [1, 3, 64, 64]}))
+    assert sum(u.macs for u in small) < 0.6 * sum(u.macs for u in base)
+
+
+def test_predict_plan_prices_int8_cheaper_when_fitted_so():
+    graph = load_and_analyze(mobilenet_v2(96, 0.5))
+    units = graph_units(graph)
+    weights = {k: {"kernel": 0.001, "macs": 0.02, "in_elems": 0.1} for k in
+               {u.kind for u in units}}
+    weights["conv/int8"] = {"kernel": 0.001, "macs": 0.005, "in_elems": 0.05}
+    for k in ("quantize/int8", "dequantize/int8", "Add/int8", "Clip/int8"):
+        weights[k] = {"kernel": 0.001, "in_elems": 0.1}
+    model = KernelPredictor(weights, {"model": 0.01}, {"name": "hand"})
+    fp32 = predict_plan(model, graph, Plan())
+    all_int8 = Plan(kernels={u.name: Choice("int8") for u in units if u.cls == "conv"})
+    int8 = predict_plan(model, graph, all_int8)
+    assert int8.complete and fp32.complete
+    assert int8.latency_ms < fp32.latency_ms
+
+
+def test_probe_set_is_fixed_and_named():
+    full = probe_set(("fp32", "int8"))
+    names = [p.name for p in full]
+    assert len(names) == len(set(names)) > 300
+    assert names == [p.name for p in probe_set(("fp32", "int8"))]
+    quick = probe_set(("fp32", "int8"), "quick")
+    assert 40 <= len(quick) <= 80 and set(p.name for p in quick) <= set(names)
+    assert not any(p.precision == "int8" for p in probe_set(("fp32",)))
+    assert design_units("not-a-probe") is None
+    with pytest.raises(BadInputError):
+        probe_set(("fp32",), "huge")
