@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.accuracy import AccuracyEstimator, SensitivityTable, cache_key, measure_sensitivity
+from toolchain.accuracy import (
+    AccuracyEstimator,
+    Score,
+    SensitivityTable,
+    cache_key,
+    measure_sensitivity,
+)
 from toolchain.compile_costs import PlanCostFn, TableSet, build_tables, plan_metrics, plan_of
 from toolchain.errors import BadInputError, InfeasibleError
 from toolchain.optimize.costs import Budget, Solution, check_feasible
@@ -70,6 +76,8 @@ class Prepared:
     sensitivity_cache: Path | None
     warnings: list[str] = field(default_factory=list)
     _sens: dict = field(default_factory=dict)
+    _models: dict = field(default_factory=dict, repr=False)
+    _scores: dict = field(default_factory=dict, repr=False)
 
     def sensitivity(self, precisions: tuple[str, ...], progress: Progress | None = None
                     ) -> SensitivityTable:
@@ -85,10 +93,23 @@ class Prepared:
         return self._sens[key]
 
     def rewrite(self, plan: Plan) -> onnx.ModelProto:
-        """The model rewritten by a plan (issue 3's passes), checked in onnxruntime there."""
+        """The model rewritten by a plan (issue 3's passes, checked in onnxruntime there);
+        the last few are kept, since compile measures a plan and then builds it."""
         from toolchain.rewrite import apply_plan
 
-        return apply_plan(self.model, plan, calib=self.calib)
+        key = replace(plan, target=None).to_json()
+        if key not in self._models:
+            if len(self._models) >= 8:
+                self._models.pop(next(iter(self._models)))
+            self._models[key] = apply_plan(self.model, plan, calib=self.calib)
+        return self._models[key]
+
+    def score(self, plan: Plan) -> Score:
+        """Measured accuracy of the model under a plan (memoized: it is deterministic)."""
+        key = replace(plan, target=None).to_json()
+        if key not in self._scores:
+            self._scores[key] = self.estimator.score(self.rewrite(plan))
+        return self._scores[key]
 
 
 @dataclass(frozen=True)
@@ -319,7 +340,7 @@ def _choose(prep: Prepared, tset: TableSet, budget: Budget, objective: str, cost
                 continue
             say(f"measuring the accuracy of the {solver} plan "
                 f"({sol.metrics.latency_ms:.3f} ms predicted)")
-            score = prep.estimator.score(prep.rewrite(plan))
+            score = prep.score(plan)
             drop = prep.estimator.baseline.value - score.value
             measured[key] = Candidate(solver, r, sol, plan, round(drop, 6), score.value)
         ok = [c for c in measured.values() if limit is None or c.measured_drop <= limit + 1e-9]
