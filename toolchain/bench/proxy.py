@@ -36,6 +36,7 @@ from toolchain.bench.table import Table, TargetAccess
 from toolchain.errors import BadInputError
 from toolchain.predict.transfer import (
     Transfer,
+    fit_proxy_predictor,
     fit_transfer,
     fixed_selection,
     random_selection,
@@ -133,22 +134,29 @@ def reference_features(table: Table) -> np.ndarray:
     return np.column_stack(cols)
 
 
-def design_features(table: Table) -> np.ndarray:
-    """Compact features for the adaptation: value counts per column group (+ cell path counts)."""
+def design_features(table: Table) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """Compact features for the adaptation and their blocks (the adaptation tries each block
+    alone and all together): value counts per column group; for a cell group also its on-path
+    and its reachable op counts; raw values for a group that is not categorical."""
     codes = table.encoding_matrix()
-    cols: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
     for members in _groups(table.encoding).values():
         group = codes[:, members]
         values = np.unique(group[np.isfinite(group)])
         if len(values) <= MAX_ALPHABET and np.all(values == np.round(values)):
-            cols += [(group == v).sum(axis=1).astype(float) for v in values[1:]]
+            blocks.append(np.column_stack([(group == v).sum(axis=1) for v in values[1:]]))
             if _is_cell(group):
-                cols += list(cell_features(group).T)
+                cell = cell_features(group)
+                half = cell.shape[1] // 2
+                blocks += [cell[:, :half], cell[:, half:]]
         else:
-            cols += list(np.nan_to_num(group).T)
-    if not cols:
-        return np.zeros((table.n_rows, 0))
-    return np.column_stack(cols)
+            blocks.append(np.nan_to_num(group))
+    blocks = [b.astype(float) for b in blocks if b.shape[1]]
+    if not blocks:
+        return np.zeros((table.n_rows, 0)), []
+    ends = np.cumsum([b.shape[1] for b in blocks])
+    index = [tuple(range(e - b.shape[1], e)) for b, e in zip(blocks, ends, strict=True)]
+    return np.column_stack(blocks), index
 
 
 # ---------------------------------------------------------------- the reference (AdaProxy)
@@ -214,7 +222,7 @@ class _Context:
     def __init__(self, table: Table, opts: ProxyOptions):
         self.opts = opts
         self.proxy = table.column(opts.proxy)
-        self.features = design_features(table)
+        self.features, self.blocks = design_features(table)
         self.objective = table.column(opts.objective) if opts.objective else None
         if opts.method == "reference":
             self.ref_X = reference_features(table)
@@ -222,6 +230,9 @@ class _Context:
         usable = np.isfinite(self.proxy) & (self.proxy > 0)
         usable &= np.all(np.isfinite(self.features), axis=1)
         self.usable = usable
+        # the proxy's predictor (fitted on every proxy row) is what the transfer calibrates
+        self.proxy_model = fit_proxy_predictor(self.features, self.proxy)
+        self.proxy_pred = self.proxy_model.predict(self.features)
         self.pareto = pareto_rows(self.proxy, self.objective, usable) \
             if self.objective is not None else np.array([], dtype=np.int64)
 
@@ -229,11 +240,11 @@ class _Context:
         if self.opts.method == "reference":
             ref = fit_reference(self.ref_X[rows], self.ref_w, values)
             return _Model(ref.predict(self.ref_X), ref.sigma, "adapt")
-        tr = self._transfer(rows, values)
-        return _Model(tr.predict(self.proxy, self.features), tr.sigma, tr.path)
+        tr = self.transfer(rows, values)
+        return _Model(tr.predict(self.proxy_pred, self.features), tr.sigma, tr.path)
 
-    def _transfer(self, rows: np.ndarray, values: np.ndarray) -> Transfer:
-        return fit_transfer(self.proxy[rows], self.features[rows], values)
+    def transfer(self, rows: np.ndarray, values: np.ndarray) -> Transfer:
+        return fit_transfer(self.proxy_pred[rows], self.features[rows], values, self.blocks)
 
     def select(self, rows: np.ndarray, seed: int) -> np.ndarray:
         k = self.opts.samples

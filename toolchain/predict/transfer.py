@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "RankEstimate", "Transfer", "rank_correlation", "fit_transfer", "fixed_selection",
-    "random_selection", "LAMBDAS",
+    "random_selection", "LAMBDAS", "ProxyPredictor", "fit_proxy_predictor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space:
 def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
                  blocks: list[tuple[int, ...]] | None = None,
                  lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.0,
-                 level: float = 0.9, dof_ratio: float = 0.5) -> Transfer:
+                 level: float = 0.9, dof_ratio: float = 0.8) -> Transfer:
     """Fit reuse and the adaptations on the K samples; keep what cross-validation prefers.
 
     `proxy`, `target`: latencies (> 0) of the K sampled designs; `features`: (K, d) design
@@ -226,6 +226,35 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
                     chosen.columns, chosen.w[2:], chosen.mean, chosen.scale, chosen.lam,
                     err_reuse, err_adapt, float(np.sqrt(np.mean(chosen.loo_log ** 2))),
                     len(target), floor)
+
+
+@dataclass(frozen=True)
+class ProxyPredictor:
+    """The proxy's own predictor: latency (ms) linear in the design features, fitted on every
+    measured proxy design. Smoother than the raw measurements (whole-ms phone timings, noise),
+    and it ranks other devices' designs better than the raw proxy column does."""
+
+    intercept: float
+    weights: np.ndarray = field(repr=False)
+    floor: float
+    rows: int
+    r2: float
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.maximum(self.intercept + np.asarray(features, float) @ self.weights, self.floor)
+
+
+def fit_proxy_predictor(features: np.ndarray, latency: np.ndarray) -> ProxyPredictor:
+    """Least squares on the rows where the latency and every feature are known."""
+    features, latency = np.asarray(features, float), np.asarray(latency, float)
+    ok = np.isfinite(latency) & (latency > 0) & np.all(np.isfinite(features), axis=1)
+    if ok.sum() < features.shape[1] + 2:
+        raise ValueError(f"{ok.sum()} proxy rows: too few to fit {features.shape[1]} features")
+    X = np.column_stack([np.ones(int(ok.sum())), features[ok]])
+    w = np.linalg.lstsq(X, latency[ok], rcond=None)[0]
+    residual = latency[ok] - X @ w
+    r2 = 1.0 - float(residual @ residual) / float(np.sum((latency[ok] - latency[ok].mean()) ** 2))
+    return ProxyPredictor(float(w[0]), w[1:], float(np.min(latency[ok])), int(ok.sum()), r2)
 
 
 def fixed_selection(rows: np.ndarray, proxy: np.ndarray, features: np.ndarray,
