@@ -1,0 +1,306 @@
+"""Device-conditioned latency predictor: one model for every device, the device described by
+its fingerprint (its measured latencies on R fixed reference designs of the design space).
+
+Model. A design x has basis features f(x) (`DesignBasis`); a device d has weights w_d and
+latency_d(x) = s_d * f(x) . w_d, s_d being the mean of the device's fingerprint (so w_d is
+scale-free). Over the training devices the weights are Gaussian, w ~ N(mean, cov), with `cov`
+= their covariance plus an isotropic part (`tau`): new devices may differ from the training
+ones in directions those never varied in (e.g. a runtime that prunes dead cell edges when the
+training devices all execute them). For a new device the weights are the posterior mean given
+its fingerprint (Gaussian noise `noise` on the normalized latencies): a fixed linear map of the
+normalized fingerprint, `w = mean + gain @ (fp / s - F_ref @ mean)`. Any further measured
+designs (K > R) enter the same posterior ("fine-tuned on the same few samples").
+
+Reference designs. Chosen once per design space by a rule that reads only the encodings and the
+training devices: greedy Bayesian A-optimal design - each step adds the design whose
+measurement most reduces the prior's mean predictive variance over all designs. A target that
+lacks some of them (unmeasured cells) gets substitutes by the same greedy rule over its filled
+rows, keeping the ones it has.
+
+Design basis. For a NAS-Bench-201 cell code (6 edge columns, ops 0..4, 0 = none; recognized by
+its values, not its column names): per op, counts of all non-none edges, of edges whose source
+is reachable from the input, of live edges (also reaching the output); per node, live in-edges
+beyond the first (adds) and whether it is live; per edge and op, the live indicator; whether
+the cell connects input to output; a constant (45 columns). For any other encoding: one-hot per
+categorical column (raw value otherwise) and a constant.
+
+Persisted as `meta.json` + `model.npz` (no pickles).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.bench.proxy import _cell_reach, _is_cell
+from toolchain.errors import BadInputError
+
+__all__ = [
+    "DesignBasis", "design_basis", "ConditionedPredictor", "fit_conditioned",
+    "select_reference", "FORMAT_VERSION",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAX_ALPHABET = 16     # an integer column with at most this many values is categorical
+CELL_OPS = 5
+CELL_NODES = 4
+CELL_DST = (1, 2, 2, 3, 3, 3)
+CELL_BASE = 12        # per-op counts (all, reached, live); the rest of the cell basis is finer
+DEFAULT_TAU = 1e-2    # isotropic prior variance of the scale-free weights (coarse block)
+FINE_TAU_RATIO = 0.3  # the finer cell features get a smaller isotropic prior
+DEFAULT_NOISE = 1e-3  # variance of a normalized fingerprint measurement
+SELECTION_POOL = 4000  # candidates examined per greedy step (deterministic, evenly spaced)
+
+
+# ---------------------------------------------------------------- design basis
+
+@dataclass(frozen=True)
+class DesignBasis:
+    """How encodings become basis features: `kind` "cell" (NAS-Bench-201) or "onehot"."""
+
+    kind: str
+    alphabets: tuple[tuple[float, ...] | None, ...] = ()   # onehot: values per column
+
+    @property
+    def n_features(self) -> int:
+        if self.kind == "cell":
+            return 3 * (CELL_OPS - 1) + 2 * (CELL_NODES - 1) + len(CELL_DST) * (CELL_OPS - 1) + 2
+        return sum(len(a) if a is not None else 1 for a in self.alphabets) + 1
+
+    @property
+    def coarse(self) -> np.ndarray:
+        """Mask of the features whose weights get the full isotropic prior."""
+        mask = np.zeros(self.n_features, bool)
+        mask[-1] = True
+        if self.kind == "cell":
+            mask[:CELL_BASE] = True
+        else:
+            mask[:] = True
+        return mask
+
+    def features(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, float)
+        if self.kind == "cell":
+            return _cell_basis(codes)
+        cols = []
+        for j, alphabet in enumerate(self.alphabets):
+            if alphabet is None:
+                cols.append(np.nan_to_num(codes[:, j]))
+            else:
+                cols += [(codes[:, j] == v).astype(float) for v in alphabet]
+        cols.append(np.ones(len(codes)))
+        return np.column_stack(cols)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind,
+                "alphabets": [list(a) if a is not None else None for a in self.alphabets]}
+
+    @staticmethod
+    def from_json(obj: dict) -> DesignBasis:
+        return DesignBasis(obj["kind"], tuple(tuple(a) if a is not None else None
+                                              for a in obj["alphabets"]))
+
+
+def design_basis(codes: np.ndarray) -> DesignBasis:
+    """The basis for a table's encoding matrix (recognized from the values alone)."""
+    codes = np.asarray(codes, float)
+    if codes.shape[1] == 0:
+        raise BadInputError("the table has no design encoding columns")
+    if _is_cell(codes):
+        return DesignBasis("cell")
+    alphabets = []
+    for j in range(codes.shape[1]):
+        values = np.unique(codes[:, j][np.isfinite(codes[:, j])])
+        categorical = len(values) <= MAX_ALPHABET and np.all(values == np.round(values))
+        alphabets.append(tuple(float(v) for v in values) if categorical else None)
+    return DesignBasis("onehot", tuple(alphabets))
+
+
+def _cell_basis(codes: np.ndarray) -> np.ndarray:
+    ops = codes.astype(int)
+    src_ok, dst_ok = _cell_reach(ops)
+    live = (ops != 0) & src_ok & dst_ok
+    cols = []
+    for mask in (np.ones_like(src_ok), src_ok, live):
+        cols += [((ops == op) & mask).sum(axis=1) for op in range(1, CELL_OPS)]
+    for node in range(1, CELL_NODES):
+        into = sum(live[:, k] for k, d in enumerate(CELL_DST) if d == node)
+        cols += [np.maximum(into - 1, 0), into > 0]
+    for k in range(len(CELL_DST)):
+        cols += [(ops[:, k] == op) & live[:, k] for op in range(1, CELL_OPS)]
+    cols += [live.any(axis=1) & (sum(live[:, k] for k, d in enumerate(CELL_DST) if d == 3) > 0),
+             np.ones(len(ops), bool)]
+    return np.column_stack(cols).astype(float)
+
+
+# ---------------------------------------------------------------- reference designs
+
+def select_reference(F: np.ndarray, cov: np.ndarray, noise: float, count: int,
+                     candidates: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Greedy A-optimal design: rows (of `F`) whose measurement most reduces the mean
+    predictive variance over all rows of `F`, starting from the rows in `keep`."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if len(candidates) > SELECTION_POOL:
+        candidates = candidates[np.linspace(0, len(candidates) - 1, SELECTION_POOL).astype(int)]
+    second = F.T @ F / len(F)
+    S = cov.copy()
+    chosen: list[int] = []
+    for row in ([] if keep is None else keep):
+        S = _condition(S, F[int(row)], noise)
+        chosen.append(int(row))
+    Fc = F[candidates]
+    count = min(count, len(chosen) + len(np.setdiff1d(candidates, chosen)))
+    while len(chosen) < count:
+        gain = np.einsum("ij,ij->i", Fc @ (S @ second @ S), Fc)
+        gain /= noise + np.einsum("ij,ij->i", Fc @ S, Fc)
+        gain[np.isin(candidates, chosen)] = -np.inf
+        best = int(candidates[int(np.argmax(gain))])
+        chosen.append(best)
+        S = _condition(S, F[best], noise)
+    return np.array(chosen, dtype=np.int64)
+
+
+def _condition(S: np.ndarray, x: np.ndarray, noise: float) -> np.ndarray:
+    Sx = S @ x
+    return S - np.outer(Sx, Sx) / (noise + x @ Sx)
+
+
+# ---------------------------------------------------------------- the predictor
+
+@dataclass(frozen=True)
+class ConditionedPredictor:
+    """latency(x, device) from the device's fingerprint; see the module docstring."""
+
+    basis: DesignBasis
+    reference: np.ndarray = field(repr=False)   # (R, n_encoding) codes of the reference designs
+    mean: np.ndarray = field(repr=False)        # (d,) prior mean of scale-free weights
+    cov: np.ndarray = field(repr=False)         # (d, d) prior covariance
+    noise: float
+    trained_on: tuple[str, ...] = ()
+
+    @property
+    def n_reference(self) -> int:
+        return len(self.reference)
+
+    def features(self, codes: np.ndarray) -> np.ndarray:
+        return self.basis.features(codes)
+
+    def gain(self, F_samples: np.ndarray) -> np.ndarray:
+        """(d, n) map from normalized residuals on the sampled designs to the weight update."""
+        A = F_samples @ self.cov @ F_samples.T + self.noise * np.eye(len(F_samples))
+        return self.cov @ F_samples.T @ np.linalg.inv(A)
+
+    def adapt(self, F_samples: np.ndarray, latency: np.ndarray,
+              scale: float | None = None) -> np.ndarray:
+        """Weights in ms of one device from its measured designs (fingerprint and any others).
+
+        `scale` is the device's fingerprint mean; by default the mean of the samples."""
+        latency = np.asarray(latency, float)
+        scale = float(np.mean(latency)) if scale is None else float(scale)
+        if len(latency) > 4 * F_samples.shape[1]:
+            w = _posterior_information(F_samples, latency / scale, self.mean, self.cov,
+                                       self.noise)
+        else:
+            w = self.mean + self.gain(F_samples) @ (latency / scale - F_samples @ self.mean)
+        return scale * w
+
+    def device_weights(self, fingerprints: np.ndarray) -> np.ndarray:
+        """(n_dev, d) weights in ms from (n_dev, R) fingerprints on the reference designs."""
+        fp = np.atleast_2d(np.asarray(fingerprints, float))
+        F_ref = self.features(self.reference)
+        scale = fp.mean(axis=1, keepdims=True)
+        resid = fp / scale - F_ref @ self.mean
+        return scale * (self.mean + resid @ self.gain(F_ref).T)
+
+    def predict(self, codes: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
+        """(n_dev, n_designs) predicted latency (ms)."""
+        return self.device_weights(fingerprints) @ self.features(codes).T
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"kind": "conditioned-latency", "version": FORMAT_VERSION,
+                "basis": self.basis.to_json(), "noise": self.noise,
+                "trained_on": list(self.trained_on), "n_reference": self.n_reference}
+        _atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, reference=self.reference, mean=self.mean, cov=self.cov)
+        os.replace(tmp.name, folder / "model.npz")
+
+    @staticmethod
+    def load(folder: str | Path) -> ConditionedPredictor:
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            arrays = np.load(folder / "model.npz", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise BadInputError(f"cannot load conditioned predictor from {folder}: {err}") from None
+        if meta.get("kind") != "conditioned-latency" or meta.get("version") != FORMAT_VERSION:
+            raise BadInputError(f"{folder}: not a conditioned predictor of version "
+                                f"{FORMAT_VERSION}")
+        return ConditionedPredictor(DesignBasis.from_json(meta["basis"]), arrays["reference"],
+                                    arrays["mean"], arrays["cov"], float(meta["noise"]),
+                                    tuple(meta["trained_on"]))
+
+
+def _posterior_information(F: np.ndarray, y: np.ndarray, mean: np.ndarray, cov: np.ndarray,
+                           noise: float) -> np.ndarray:
+    """Posterior mean in information form (cheaper than the gain form for many samples)."""
+    P = np.linalg.pinv(cov)
+    return np.linalg.solve(F.T @ F / noise + P, F.T @ y / noise + P @ mean)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def _device_prior(F: np.ndarray, latencies: np.ndarray, scale_rows: np.ndarray | None,
+                  tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the training devices' scale-free weights (+ isotropic tau)."""
+    weights = []
+    for j in range(latencies.shape[1]):
+        y = latencies[:, j]
+        ok = np.isfinite(y)
+        w = np.linalg.lstsq(F[ok], y[ok], rcond=None)[0]
+        scale = np.nanmedian(y) if scale_rows is None else float(np.mean(F[scale_rows] @ w))
+        weights.append(w / scale)
+    W = np.array(weights)
+    cov = np.cov(W.T) if len(W) > 1 else np.zeros((F.shape[1], F.shape[1]))
+    return W.mean(axis=0), cov + np.diag(tau)
+
+
+def fit_conditioned(codes: np.ndarray, latencies: np.ndarray, names: tuple[str, ...] = (),
+                    n_reference: int = 10, tau: float = DEFAULT_TAU,
+                    noise: float = DEFAULT_NOISE) -> ConditionedPredictor:
+    """Fit the prior on training devices (columns of `latencies`, NaN = not measured) and
+    choose the reference designs (rows of `codes`). Deterministic: no randomness involved."""
+    codes = np.asarray(codes, float)
+    latencies = np.asarray(latencies, float).reshape(len(codes), -1)
+    if latencies.shape[1] == 0:
+        raise BadInputError("no training device given")
+    usable = np.all(np.isfinite(codes), axis=1)
+    basis = design_basis(codes[usable])
+    F = basis.features(codes[usable])
+    lat = latencies[usable]
+    lat = np.where(lat > 0, lat, np.nan)
+    for j in range(lat.shape[1]):
+        if np.isfinite(lat[:, j]).sum() < F.shape[1]:
+            name = names[j] if j < len(names) else str(j)
+            raise BadInputError(f"training device {name}: too few measured designs "
+                                f"({int(np.isfinite(lat[:, j]).sum())}) for {F.shape[1]} features")
+    tau_vec = np.where(basis.coarse, tau, tau * FINE_TAU_RATIO)
+    _, cov = _device_prior(F, lat, None, tau_vec)
+    ref = select_reference(F, cov, noise, n_reference, np.arange(len(F)))
+    mean, cov = _device_prior(F, lat, ref, tau_vec)
+    logger.info("conditioned predictor: %d training devices, %d basis features, %d references",
+                lat.shape[1], F.shape[1], len(ref))
+    return ConditionedPredictor(basis, codes[usable][ref], mean, cov, float(noise), tuple(names))
