@@ -6,6 +6,7 @@ One line per module; keep the list sorted. A command module defines its click co
 from __future__ import annotations
 
 import toolchain.bench.cli  # noqa: F401
+import toolchain.bench.fewshot  # noqa: F401
 import toolchain.compile_cmd  # noqa: F401
 import toolchain.fleet_cmd  # noqa: F401
 import toolchain.inspect_cmd  # noqa: F401
