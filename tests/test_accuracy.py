@@ -14,13 +14,16 @@ from toolchain.errors import BadInputError
 from toolchain.space import Choice, Plan
 
 
-def classifier(W: np.ndarray, batch="N", size: int = 4) -> onnx.ModelProto:
-    """GlobalAveragePool over an NCHW image, then a Gemm to 3 classes."""
-    nodes = [h.make_node("GlobalAveragePool", ["x"], ["p"]),
-             h.make_node("Flatten", ["p"], ["f"]),
+def classifier(W: np.ndarray, batch="N", size: int = 4, baked: bool = False) -> onnx.ModelProto:
+    """GlobalAveragePool over an NCHW image, then a Gemm to 3 classes; `baked`: the flatten is
+    a Reshape to [1, -1], which only works with a batch of 1."""
+    flat = (h.make_node("Reshape", ["p", "s"], ["f"]) if baked
+            else h.make_node("Flatten", ["p"], ["f"]))
+    nodes = [h.make_node("GlobalAveragePool", ["x"], ["p"]), flat,
              h.make_node("Gemm", ["f", "W"], ["y"], transB=1)]
+    inits = [nh.from_array(W, "W"), nh.from_array(np.array([1, -1], np.int64), "s")]
     g = h.make_graph(nodes, "c", [h.make_tensor_value_info("x", 1, [batch, 2, size, size])],
-                     [h.make_tensor_value_info("y", 1, [batch, 3])], [nh.from_array(W, "W")])
+                     [h.make_tensor_value_info("y", 1, [batch, 3])], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
 
 
@@ -40,8 +43,11 @@ def test_top1_with_labels_and_batches(data):
     assert est.baseline.metric == "top1"
     assert est.baseline.top1 == pytest.approx(90.0)
     assert est.drop(classifier(W)) == pytest.approx(0.0)
-    # A fixed batch of 1 (loop per sample) gives the same outputs.
+    # A fixed batch of 1 (run with a free batch, or per sample when a reshape bakes the 1
+    # in) gives the same outputs.
     assert est.score(classifier(W, batch=1)).top1 == pytest.approx(90.0)
+    assert np.allclose(est.outputs(classifier(W, batch=1, baked=True)),
+                       est.outputs(classifier(W)), atol=1e-6)
     worse = est.score(classifier(-W))
     assert worse.top1 < 50 and est.baseline.value - worse.value > 40
 

@@ -88,7 +88,20 @@ class AccuracyEstimator:
         self.baseline = self._score(self._ref)
 
     def outputs(self, model: onnx.ModelProto) -> np.ndarray:
-        """The model's first output over every sample, batched (inputs resized if needed)."""
+        """The model's first output over every sample, batched (inputs resized if needed).
+
+        Models with a fixed batch of 1 (the IR fixes it) are first tried with a symbolic batch
+        (`_with_free_batch`); if that fails or the output does not follow the batch (a reshape
+        baked the 1 in), the samples run one batch-sized chunk at a time."""
+        free = _with_free_batch(model)
+        if free is not None:
+            try:
+                return self._run(free, self.batch, strict=True)
+            except (BadInputError, _BatchMismatchError):
+                logger.debug("free-batch run failed; running per fixed batch")
+        return self._run(model, None, strict=False)
+
+    def _run(self, model: onnx.ModelProto, step: int | None, strict: bool) -> np.ndarray:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -105,13 +118,22 @@ class AccuracyEstimator:
         if missing:
             raise BadInputError(f"calibration data has no array for model input(s) {missing} "
                                 f"(it has {sorted(self.inputs)})")
-        dim0 = feeds_meta[0].shape[0] if feeds_meta[0].shape else None
-        step = dim0 if isinstance(dim0, int) and dim0 > 0 else self.batch
+        if step is None:
+            dim0 = feeds_meta[0].shape[0] if feeds_meta[0].shape else None
+            step = dim0 if isinstance(dim0, int) and dim0 > 0 else self.batch
         chunks = []
         for start in range(0, self.samples, step):
             feeds = {i.name: self._feed(i, start, step) for i in feeds_meta}
-            out = sess.run([sess.get_outputs()[0].name], feeds)[0]
-            chunks.append(out[: min(step, self.samples - start)])
+            try:
+                out = sess.run([sess.get_outputs()[0].name], feeds)[0]
+            except Exception as err:
+                if strict:
+                    raise _BatchMismatchError(str(err)) from err
+                raise
+            n = min(step, self.samples - start)
+            if strict and (out.ndim == 0 or out.shape[0] != len(next(iter(feeds.values())))):
+                raise _BatchMismatchError(f"output {out.shape} for a batch of {n}")
+            chunks.append(out[:n])
         return np.concatenate(chunks).reshape(self.samples, -1)
 
     def _feed(self, meta, start: int, step: int) -> np.ndarray:
@@ -144,6 +166,28 @@ class AccuracyEstimator:
     def drop(self, model: onnx.ModelProto) -> float:
         """Points lost against the fp32 model (negative = better on this data)."""
         return self.baseline.value - self.score(model).value
+
+
+class _BatchMismatchError(Exception):
+    """The free-batch copy of a model does not run per batch."""
+
+
+def _with_free_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy whose inputs and outputs have a symbolic first dimension (None if it has none
+    fixed to 1); intermediate shape annotations are dropped so nothing contradicts it."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    ios = [vi for vi in list(g.input) + list(g.output) if vi.name not in inits]
+    if not ios or any(not vi.type.tensor_type.shape.dim
+                      or vi.type.tensor_type.shape.dim[0].dim_value != 1 for vi in ios):
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for vi in list(copy.graph.input) + list(copy.graph.output):
+        if vi.name not in inits:
+            vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del copy.graph.value_info[:]
+    return copy
 
 
 def choice_key(kind: str, name: str, value) -> str:
