@@ -214,13 +214,17 @@ def _importance(graph: Graph, site: PruneSite, grams: dict[str, _Gram]) -> np.nd
     return score
 
 
-def _reconstruct(M: np.ndarray, gram: np.ndarray, feats: np.ndarray) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
-    """Ridge LS: new weights (outputs, |feats|) and bias delta matching X W^T from [X_S, 1]."""
-    idx = np.append(feats, gram.shape[0] - 1)
-    A = gram[np.ix_(idx, idx)]
-    ridge = 1e-4 * np.mean(np.diag(A)) + 1e-12
-    B = gram[idx, :-1] @ M.T.astype(np.float64)
+def _reconstruct(M: np.ndarray, gram: _Gram, feats: np.ndarray) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """Ridge LS: new weights (outputs, |feats|) and bias delta matching X W^T from [X_S, 1].
+    The ridge only keeps a well-posed problem solvable, unless there are few rows per feature
+    (a Gemm after global pooling sees one row per sample), where it also limits overfitting."""
+    idx = np.append(feats, gram.sum.shape[0] - 1)
+    mean = gram.mean
+    A = mean[np.ix_(idx, idx)]
+    rel = 1e-6 if gram.count >= _ROWS_PER_FEATURE * len(idx) else 1e-2
+    ridge = rel * np.mean(np.diag(A)) + 1e-12
+    B = mean[idx, :-1] @ M.T.astype(np.float64)
     sol = np.linalg.solve(A + ridge * np.eye(len(idx)), B)
     return sol[:-1].T, sol[-1]
 
@@ -275,7 +279,7 @@ def _slice_consumer(graph: Graph, consumer: str, keep: np.ndarray, gram: _Gram |
     if gram is None or not gram.full:
         new, delta = M[:, feats], None
     else:
-        new, delta = _reconstruct(M, gram.mean, feats)
+        new, delta = _reconstruct(M, gram, feats)
     if d["op_type"] == "Gemm":
         _set_weight(graph, consumer, 1, new if d["attrs"].get("transB", 0) else new.T)
     else:

@@ -133,8 +133,26 @@ def quantize(graph: Graph, kernels: list[str], calib: CalibData | None) -> list[
     calib = calib or synthetic_calib(graph)
     quantized = _run_quantize_static(export_onnx(graph), nodes, calib, graph)
     new = import_onnx(quantized, {t: tuple(graph.shape(t)) for t in graph.inputs})
+    _float_outputs(new)
     replace_graph(graph, new)
     return nodes
+
+
+def _float_outputs(graph: Graph) -> None:
+    """Drop the Q/DQ pair on a graph output: the model's outputs (logits) are not clipped to the
+    range seen in calibration, and nothing after them profits from int8."""
+    for out in list(graph.outputs):
+        dq = graph.producer(out)
+        if dq is None or graph.op(dq) != "DequantizeLinear":
+            continue
+        q = graph.producer(graph.node(dq)["inputs"][0])
+        if q is None or graph.op(q) != "QuantizeLinear":
+            continue
+        source = graph.node(q)["inputs"][0]
+        order = graph.node(dq)["order"]
+        graph.remove_node(dq)
+        graph.add_node(dq, "Identity", [source], [out], order=order)
+    graph.remove_unused()
 
 
 def _run_quantize_static(model: onnx.ModelProto, nodes: list[str], calib: CalibData,

@@ -3,7 +3,9 @@
 Rule: the nodes of the kernels named fp16 (anchor + fused BN / activations) compute in float16;
 every other node is put on the converter's `node_block_list` and stays as it was (fp32, or
 int8 QDQ from the quantize pass), with Cast nodes inserted where the two meet. The model's
-inputs and outputs keep their types (`keep_io_types`). Pre-condition: the target supports fp16
+inputs and outputs keep their types (`keep_io_types`). The converter also sends tensors
+between two blocked nodes through a float32 -> float16 -> float32 Cast pair; those round trips
+are removed afterwards (they would round every fp32 tensor to fp16 precision). Pre-condition: the target supports fp16
 (checked by the plan against the target before this pass runs). Post-conditions: output
 shapes and dtypes unchanged; original node names kept.
 """
@@ -48,8 +50,36 @@ def to_fp16(graph: Graph, kernels: list[str]) -> list[str]:
                                              node_block_list=blocked)
     _sort_nodes(converted)
     new = import_onnx(converted, {t: tuple(graph.shape(t)) for t in graph.inputs})
+    _drop_round_trips(new)
     replace_graph(graph, new)
     return nodes
+
+
+def _cast_to(graph: Graph, node: str) -> int | None:
+    return int(graph.node(node)["attrs"]["to"]) if graph.op(node) == "Cast" else None
+
+
+def _drop_round_trips(graph: Graph) -> int:
+    """Cast(fp16) -> Cast(fp32) of a float32 tensor reads the tensor itself; returns how many."""
+    dropped = 0
+    for c2 in graph.topo():
+        if _cast_to(graph, c2) != onnx.TensorProto.FLOAT:
+            continue
+        c1 = graph.producer(graph.node(c2)["inputs"][0])
+        if c1 is None or _cast_to(graph, c1) != onnx.TensorProto.FLOAT16:
+            continue
+        source = graph.node(c1)["inputs"][0]
+        if graph.dtype(source) != "float32":
+            continue
+        out = graph.node(c2)["outputs"][0]
+        graph.set_input(c2, 0, source)  # now an exact float32 -> float32 Cast
+        if out not in graph.outputs:
+            graph.replace_uses(out, source)
+            graph.remove_node(c2)
+            graph.tensors.pop(out, None)
+        dropped += 1
+    graph.remove_unused()
+    return dropped
 
 
 def _sort_nodes(model: onnx.ModelProto) -> None:
