@@ -5,9 +5,9 @@ every other node is put on the converter's `node_block_list` and stays as it was
 int8 QDQ from the quantize pass), with Cast nodes inserted where the two meet. The model's
 inputs and outputs keep their types (`keep_io_types`). The converter also sends tensors
 between two blocked nodes through a float32 -> float16 -> float32 Cast pair; those round trips
-are removed afterwards (they would round every fp32 tensor to fp16 precision). Pre-condition: the target supports fp16
-(checked by the plan against the target before this pass runs). Post-conditions: output
-shapes and dtypes unchanged; original node names kept.
+are removed afterwards (they would round every fp32 tensor to fp16 precision).
+Pre-condition: the target supports fp16 (checked by the plan against the target before this
+pass runs). Post-conditions: output shapes and dtypes unchanged; original node names kept.
 """
 from __future__ import annotations
 
