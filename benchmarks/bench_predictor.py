@@ -129,7 +129,8 @@ def fit_target(target, data: Path, quick: bool) -> KernelPredictor:
 
 def evaluate(target, model: KernelPredictor, cases, config: TimingConfig) -> dict:
     rows = []
-    for name, truth_model, graph, plan in cases:
+    for name, make, graph, plan in cases:
+        truth_model = make()
         measured = measure_model(target, truth_model, config).median_ms
         direct = model.predict_units(model_units(truth_model))
         planned = predict_plan(model, graph, plan) if plan is not None else None
@@ -189,7 +190,7 @@ def main() -> None:
                     "3 light models (smoke run)")
     ap.add_argument("--no-light", action="store_true", help="skip the onnx light models")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)
     config = TimingConfig(repeats=15, max_seconds=6.0)
     lights = [] if args.no_light else light_models()
     if args.quick:
@@ -199,8 +200,8 @@ def main() -> None:
         target = load_target(name)
         model = fit_target(target, Path(args.data_dir) / f"{name}.csv", args.quick)
         fitted[name] = model
-        cases = [(n, m, None, None) for n, m in lights]
-        cases += [(n, rewrite(b, p), g, p)
+        cases = [(n, lambda m=m: m, None, None) for n, m in lights]
+        cases += [(n, lambda b=b, p=p: rewrite(b, p), g, p)
                   for n, b, g, p in variants(args.variants, args.seed, target.precisions)]
         evaluate(target, model, cases, config)
     if len(fitted) > 1:

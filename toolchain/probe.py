@@ -337,7 +337,13 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
             if precision == "int8" and family == "block" and zlib.crc32(str(params).encode()) % 2:
                 probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
     if subset == "quick":
-        return [p for i, p in enumerate(probes) if i % 6 == 0]
+        # One in six, plus the first design of every op kind so no kind is left unfitted.
+        first = {}
+        for p in probes:
+            if p.family in ("op", "pool"):
+                first.setdefault((p.params[0], p.precision), p.name)
+        keep = set(first.values())
+        return [p for i, p in enumerate(probes) if i % 6 == 0 or p.name in keep]
     if subset == "fingerprint":
         return [p for i, p in enumerate(probes) if i % 24 == 0]
     if subset != "full":

@@ -79,11 +79,13 @@ def test_load_rejects_non_packages(tmp_path):
 
 
 def test_qdq_units_mark_precision_and_conversions():
-    """An int8 probe: every conv int8, one quantize at the input, one dequantize at the output,
-    and requantizations between int8 kernels cost nothing."""
+    """An int8 probe as onnxruntime runs it: one quantize at the input, integer convs with free
+    requantization between them; the last conv, whose ReLU output leaves the model in float,
+    is left unfused by onnxruntime (float compute on dequantized weights: int8w)."""
     units = model_units(build_probe("chain-32-3-56-1-int8"))
     kinds = [u.kind for u in units]
-    assert kinds.count("conv/int8") == 3 and "conv/fp32" not in kinds
+    assert kinds.count("conv/int8") == 2 and kinds.count("conv/int8w") == 1
+    assert "conv/fp32" not in kinds
     assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
     q = next(u for u in units if u.cls == "quantize")
     assert q.edge_in == 32 * 56 * 56
@@ -92,18 +94,29 @@ def test_qdq_units_mark_precision_and_conversions():
 
 
 def test_plan_units_follow_precision_width_and_resolution():
-    graph = load_and_analyze(mobilenet_v2(96, 0.5))
-    base = graph_units(graph)
-    convs = [u for u in base if u.cls == "conv"]
-    expand = next(u for u in convs if "expand" in u.name)
-    plan = Plan(kernels={expand.name: Choice("int8"), convs[-1].name: Choice("fp32", 0.5)})
     from toolchain.predict.units import units_under_plan
 
-    units = {u.name: u for u in units_under_plan(graph, plan)}
-    assert units[expand.name].precision == "int8"
-    assert sum(u.cls == "quantize" for u in units.values()) == 1
-    assert sum(u.cls == "dequantize" for u in units.values()) == 1
-    assert units[convs[-1].name].cout < convs[-1].cout
+    graph = load_and_analyze(mobilenet_v2(96, 0.5))
+    base = graph_units(graph)
+    convs = [u for u in base if u.cls in ("conv", "dwconv")]
+    plan = Plan(kernels={u.name: Choice("int8") for u in convs})
+    units = units_under_plan(graph, plan)
+    kinds = [u.kind for u in units]
+    assert kinds.count("quantize/int8") >= 1 and units[0].cls == "quantize"  # graph input
+    stem = next(u for u in units if u.name == convs[0].name)
+    assert stem.precision == "int8"
+    # Residual Adds stay float; the int8 convs next to them run unfused (int8w), with
+    # conversions around them.
+    adds = [u for u in units if u.cls == "Add"]
+    assert adds and all(a.precision == "fp32" for a in adds)
+    unfused = [u for u in units if u.precision == "int8w"]
+    touching = {t for a in adds for t in (*a.inputs, a.output)}
+    assert unfused and all(set(u.inputs) & touching or u.output in touching for u in unfused)
+    assert kinds.count("dequantize/int8") >= 1
+    last = convs[-1]
+    narrow = {u.name: u for u in units_under_plan(graph, Plan(
+        kernels={last.name: Choice("fp32", 0.5)}))}
+    assert narrow[last.name].cout < last.cout
     small = units_under_plan(graph, Plan(input_shape={graph.inputs[0]: [1, 3, 64, 64]}))
     assert sum(u.macs for u in small) < 0.6 * sum(u.macs for u in base)
 
@@ -114,11 +127,16 @@ def test_predict_plan_prices_int8_cheaper_when_fitted_so():
     weights = {k: {"kernel": 0.001, "macs": 0.02, "in_elems": 0.1} for k in
                {u.kind for u in units}}
     weights["conv/int8"] = {"kernel": 0.001, "macs": 0.005, "in_elems": 0.05}
-    for k in ("quantize/int8", "dequantize/int8", "Add/int8", "Clip/int8"):
+    weights["conv/int8w"] = weights["dwconv/int8w"] = {"kernel": 0.001, "macs": 0.03,
+                                                       "in_elems": 0.1}
+    weights["dwconv/int8"] = weights["conv/int8"]
+    for k in ("quantize/int8", "dequantize/int8", "Add/int8", "Clip/int8",
+              "GlobalAveragePool/int8", "Reshape/int8"):
         weights[k] = {"kernel": 0.001, "in_elems": 0.1}
     model = KernelPredictor(weights, {"model": 0.01}, {"name": "hand"})
     fp32 = predict_plan(model, graph, Plan())
-    all_int8 = Plan(kernels={u.name: Choice("int8") for u in units if u.cls == "conv"})
+    all_int8 = Plan(kernels={u.name: Choice("int8") for u in units
+                             if u.cls in ("conv", "dwconv")})
     int8 = predict_plan(model, graph, all_int8)
     assert int8.complete and fp32.complete
     assert int8.latency_ms < fp32.latency_ms

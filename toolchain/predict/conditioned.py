@@ -42,7 +42,7 @@ from toolchain.errors import BadInputError
 
 __all__ = [
     "DesignBasis", "design_basis", "ConditionedPredictor", "fit_conditioned",
-    "select_reference", "FORMAT_VERSION",
+    "select_reference", "least_squares", "FORMAT_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,12 @@ CELL_OPS = 5
 CELL_NODES = 4
 CELL_DST = (1, 2, 2, 3, 3, 3)
 CELL_BASE = 12        # per-op counts (all, reached, live); the rest of the cell basis is finer
-DEFAULT_TAU = 1e-2    # isotropic prior variance of the scale-free weights (coarse block)
+# Isotropic prior variance of the scale-free weights (coarse features), per basis kind. A cell's
+# dead-edge semantics differ between runtimes (eager frameworks run dead edges, graph runtimes
+# prune them) and a training set rarely spans that, so the cell prior is wide; the one-hot
+# layer basis has many more weights than a fingerprint has cells, so its prior stays close to
+# the training devices' span.
+DEFAULT_TAU = {"cell": 1e-2, "onehot": 1e-4}
 FINE_TAU_RATIO = 0.3  # the finer cell features get a smaller isotropic prior
 DEFAULT_NOISE = 1e-3  # variance of a normalized fingerprint measurement
 SELECTION_POOL = 4000  # candidates examined per greedy step (deterministic, evenly spaced)
@@ -263,6 +268,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp.name, path)
 
 
+def least_squares(F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Normal equations with a tiny ridge: near the minimum-norm solution for collinear
+    one-hot columns, and far faster than an SVD on tall matrices."""
+    G = F.T @ F
+    ridge = 1e-8 * max(float(np.trace(G)) / len(G), 1e-12)
+    return np.linalg.solve(G + ridge * np.eye(len(G)), F.T @ y)
+
+
 def _device_prior(F: np.ndarray, latencies: np.ndarray, scale_rows: np.ndarray | None,
                   tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the training devices' scale-free weights (+ isotropic tau)."""
@@ -270,7 +283,7 @@ def _device_prior(F: np.ndarray, latencies: np.ndarray, scale_rows: np.ndarray |
     for j in range(latencies.shape[1]):
         y = latencies[:, j]
         ok = np.isfinite(y)
-        w = np.linalg.lstsq(F[ok], y[ok], rcond=None)[0]
+        w = least_squares(F[ok], y[ok])
         scale = np.nanmedian(y) if scale_rows is None else float(np.mean(F[scale_rows] @ w))
         weights.append(w / scale)
     W = np.array(weights)
@@ -279,7 +292,7 @@ def _device_prior(F: np.ndarray, latencies: np.ndarray, scale_rows: np.ndarray |
 
 
 def fit_conditioned(codes: np.ndarray, latencies: np.ndarray, names: tuple[str, ...] = (),
-                    n_reference: int = 10, tau: float = DEFAULT_TAU,
+                    n_reference: int = 10, tau: float | None = None,
                     noise: float = DEFAULT_NOISE) -> ConditionedPredictor:
     """Fit the prior on training devices (columns of `latencies`, NaN = not measured) and
     choose the reference designs (rows of `codes`). Deterministic: no randomness involved."""
@@ -297,6 +310,7 @@ def fit_conditioned(codes: np.ndarray, latencies: np.ndarray, names: tuple[str, 
             name = names[j] if j < len(names) else str(j)
             raise BadInputError(f"training device {name}: too few measured designs "
                                 f"({int(np.isfinite(lat[:, j]).sum())}) for {F.shape[1]} features")
+    tau = DEFAULT_TAU[basis.kind] if tau is None else tau
     tau_vec = np.where(basis.coarse, tau, tau * FINE_TAU_RATIO)
     _, cov = _device_prior(F, lat, None, tau_vec)
     ref = select_reference(F, cov, noise, n_reference, np.arange(len(F)))

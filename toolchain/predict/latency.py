@@ -17,7 +17,13 @@ import onnx
 from toolchain.errors import BadInputError
 from toolchain.home import cache_dir, predictors_dir
 from toolchain.predict.kernel import KernelPredictor, Prediction
-from toolchain.predict.units import Unit, graph_units, units_under_plan
+from toolchain.predict.units import (
+    QDQ_FOLLOWERS,
+    Unit,
+    graph_units,
+    ort_float_nodes,
+    units_under_plan,
+)
 from toolchain.space import Plan
 from toolchain.target import Target
 
@@ -26,7 +32,7 @@ __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "pr
 
 logger = logging.getLogger(__name__)
 
-UNITS_VERSION = 2   # bump when Unit's fields or their computation change (cached probe units)
+UNITS_VERSION = 4   # bump when Unit's fields or their computation change (cached probe units)
 
 
 def builtin_predictors_dir() -> Path:
@@ -58,11 +64,18 @@ def load_predictor(target: Target, folder: str | os.PathLike | None = None) -> K
     return KernelPredictor.load(path)
 
 
-def model_units(source: str | os.PathLike | onnx.ModelProto) -> list[Unit]:
-    """Units of a model file or proto (imported and analyzed)."""
+def model_units(source: str | os.PathLike | onnx.ModelProto,
+                runtime: str = "onnxruntime") -> list[Unit]:
+    """Units of a model file or proto (imported and analyzed). For a quantized (QDQ) model and
+    runtime "onnxruntime", which nodes really run in int8 is asked from onnxruntime."""
+    from passes.import_onnx import load_model
     from toolchain.analysis import load_and_analyze
 
-    return graph_units(load_and_analyze(source))
+    model = source if isinstance(source, onnx.ModelProto) else load_model(source)
+    graph = load_and_analyze(model)
+    qdq = any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    floats = ort_float_nodes(model) if qdq and runtime == "onnxruntime" else None
+    return graph_units(graph, floats)
 
 
 def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
@@ -109,7 +122,7 @@ def predict_model(predictor: KernelPredictor, source, plan: Plan | None = None,
 
 
 def predict_plan(predictor: KernelPredictor, graph, plan: Plan, strict: bool = False,
-                 int8_ops: tuple[str, ...] = ()) -> Prediction:
+                 int8_ops: tuple[str, ...] = QDQ_FOLLOWERS) -> Prediction:
     """Predict an analyzed float graph under a plan, without rewriting it (fast: for
     optimizers scoring many plans). See `units_under_plan` for how choices are applied."""
     return predictor.predict_units(units_under_plan(graph, plan, int8_ops), strict)

@@ -85,13 +85,27 @@ def rank_correlation(proxy: np.ndarray, target: np.ndarray, level: float = 0.9) 
     return RankEstimate(rho, math.tanh(z - half), math.tanh(z + half), n, level)
 
 
-def _ridge_loo(X: np.ndarray, y: np.ndarray,
-               penalty: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Ridge weights, exact leave-one-out residuals (hat matrix), effective parameters."""
-    A_inv = np.linalg.pinv(X.T @ X + np.diag(penalty))
-    w = A_inv @ (X.T @ y)
-    h = np.einsum("ij,jk,ik->i", X, A_inv, X)
-    return w, (y - X @ w) / np.maximum(1.0 - h, 1e-3), float(np.sum(h))
+def _ridge_path(X0: np.ndarray, Z: np.ndarray, y: np.ndarray,
+                penalties: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge with unpenalized columns X0 and penalized columns Z, for every penalty at once.
+
+    Projecting X0 out of Z and y turns it into plain ridge on the residuals; one SVD then gives
+    every penalty's weights (rows of W: X0 weights then Z weights), exact leave-one-out
+    residuals (hat diagonal = X0's leverage + sum_j U_ij^2 s_j^2 / (s_j^2 + lambda)) and
+    effective number of parameters."""
+    X0_pinv = np.linalg.pinv(X0)
+    P0 = X0 @ X0_pinv
+    Zt, yt = Z - P0 @ Z, y - P0 @ y
+    U, s, Vt = np.linalg.svd(Zt, full_matrices=False)
+    d = s[None, :] ** 2 / (s[None, :] ** 2 + penalties[:, None])          # (L, r)
+    uy = U.T @ yt
+    fitted = (P0 @ y)[None, :] + (d * uy[None, :]) @ U.T                  # (L, n)
+    h = np.diag(P0)[None, :] + d @ (U.T ** 2)                             # (L, n)
+    loo = (y[None, :] - fitted) / np.maximum(1.0 - h, 1e-3)
+    b = (s[None, :] / (s[None, :] ** 2 + penalties[:, None]) * uy[None, :]) @ Vt   # (L, pz)
+    a = (y[None, :] - b @ Z.T) @ X0_pinv.T                                # (L, p0)
+    dof = np.trace(P0) + d.sum(axis=1)
+    return np.column_stack([a, b]), loo, dof
 
 
 SPACES = ("log", "ms")   # log t = a + b log p + c.f   or   t = a + b p + c.f
@@ -165,18 +179,16 @@ def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space:
     columns = tuple(c for c, k in zip(columns, keep, strict=True) if k)
     mean, scale, f = mean[keep], scale[keep], f[:, keep]
     x, y = (np.log(proxy), np.log(target)) if space == "log" else (proxy, target)
-    X = np.column_stack([np.ones(len(y)), x, (f - mean) / scale])
+    X0 = np.column_stack([np.ones(len(y)), x])
+    Z = (f - mean) / scale
     unit = float(np.mean(y)) ** 2 if space == "ms" else 1.0
-    fits = []
-    for lam in (lambdas if columns else (None,)):
-        penalty = np.r_[0.0, 0.0, np.full(len(columns), (lam or 0.0) * len(y) / 20 * unit)]
-        w, loo, dof = _ridge_loo(X, y, penalty)
-        if dof > max_dof:
-            continue
-        if space == "ms":
-            loo = np.log(target) - np.log(np.maximum(target - loo, floor))
-        fits.append(_Fit(float(np.mean(loo ** 2)), space, columns, lam, w, mean, scale, loo))
-    return fits
+    grid = tuple(lambdas) if columns else (0.0,)
+    W, loo, dof = _ridge_path(X0, Z, y, np.array(grid) * len(y) / 20 * unit)
+    if space == "ms":
+        loo = np.log(target)[None, :] - np.log(np.maximum(target[None, :] - loo, floor))
+    return [_Fit(float(np.mean(loo[i] ** 2)), space, columns, grid[i] if columns else None,
+                 W[i], mean, scale, loo[i])
+            for i in range(len(grid)) if dof[i] <= max_dof]
 
 
 def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,

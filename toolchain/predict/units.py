@@ -27,7 +27,8 @@ from functools import lru_cache
 from toolchain.ir import Graph
 from toolchain.space import Kernel, Plan, pruned_channels
 
-__all__ = ["Unit", "units_of", "units_under_plan", "graph_units", "COMPUTE_OPS", "op_class"]
+__all__ = ["Unit", "units_of", "units_under_plan", "graph_units", "COMPUTE_OPS", "op_class",
+           "QDQ_FOLLOWERS", "ort_float_nodes"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Unit:
 
     name: str
     cls: str                 # "conv", "dwconv", "gemm", an op type, "quantize", "dequantize"
-    precision: str           # fp32 | fp16 | int8
+    precision: str           # fp32 | fp16 | int8 | int8w (float compute, weights via DQ)
     macs: float = 0.0
     in_elems: float = 0.0    # elements of the data inputs (weights excluded)
     out_elems: float = 0.0
@@ -150,8 +151,12 @@ def _edges(graph: Graph, inputs: tuple[str, ...], output: str) -> dict[str, floa
             "edge_out": _numel(graph.shape(output)) if sink_is_output(output) else 0.0}
 
 
-def units_of(graph: Graph, kernels: list[Kernel]) -> list[Unit]:
-    """Units of an analyzed graph (float or QDQ), in kernel order."""
+def units_of(graph: Graph, kernels: list[Kernel],
+             float_nodes: frozenset[str] | None = None) -> list[Unit]:
+    """Units of an analyzed graph (float or QDQ), in kernel order.
+
+    `float_nodes`: nodes the runtime is known to leave in float although the QDQ pattern
+    around them says int8 (see `ort_float_nodes`); None = trust the pattern."""
     by_node = {n: k for k in kernels for n in k.nodes}
     quant = {k.name for k in kernels if k.op_type in _QUANT_OPS}
     weight_dq = {k.name for k in kernels if k.op_type == "DequantizeLinear"
@@ -173,10 +178,31 @@ def units_of(graph: Graph, kernels: list[Kernel]) -> list[Unit]:
 
     weights = {graph.node(k.name)["outputs"][0] for k in kernels if k.name in weight_dq}
     units, int8 = [], set()
+    def touched_by_qdq(kernel: Kernel) -> bool:
+        ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t]
+        out = graph.node(kernel.nodes[-1])["outputs"][0]
+        return (any(t in dq_out or t in weights for t in ins)
+                or any(graph.op(r) == "QuantizeLinear" for r in graph.consumers(out)))
+
+    def dequantized_weights(kernel: Kernel) -> bool:
+        ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t]
+        return kernel.op_type in COMPUTE_OPS and len(ins) > 1 and ins[1] in weights
+
     for k in kernels:
         if k.name in quant:
             continue
-        precision = "int8" if is_int8(k) else _PRECISION_OF_DTYPE.get(k.dtype, "fp32")
+        if float_nodes is not None and touched_by_qdq(k):
+            int8_here = k.name not in float_nodes   # the runtime's own answer
+        else:
+            int8_here = is_int8(k)
+        if int8_here:
+            precision = "int8"
+        elif dequantized_weights(k):
+            # QDQ left unfused (no QuantizeLinear right after it): onnxruntime runs a float
+            # kernel and dequantizes its weights at every inference - slower than fp32.
+            precision = "int8w"
+        else:
+            precision = _PRECISION_OF_DTYPE.get(k.dtype, "fp32")
         if precision == "int8":
             int8.add(k.name)
         units.append(_unit(graph, k, precision, skip=weights))
@@ -211,18 +237,53 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
     return out
 
 
-def graph_units(graph: Graph) -> list[Unit]:
+def graph_units(graph: Graph, float_nodes: frozenset[str] | None = None) -> list[Unit]:
     """Units of a graph analyzed by `toolchain.analysis` (kernels in graph.meta)."""
-    return units_of(graph, graph.meta["kernels"])
+    return units_of(graph, graph.meta["kernels"], float_nodes)
+
+
+def ort_float_nodes(model) -> frozenset[str]:
+    """Nodes of a QDQ model that onnxruntime (CPU, all optimizations) still runs in float.
+
+    onnxruntime fuses DQ -> op -> Q into integer kernels only where its fusion rules match;
+    around shared or residual tensors some stay float (a float Conv with its weights
+    dequantized at every run). Asking onnxruntime itself is the only faithful answer: the
+    optimized graph keeps the original name and op type of every node it did not fuse."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="fleetc_ort_") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp, "opt.onnx"))
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    original = {n.name: n.op_type for n in model.graph.node}
+    return frozenset(n.name for n in optimized.graph.node
+                     if n.name in original and original[n.name] == n.op_type
+                     and n.op_type not in _QUANT_OPS)
 
 
 # ---------------------------------------------------------------------------------- plans
 
-def units_under_plan(graph: Graph, plan: Plan, int8_ops: tuple[str, ...] = ()) -> list[Unit]:
+# Unit classes the quantize pass (passes/quantize.py, "followers") runs in int8 when all their
+# inputs are int8; Flatten / Squeeze / Unsqueeze are priced as Reshape.
+# Add and Mul are left out: onnxruntime keeps the rewrite's QDQ Adds (residuals) in float.
+QDQ_FOLLOWERS = ("Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
+                 "Reshape", "Transpose", "Resize")
+
+
+def units_under_plan(graph: Graph, plan: Plan,
+                     int8_ops: tuple[str, ...] = QDQ_FOLLOWERS) -> list[Unit]:
     """Units of the float model `graph` (analyzed) rewritten by `plan`, without rewriting it.
 
-    `int8_ops`: non-compute op types the rewrite runs in int8 when every input is int8
-    (empty: only the plan's compute kernels are quantized, as the quantize pass does).
+    `int8_ops`: unit classes that run in int8 when every input is int8, as the quantize pass
+    quantizes them (default); the plan's compute kernels are int8 as it says.
     """
     base = _structural(graph, plan)
     units = [_with_precision(u, plan) for u in base]
@@ -303,6 +364,27 @@ def _apply_widths(units: list[Unit], plan: Plan) -> list[Unit]:
     return out
 
 
+def _unfused(units: list[Unit], graph: Graph, prec: dict[str, str]) -> list[Unit]:
+    """int8 compute kernels next to a float kernel (reading its output, or read by it) stay
+    unfused in onnxruntime: a float kernel with weights dequantized at every run ("int8w").
+    Measured on the rewrite's QDQ models (residual Adds stay float; the convs around them
+    do not become QLinearConv); `ort_float_nodes` gives the exact answer for a real model."""
+    readers: dict[str, list[Unit]] = {}
+    for u in units:
+        for t in u.inputs:
+            readers.setdefault(t, []).append(u)
+    out = []
+    for u in units:
+        if u.precision == "int8" and u.cls in ("conv", "dwconv", "gemm"):
+            float_in = any(prec.get(t, "int8") not in ("int8",) and t not in graph.inputs
+                           for t in u.inputs)
+            float_out = any(r.precision != "int8" for r in readers.get(u.output, []))
+            if float_in or float_out:
+                u = replace(u, precision="int8w")
+        out.append(u)
+    return out
+
+
 def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]) -> list[Unit]:
     """Propagate int8 through `int8_ops`, then add quantize / dequantize units where int8 and
     float units meet (once per tensor), as the QDQ rewrite and onnxruntime's fusion produce."""
@@ -315,6 +397,8 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
             u = replace(u, precision="int8")
         prec[u.output] = u.precision
         fixed.append(u)
+    fixed = _unfused(fixed, graph, prec)
+    prec = {u.output: u.precision for u in fixed}
     out, quantized, dequantized = [], set(), set()
     for u in fixed:
         for t in u.inputs:

@@ -1,0 +1,70 @@
+"""Profiling: resumable measurement runs, the probe and profile commands, bad input."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from toolchain.cli import cli
+from toolchain.measure.profile import profile
+from toolchain.measure.records import read_measurements
+from toolchain.measure.timing import TimingConfig
+from toolchain.probe import build_probe, probe_set
+from toolchain.target import load_target
+
+FAST = TimingConfig(warmup=1, repeats=3, min_sample_ms=1.0, max_seconds=1.0)
+
+
+def _cli(*args):
+    import toolchain.measure_cmd  # noqa: F401
+    return CliRunner().invoke(cli, list(args))
+
+
+class _StopError(Exception):
+    pass
+
+
+def test_interrupted_run_keeps_rows_and_resumes(tmp_path):
+    target = load_target("host-ort-1t")
+    probes = [p.name for p in probe_set(("fp32",), "fingerprint")][:3]
+    designs = [(n, lambda n=n: build_probe(n)) for n in probes]
+    out = tmp_path / "m.csv"
+
+    def interrupt(_line: str) -> None:
+        raise _StopError  # as Ctrl-C would, right after the first row is written
+    with pytest.raises(_StopError):
+        profile(target, designs, out, FAST, progress=interrupt)
+    assert [r.design for r in read_measurements(out)] == probes[:1]
+    result = profile(target, designs, out, FAST)
+    assert (result.measured, result.already, result.failed) == (2, 1, ())
+    rows = read_measurements(out)
+    assert [r.design for r in rows] == probes and all(r.latency_ms > 0 for r in rows)
+    assert dict(rows[0].extra)["clock"] == "thread"   # one thread: thread CPU time
+    again = profile(target, designs, out, FAST)
+    assert (again.measured, again.already) == (0, 3)
+
+
+def test_profile_model_cli_and_bad_input(tmp_path):
+    import onnx
+
+    model = tmp_path / "tiny.onnx"
+    onnx.save(build_probe("op-relu-32-112-fp32"), model)
+    out = tmp_path / "tiny.csv"
+    ok = _cli("profile", str(model), "--target", "host-ort-1t", "-o", str(out),
+              "--repeats", "3", "--max-seconds", "0.5")
+    assert ok.exit_code == 0, ok.output
+    assert [r.design for r in read_measurements(out)] == ["tiny"]
+    both = _cli("profile", str(model), "--probe", "--target", "host-ort-1t", "-o", str(out))
+    assert both.exit_code == 2 and "either MODEL or --probe" in both.output
+    unknown = _cli("profile", str(model), "--target", "pi-zero", "-o", str(out))
+    assert unknown.exit_code == 2 and "unknown target" in unknown.output
+    missing = _cli("profile", str(tmp_path / "nope.onnx"), "--target", "host-ort-1t", "-o",
+                   str(out))
+    assert missing.exit_code == 2 and "no such model" in missing.output
+
+
+def test_probe_command_writes_models(tmp_path):
+    res = _cli("probe", "--target", "rpi4", "--subset", "fingerprint", "-o", str(tmp_path / "p"))
+    assert res.exit_code == 0, res.output
+    names = (tmp_path / "p" / "probes.txt").read_text().split()
+    assert names == [p.name for p in probe_set(load_target("rpi4").precisions, "fingerprint")]
+    assert all((tmp_path / "p" / f"{n}.onnx").is_file() for n in names)

@@ -1,0 +1,50 @@
+"""TVM RPC: a real tracker and device server on 127.0.0.1, timing through them, timeouts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from toolchain.measure.rpc import DeviceUnreachableError, start_farm, time_rpc, tracker_keys
+from toolchain.measure.timing import TimingConfig
+from toolchain.measure.tvm_backend import compile_relax, input_arrays, time_vm
+from toolchain.probe import build_probe
+from toolchain.target import load_target
+
+CONFIG = TimingConfig(warmup=2, repeats=9, min_sample_ms=5.0, max_seconds=3.0)
+
+
+@pytest.fixture(scope="module")
+def farm():
+    with start_farm({"host-1t": 1}) as running:
+        yield running
+
+
+@pytest.mark.xdist_group("timing")
+def test_rpc_timing_agrees_with_local(farm):
+    """The same compiled module timed on the loopback device and here agree within noise."""
+    import tvm
+
+    model = build_probe("conv-32-32-3-1-56-1-relu-fp32")
+    target = load_target("host-tvm").tvm()
+    executable = compile_relax(model, target)
+    remote = time_rpc(model, target, "host-1t", farm.address, timeout_s=60, config=CONFIG,
+                      executable=executable)
+    from toolchain.measure.timing import pick_cpus, pinned
+    with pinned(pick_cpus(1)):
+        local = time_vm(executable, tvm.cpu(), input_arrays(model), CONFIG)
+    # Noise bound: the larger of 35% and three times the two runs' spreads.
+    tolerance = max(0.35, 3 * (remote.spread_pct + local.spread_pct) / 100)
+    assert abs(remote.median_ms / local.median_ms - 1) < tolerance, (remote, local)
+    assert remote.median_ms > 0 and remote.repeats >= 3
+
+
+def test_unknown_key_and_unreachable_tracker_fail_fast(farm):
+    assert tracker_keys(farm.address) == {"host-1t": 1}
+    model = build_probe("op-relu-32-112-fp32")
+    with pytest.raises(DeviceUnreachableError, match="no device registered under key 'rpi9'"):
+        time_rpc(model, "llvm", "rpi9", farm.address, timeout_s=5)
+    start = time.monotonic()
+    with pytest.raises(DeviceUnreachableError, match="no answer within 2 s"):
+        time_rpc(model, "llvm", "host-1t", "127.0.0.1:9", timeout_s=2)
+    assert time.monotonic() - start < 10
