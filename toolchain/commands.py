@@ -5,6 +5,7 @@ One line per module; keep the list sorted. A command module defines its click co
 """
 from __future__ import annotations
 
+import toolchain.bench.amortize  # noqa: F401
 import toolchain.bench.cli  # noqa: F401
 import toolchain.bench.fewshot  # noqa: F401
 import toolchain.compile_cmd  # noqa: F401

@@ -31,7 +31,6 @@ from toolchain.bench.table import Table, TargetAccess, parse_names
 from toolchain.errors import BadInputError
 from toolchain.predict.conditioned import (
     DEFAULT_NOISE,
-    DEFAULT_TAU,
     ConditionedPredictor,
     fit_conditioned,
     select_reference,
@@ -57,7 +56,7 @@ class FewshotOptions:
     seeds: int = 5
     method: str = "conditioned"
     references: int = 10
-    tau: float = DEFAULT_TAU
+    tau: float | None = None
     noise: float = DEFAULT_NOISE
 
 
@@ -88,7 +87,7 @@ class DeviceContext:
     """What a method may know before reading a target: encodings and training devices."""
 
     def __init__(self, table: Table, train: tuple[str, ...], references: int = 10,
-                 tau: float = DEFAULT_TAU, noise: float = DEFAULT_NOISE):
+                 tau: float | None = None, noise: float = DEFAULT_NOISE):
         codes = table.encoding_matrix()
         self.usable = np.all(np.isfinite(codes), axis=1)
         lat = np.column_stack([table.column(c) for c in train])
@@ -124,9 +123,8 @@ class DeviceContext:
         more = np.random.default_rng(seed).choice(rest, size=min(extra, len(rest)), replace=False)
         return np.r_[fp, np.sort(more)].astype(np.int64)
 
-    def adapt(self, rows: np.ndarray, values: np.ndarray, n_fingerprint: int) -> np.ndarray:
-        """Weights in ms for one target from its measured rows (fingerprint first)."""
-        scale = float(np.mean(values[:n_fingerprint]))
+    def adapt(self, rows: np.ndarray, values: np.ndarray, scale: float) -> np.ndarray:
+        """Weights in ms for one target from its measured rows; `scale` = fingerprint mean."""
         return self.predictor.adapt(self.features[rows], values, scale)
 
 
@@ -170,7 +168,7 @@ def _one_target(opts: FewshotOptions, ctx, true: np.ndarray, target: str) -> dic
             sampled = ctx.sample_rows(rows, opts.samples, seed)
             values = access.measure(sampled)
             n_fp = min(opts.samples, ctx.predictor.n_reference)
-            pred = ctx.features @ ctx.adapt(sampled, values, n_fp)
+            pred = ctx.features @ ctx.adapt(sampled, values, float(np.mean(values[:n_fp])))
         scored = held_out(rows, sampled)
         spear.append(spearman(pred[scored], true[scored]))
         acc.append(acc10(pred[scored], true[scored]))

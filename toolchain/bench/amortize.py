@@ -1,0 +1,284 @@
+"""`fleetc bench amortize`: the amortized optimizer on devices it was not trained on.
+
+Per seed, the device-conditioned predictor is fitted on the training columns (deterministic)
+and the optimizer network is trained with that seed (toolchain.optimize.amortized). Per target
+the method reads K cells: its fingerprint (the predictor's reference designs, substitutes for
+those it did not measure, whose latencies are then imputed by the predictor for the network's
+input). For every budget quantile q (B = q-quantile of the target's filled latencies) it
+chooses one design among the target's filled rows that have an objective:
+
+- V = 0: the network's design for (fingerprint, B), decoded and repaired with the predictor;
+- V > 0: the V cells are shared by the budgets (earlier budgets' measurements are known to
+  later ones). For one budget, each verification asks the optimizer again for a slightly
+  tighter budget after a measured violation, with the predictor refitted on every cell read so
+  far (fingerprint and verifications), and measures its design; the choice is the best
+  objective among measured designs within B, else the fastest predicted design.
+
+Also reported: `search` - the same predictor with per-device exhaustive scoring of every
+design (direct choice), and the timing of both in one batch for all test devices and budgets
+(`seconds_per_device`, `search_seconds_per_device`, medians of repeated runs).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import click
+import numpy as np
+
+from toolchain.bench.cli import bench, data_option, emit, load_data, parse_budgets, progress
+from toolchain.bench.fewshot import DeviceContext, check_devices, target_columns
+from toolchain.bench.scores import (
+    BudgetTally,
+    budget_key,
+    budget_of,
+    finite_or_none,
+    outcome,
+)
+from toolchain.bench.table import Table, TargetAccess, parse_names
+from toolchain.errors import BadInputError
+from toolchain.optimize.amortized import (
+    AmortizedOptimizer,
+    DesignSpace,
+    TrainConfig,
+    exhaustive_choice,
+    train_amortized,
+)
+
+__all__ = ["AmortizeOptions", "run_amortize", "single_thread"]
+
+logger = logging.getLogger(__name__)
+
+NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
+TIGHTEN = 0.97        # after a measured violation, ask for a 3% tighter budget
+TIMING_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class AmortizeOptions:
+    train: tuple[str, ...]
+    targets: tuple[str, ...]
+    objective: str
+    budgets: tuple[float, ...] = (0.1, 0.25, 0.5)
+    samples: int = 10
+    verify: int = 0
+    seeds: int = 5
+    train_config: TrainConfig = TrainConfig()
+
+
+def single_thread():
+    """BLAS on one thread: on a loaded 2-core machine threaded BLAS is 100x slower for these
+    small matrices, and both timed methods then run alike."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # optional: only speed depends on it
+        return nullcontext()
+    return threadpool_limits(1)
+
+
+@dataclass
+class _Device:
+    """What the method knows about one target after reading its fingerprint."""
+
+    name: str
+    rows: np.ndarray          # filled rows with an objective (the choices that exist)
+    access: TargetAccess
+    fingerprint: np.ndarray   # on the predictor's reference designs (measured or imputed)
+    scale: float              # mean of the measured fingerprint cells
+    weights: np.ndarray       # predictor weights (ms) from the fingerprint
+    allowed: np.ndarray       # mask over table rows
+
+
+class _Bench:
+    def __init__(self, table: Table, opts: AmortizeOptions):
+        self.table, self.opts = table, opts
+        self.ctx = DeviceContext(table, opts.train)
+        self.objective = table.column(opts.objective)
+        self.space = DesignSpace(table.encoding_matrix()[self.ctx.usable],
+                                 self.ctx.features[self.ctx.usable],
+                                 self.objective[self.ctx.usable])
+        self.rows_used = np.flatnonzero(self.ctx.usable)   # space row -> table row
+        ref = self.ctx.reference_rows
+        self.train_fp = np.array([table.column(c)[ref] for c in opts.train])
+        self.train_fp = self.train_fp[np.all(np.isfinite(self.train_fp), axis=1)]
+
+    def device(self, target: str) -> _Device:
+        true = self.table.column(target)
+        access = TargetAccess(target, true, self.opts.samples + self.opts.verify)
+        rows = access.rows[self.ctx.usable[access.rows] & (true[access.rows] > 0)]
+        n_fp = min(self.opts.samples, self.ctx.predictor.n_reference)
+        sampled = self.ctx.sample_rows(rows, self.opts.samples, seed=0)
+        values = access.measure(sampled)
+        scale = float(np.mean(values[:n_fp]))
+        weights = self.ctx.adapt(sampled, values, scale)
+        ref = self.ctx.reference_rows
+        fingerprint = self.ctx.features[ref] @ weights
+        measured = np.isin(ref, sampled)
+        fingerprint[measured] = access.measure(ref[measured])
+        choosable = rows[np.isfinite(self.objective[rows])]
+        allowed = np.zeros(self.table.n_rows, bool)
+        allowed[choosable] = True
+        return _Device(target, choosable, access, fingerprint, scale, weights,
+                       allowed[self.rows_used])
+
+    def choose(self, opt: AmortizedOptimizer, dev: _Device, weights: np.ndarray,
+               budget: float) -> int:
+        """Table row the optimizer chooses for one budget with the given predictor weights."""
+        row = opt.choose(self.space, weights[None], dev.fingerprint[None], np.array([budget]),
+                         dev.allowed)[0]
+        return int(self.rows_used[row])
+
+    def verified(self, opt: AmortizedOptimizer, dev: _Device, budget: float, share: int) -> int:
+        factor, weights = 1.0, dev.weights
+        for _ in range(share):
+            row = self.choose(opt, dev, weights, budget * factor)
+            seen, _ = dev.access.measured()
+            for _ in range(4):   # already measured: ask for a tighter budget instead
+                if row not in seen:
+                    break
+                factor *= TIGHTEN
+                row = self.choose(opt, dev, weights, budget * factor)
+            if row in seen:
+                break
+            if dev.access.measure([row])[0] > budget:
+                factor *= TIGHTEN
+            seen, values = dev.access.measured()
+            weights = self.ctx.adapt(seen, values, dev.scale)
+        seen, values = dev.access.measured()
+        ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
+        if len(ok):
+            return int(ok[np.argmax(self.objective[ok])])
+        return self.choose(opt, dev, weights, budget)
+
+    def search(self, dev: _Device, budget: float) -> int:
+        pred = self.space.features @ dev.weights
+        pred[~dev.allowed] = np.inf
+        objective = np.where(dev.allowed, self.space.objective, -np.inf)
+        return int(self.rows_used[exhaustive_choice(pred[None], objective,
+                                                    np.array([budget]))[0]])
+
+
+def _timing(bench: _Bench, opt: AmortizedOptimizer, devices: list[_Device],
+            budgets: dict[str, list[float]]) -> tuple[float, float]:
+    """Seconds per (device, budget) of both methods, all in one batch, median of repeats.
+    Both start from the fingerprints and include the predictor's weights."""
+    fp = np.repeat(np.array([d.fingerprint for d in devices]), len(bench.opts.budgets), axis=0)
+    B = np.concatenate([budgets[d.name] for d in devices])
+    allowed = np.isfinite(bench.space.objective)
+    pred = bench.ctx.predictor
+    objective = np.where(allowed, bench.space.objective, -np.inf)
+
+    def amortized() -> None:
+        opt.choose(bench.space, pred.device_weights(fp), fp, B, allowed)
+
+    def search() -> None:
+        scores = pred.device_weights(fp) @ bench.space.features.T
+        exhaustive_choice(scores, objective, B)
+
+    out = []
+    for run in (amortized, search):
+        times = []
+        for _ in range(TIMING_REPEATS):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        out.append(float(np.median(times)) / len(B))
+    return out[0], out[1]
+
+
+def _tally(tally: BudgetTally, dev: _Device, true: np.ndarray, objective: np.ndarray, q: float,
+           budget: float, chosen: int) -> None:
+    met, regret = outcome(chosen, true, objective, dev.rows, budget)
+    tally.add(dev.name, q, met, regret, near=bool(true[chosen] <= budget * (1 + NEAR)))
+
+
+def _summary(tally: BudgetTally) -> dict:
+    return {"median_regret": finite_or_none(tally.median_regret()),
+            "violation_rate": finite_or_none(tally.overall_violation_rate()),
+            "near_violation_rate": finite_or_none(tally.near_violation_rate())}
+
+
+def _check(table: Table, opts: AmortizeOptions) -> None:
+    check_devices(table, opts.train, opts.targets, opts.samples, opts.seeds)
+    table.check([opts.objective], role="objective")
+    if opts.verify < 0:
+        raise BadInputError("--verify must be >= 0")
+
+
+def run_amortize(table: Table, opts: AmortizeOptions, progress=None) -> dict:
+    """Run the bench; returns the protocol's JSON object (plus direct, search, timing)."""
+    _check(table, opts)
+    start = time.perf_counter()
+    with single_thread():
+        bench = _Bench(table, opts)
+        tallies = {name: BudgetTally() for name in ("main", "direct", "search")}
+        measurements: dict[str, int] = {}
+        timings = []
+        for seed in range(opts.seeds):
+            cfg = TrainConfig(**{**opts.train_config.__dict__, "seed": seed})
+            opt = train_amortized(bench.ctx.predictor, bench.space, bench.train_fp, cfg)
+            devices, budgets = [], {}
+            for target in opts.targets:
+                dev = bench.device(target)
+                true = table.column(target)
+                budgets[target] = [budget_of(true[dev.rows], q) for q in opts.budgets]
+                for q, budget in zip(opts.budgets, budgets[target], strict=True):
+                    _tally(tallies["direct"], dev, true, bench.objective, q, budget,
+                           bench.choose(opt, dev, dev.weights, budget))
+                    _tally(tallies["search"], dev, true, bench.objective, q, budget,
+                           bench.search(dev, budget))
+                for i, (q, budget) in enumerate(zip(opts.budgets, budgets[target], strict=True)):
+                    share = dev.access.remaining // (len(opts.budgets) - i)
+                    chosen = bench.verified(opt, dev, budget, share) if share > 0 \
+                        else bench.choose(opt, dev, dev.weights, budget)
+                    _tally(tallies["main"], dev, true, bench.objective, q, budget, chosen)
+                measurements[target] = max(measurements.get(target, 0), dev.access.measurements)
+                devices.append(dev)
+            timings.append(_timing(bench, opt, devices, budgets))
+            if progress:
+                main = tallies["main"]
+                progress(f"seed {seed}: median regret {main.median_regret():.3f}, "
+                         f"violations {main.overall_violation_rate():.3f} so far")
+    main = tallies["main"]
+    targets = {t: {"regret": {k: finite_or_none(v) for k, v in main.regret(t).items()},
+                   "violation_rate": main.violation_rate(t),
+                   "direct_regret": {k: finite_or_none(v)
+                                     for k, v in tallies["direct"].regret(t).items()},
+                   "direct_violation_rate": tallies["direct"].violation_rate(t),
+                   "measurements": measurements[t]} for t in opts.targets}
+    seconds, search_seconds = np.median(np.array(timings), axis=0)
+    return {"samples": opts.samples, "verify": opts.verify, "seeds": opts.seeds,
+            "objective": opts.objective, "budgets": [budget_key(q) for q in opts.budgets],
+            "train": list(opts.train), "targets": targets, **_summary(main),
+            "direct": _summary(tallies["direct"]), "search": _summary(tallies["search"]),
+            "seconds_per_device": float(seconds),
+            "search_seconds_per_device": float(search_seconds),
+            "speedup": float(search_seconds / seconds),
+            "seconds": time.perf_counter() - start}
+
+
+@bench.command("amortize")
+@data_option
+@click.option("--train", required=True, help="Training device columns (lat_*), read in full.")
+@click.option("--test", default=None,
+              help="Test columns, comma-separated (default: every other lat_* column).")
+@click.option("--objective", required=True, help="Objective column (acc*), higher is better.")
+@click.option("--budgets", default="0.1,0.25,0.5", show_default=True,
+              help="Budget quantiles of each target's latencies.")
+@click.option("--samples", "-k", type=int, default=10, show_default=True,
+              help="K target cells (the fingerprint counts within K).")
+@click.option("--verify", "-v", type=int, default=0, show_default=True,
+              help="V more target cells per target to verify candidates before choosing.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the full results here.")
+def amortize_cmd(data, train, test, objective, budgets, samples, verify, seeds, json_out) -> None:
+    """Amortized optimizer (one network pass per device) on test devices measured K (+V) times."""
+    table = load_data(data)
+    names = tuple(parse_names(train))
+    opts = AmortizeOptions(train=names, targets=target_columns(table, names, test),
+                           objective=objective, budgets=parse_budgets(budgets), samples=samples,
+                           verify=verify, seeds=seeds)
+    emit(run_amortize(table, opts, progress=progress), json_out)
