@@ -164,7 +164,7 @@ def _run_quantize_static(model: onnx.ModelProto, nodes: list[str], calib: CalibD
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             model, out, _Reader(calib, graph), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
