@@ -1,6 +1,6 @@
 """Kernel-level latency predictor on models it never saw: accuracy per target.
 
-For each target (default: host-ort-1t and host-ort):
+For each target (default: host-ort-1t and host-tvm):
 1. fit the predictor on the target's probe measurements (`--data-dir/<target>.csv`, profiled
    with `fleetc profile --probe` first when missing - resumable);
 2. time unseen models on the target: the onnx package's light models (AlexNet, DenseNet-121,
@@ -12,8 +12,8 @@ For each target (default: host-ort-1t and host-ort):
 4. print per-model rows and the figures of the issue: share within +/-10%, Spearman, and the
    per-kernel cost ratios that differ between targets (int8 vs fp32 speed-ups per kernel kind).
 
-Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-ort]
-     [--variants 24] [--data-dir benchmarks/out] [--quick]
+Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-tvm]
+     [--variants 24] [--data-dir DIR] [--quick]
 Measured figures are printed, nothing is asserted.
 """
 from __future__ import annotations
@@ -163,29 +163,40 @@ def _summary(label: str, rows) -> dict:
     return out
 
 
-def int8_speedups(models: dict[str, KernelPredictor]) -> None:
-    """Per-kernel int8 speed-up predicted by each target's predictor on reference kernels."""
-    names = ["conv-64-64-3-1-56-1-relu", "conv-256-256-3-1-14-1-relu",
-             "conv-144-32-1-1-28-1-relu", "conv-144-144-3-1-56-144-clip",
-             "conv-576-576-3-1-14-576-clip", "gemm-1280-1000-id"]
-    print("# predicted int8 speed-up (fp32 ms / int8 ms) per kernel, per target:")
-    print(f"{'kernel':<34}" + "".join(f"{t:>14}" for t in models))
+def kernel_costs(models: dict[str, KernelPredictor]) -> None:
+    """Predicted cost of reference kernels per target, absolute and relative to the 3x3 conv,
+    and the int8 speed-up where a target has int8: the per-kernel costs differ by target."""
+    names = ["conv-64-64-3-1-56-1-relu", "conv-256-256-3-1-14-1-relu", "conv-144-32-1-1-28-1-relu",
+             "conv-144-144-3-1-56-144-clip", "conv-576-576-3-1-14-576-clip",
+             "conv-3-32-3-2-160-1-relu", "gemm-1280-1000-id", "pool-maxpool-64-112-3-2"]
+    print("# predicted per-kernel cost: ms | relative to conv-64-64-3x3 | int8 speed-up")
+    print(f"{'kernel':<32}" + "".join(f"{t:>34}" for t in models))
+    ref = {t: _kernel_ms(m, f"{names[0]}-fp32") for t, m in models.items()}
     for n in names:
         cells = []
-        for m in models.values():
-            f = [u for u in design_units(f"{n}-fp32") if u.cls in ("conv", "dwconv", "gemm")]
-            q = [u for u in design_units(f"{n}-int8") if u.cls in ("conv", "dwconv", "gemm")]
-            a, b = m.kernel_ms(f[0]), m.kernel_ms(q[0])
-            cells.append(f"{a / b:14.2f}" if a and b else f"{'n/a':>14}")
-        print(f"{n:<34}" + "".join(cells))
+        for t, m in models.items():
+            a, b = _kernel_ms(m, f"{n}-fp32"), _kernel_ms(m, f"{n}-int8")
+            speed = f"{a / b:5.2f}x" if a and b else "  n/a "
+            cells.append(f"{a:12.4f} ms {a / ref[t]:9.3f} {speed:>9}" if a else f"{'n/a':>34}")
+        print(f"{n:<32}" + "".join(cells))
+
+
+def _kernel_ms(model: KernelPredictor, design: str) -> float | None:
+    from toolchain.probe import probe_names
+
+    if design not in probe_names():
+        return None
+    units = [u for u in design_units(design) if u.cls in ("conv", "dwconv", "gemm", "MaxPool")]
+    return model.kernel_ms(units[0]) if units else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="host-ort-1t,host-ort")
+    ap.add_argument("--targets", default="host-ort-1t,host-tvm")
     ap.add_argument("--variants", type=int, default=24)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--data-dir", default=str(ROOT / "benchmarks" / "out"))
+    ap.add_argument("--data-dir", default=None,
+                    help="probe CSVs <target>.csv (default: $FLEETC_HOME/bench)")
     ap.add_argument("--quick", action="store_true", help="quick probe subset, 6 variants, "
                     "3 light models (smoke run)")
     ap.add_argument("--no-light", action="store_true", help="skip the onnx light models")
@@ -195,17 +206,19 @@ def main() -> None:
     lights = [] if args.no_light else light_models()
     if args.quick:
         args.variants, lights = min(args.variants, 6), lights[-3:]
+    from toolchain.home import home_dir
+
+    data_dir = Path(args.data_dir) if args.data_dir else home_dir("bench", create=True)
     fitted = {}
     for name in args.targets.split(","):
         target = load_target(name)
-        model = fit_target(target, Path(args.data_dir) / f"{name}.csv", args.quick)
+        model = fit_target(target, data_dir / f"{name}.csv", args.quick)
         fitted[name] = model
         cases = [(n, lambda m=m: m, None, None) for n, m in lights]
         cases += [(n, lambda b=b, p=p: rewrite(b, p), g, p)
                   for n, b, g, p in variants(args.variants, args.seed, target.precisions)]
         evaluate(target, model, cases, config)
-    if len(fitted) > 1:
-        int8_speedups(fitted)
+    kernel_costs(fitted)
 
 
 if __name__ == "__main__":

@@ -234,6 +234,22 @@ def _head(p, net):  # (c, hw, classes, flatten op)
     return {"x": (1, c, hw, hw)}, net.op("Softmax", [net.gemm(y, c, n)])
 
 
+def _convhead(p, net):  # (cin, cout, hw, classes): last 1x1 conv + pool + classifier
+    cin, cout, hw, n = p
+    y = net.op("GlobalAveragePool", [net.conv("x", cin, cout, 1, 1, 1, "Clip")])
+    return {"x": (1, cin, hw, hw)}, net.gemm(net.op("Flatten", [y], axis=1), cout, n)
+
+
+def _zoo_net(p) -> onnx.ModelProto:
+    """(kind, resolution, width, k or depth): a whole small network from toolchain.zoo."""
+    from toolchain.zoo import mobilenet_v2, resnet
+
+    kind, res, width, extra = p
+    if kind == "mbv2":
+        return mobilenet_v2(res, width, kernel_sizes=extra, num_classes=100, seed=7)
+    return resnet(res, extra, width, num_classes=100, seed=7)
+
+
 def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLeNet
     cout, k, hw = p
     y = net.conv("x", 3, cout, k, 2)
@@ -242,6 +258,7 @@ def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLe
 
 
 _BLOCKS = {"mbv2": _mbv2, "basic": _basic, "bottleneck": _bottleneck, "dense": _dense,
+           "convhead": _convhead,
            "inception": _inception, "fire": _fire, "head": _head, "stem": _stem}
 _FAMILIES: dict[str, Callable] = {"conv": _conv, "chain": _chain, "gemm": _gemm, "pool": _pool,
                                   "op": _elementwise, "block": _block}
@@ -316,13 +333,21 @@ def _grid() -> list[tuple[str, tuple]]:
               ("fire", 96, 16, 64, 55), ("fire", 256, 48, 192, 13),
               ("head", 1280, 7, 1000, "GlobalAveragePool"), ("head", 512, 7, 1000, "AveragePool"),
               ("stem", 64, 7, 224), ("stem", 32, 3, 160)]
+    blocks += [("convhead", 320, 1280, 7, 1000), ("convhead", 96, 576, 4, 100),
+               ("convhead", 512, 1024, 3, 10)]
     out += [("block", b) for b in blocks]
+    # Whole small networks (kernels in a real model's context: caches, layout, residuals);
+    # other sizes than the benchmark's zoo variants.
+    out += [("net", n) for n in (("mbv2", 112, 0.35, 3), ("mbv2", 144, 0.6, 5),
+                                 ("mbv2", 64, 1.0, 3), ("mbv2", 80, 0.6, 3),
+                                 ("resnet", 112, 0.25, 10), ("resnet", 80, 0.35, 18),
+                                 ("resnet", 64, 0.6, 26), ("resnet", 128, 0.35, 10))]
     return out
 
 
 # Families measured in int8: everything with arithmetic worth quantizing (the pure data-movement
 # ops are run in int8 inside blocks).
-_INT8 = ("conv", "chain", "gemm", "pool", "block")
+_INT8 = ("conv", "chain", "gemm", "pool", "block", "net")
 
 
 def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "full") -> list[Probe]:
@@ -334,7 +359,8 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
             if precision == "int8" and family not in _INT8:
                 continue
             probes.append(Probe(_name(family, params, precision), family, precision, params))
-            if precision == "int8" and family == "block" and zlib.crc32(str(params).encode()) % 2:
+            if precision == "int8" and (family == "net" or family == "block" and
+                                        zlib.crc32(str(params).encode()) % 2):
                 probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted.
@@ -400,9 +426,12 @@ def _cache_path(name: str) -> Path:
 
 def _build(probe: Probe) -> onnx.ModelProto:
     name = probe.name
-    net = _Net(seed=sum(map(ord, name)) % 10007)
-    inputs, y = _FAMILIES[probe.family](probe.params, net)
-    model = net.model(inputs, y)
+    if probe.family == "net":
+        model = _zoo_net(probe.params)
+    else:
+        net = _Net(seed=sum(map(ord, name)) % 10007)
+        inputs, y = _FAMILIES[probe.family](probe.params, net)
+        model = net.model(inputs, y)
     if probe.precision == "int8":
         return quantize_qdq(model)
     if probe.precision == "mixed":

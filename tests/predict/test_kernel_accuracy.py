@@ -34,7 +34,7 @@ def test_fit_on_probes_predicts_unseen_models(tmp_path, monkeypatch):
         '[measure]\nkind = "local-ort"\nthreads = 1\n')
     data = tmp_path / "cpu1.csv"
     profiled = _cli("profile", "--probe", "--subset", "quick", "--target", "cpu1", "-o",
-                    str(data), "--repeats", "7", "--max-seconds", "1")
+                    str(data), "--repeats", "5", "--max-seconds", "0.5")
     assert profiled.exit_code == 0, profiled.output
     fitted = _cli("predictor", "fit", "--target", "cpu1", "--data", str(data))
     assert fitted.exit_code == 0, fitted.output

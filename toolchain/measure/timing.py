@@ -77,11 +77,14 @@ def time_callable(run: Callable[[], object], config: TimingConfig | None = None,
     """Time `run()` (one inference) with warm-up and repeated samples."""
     config = config or TimingConfig()
     now = {"wall": time.perf_counter, "thread": time.thread_time}[clock]
-    for _ in range(config.warmup):
-        run()
     start = now()
-    run()
+    run()                       # first warm-up run, timed: slow models get fewer warm-ups
     once_ms = max(1e-3, (now() - start) * 1e3)
+    extra = min(config.warmup, max(1, int(0.1 * config.max_seconds * 1e3 / once_ms)))
+    for _ in range(extra):
+        start = now()
+        run()
+        once_ms = max(1e-3, (now() - start) * 1e3)
     number = max(1, math.ceil(config.min_sample_ms / once_ms))
     budget = max(3, int(config.max_seconds * 1e3 / (once_ms * number)))
     samples = []
