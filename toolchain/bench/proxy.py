@@ -40,11 +40,13 @@ from toolchain.predict.transfer import (
     fit_transfer,
     fixed_selection,
     random_selection,
+    ridge_path,
 )
 
 __all__ = [
     "ProxyOptions", "run_proxy", "design_features", "cell_features", "reference_features",
-    "fit_reference", "pareto_rows", "METHODS", "SELECTIONS",
+    "fit_reference", "pareto_rows", "METHODS", "SELECTIONS", "TransferFeatures",
+    "transfer_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -159,6 +161,42 @@ def design_features(table: Table) -> tuple[np.ndarray, list[tuple[int, ...]]]:
     return np.column_stack(blocks), index
 
 
+def _one_hot(table: Table) -> np.ndarray:
+    """Indicator columns of every categorical encoding column (all its values)."""
+    codes = table.encoding_matrix()
+    cols = []
+    for j in range(codes.shape[1]):
+        values = np.unique(codes[:, j][np.isfinite(codes[:, j])])
+        if len(values) <= MAX_ALPHABET and np.all(values == np.round(values)):
+            cols += [codes[:, j] == v for v in values]
+    return np.column_stack(cols).astype(float) if cols else np.zeros((table.n_rows, 0))
+
+
+@dataclass(frozen=True)
+class TransferFeatures:
+    """The proxy's predictor and the features the adaptation may correct.
+
+    `proxy_pred`: the proxy predictor (latency linear in the one-hot encoding + the design
+    features, fitted on every proxy row) for every row. `features`: the compact design
+    features the adaptation corrects; `blocks`: their groups (tried each alone, and all).
+    Corrections on the proxy predictor's own per-feature contributions (AdaProxy's
+    w_t = w_p * (a + b), summed per op and per column) were tried as further blocks: they
+    lowered the mean Spearman on NAS-Bench-201 and FBNet (more candidates, noisier choice)."""
+
+    proxy_pred: np.ndarray = field(repr=False)
+    features: np.ndarray = field(repr=False)
+    blocks: list[tuple[int, ...]]
+    proxy_r2: float
+
+
+def transfer_features(table: Table, proxy: np.ndarray) -> TransferFeatures:
+    design, blocks = design_features(table)
+    onehot = _one_hot(table)
+    inputs = np.column_stack([onehot, design])
+    model = fit_proxy_predictor(inputs, proxy)
+    return TransferFeatures(model.predict(inputs), design, blocks, model.r2)
+
+
 # ---------------------------------------------------------------- the reference (AdaProxy)
 
 REFERENCE_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -188,18 +226,13 @@ def fit_proxy_weights(X: np.ndarray, proxy: np.ndarray) -> np.ndarray:
 def fit_reference(X: np.ndarray, w_p: np.ndarray, y: np.ndarray) -> Reference:
     """Minimize |y - (a Xw_p + (X*w_p) b + c)|^2 + lambda |b|^2 mean(y)^2; lambda by LOO."""
     Xw = X * w_p
-    D = np.column_stack([Xw.sum(axis=1), Xw, np.ones(len(y))])
-    best = None
-    for lam in REFERENCE_LAMBDAS:
-        penalty = np.r_[0.0, np.full(Xw.shape[1], lam * float(np.mean(y)) ** 2), 0.0]
-        A_inv = np.linalg.pinv(D.T @ D + np.diag(penalty))
-        theta = A_inv @ (D.T @ y)
-        h = np.einsum("ij,jk,ik->i", D, A_inv, D)
-        loo = (y - D @ theta) / np.maximum(1.0 - h, 1e-3)
-        err = float(np.mean(loo ** 2))
-        if best is None or err < best[0]:
-            best = (err, lam, theta, loo)
-    _, lam, theta, loo = best
+    # a multiplies the proxy's prediction, c is the intercept; only b is penalized
+    X0 = np.column_stack([Xw.sum(axis=1), np.ones(len(y))])
+    penalties = np.array(REFERENCE_LAMBDAS) * float(np.mean(y)) ** 2
+    W, loo_all, _ = ridge_path(X0, Xw, y, penalties)
+    best = int(np.argmin(np.mean(loo_all ** 2, axis=1)))
+    lam, loo = REFERENCE_LAMBDAS[best], loo_all[best]
+    theta = np.r_[W[best, 0], W[best, 2:], W[best, 1]]
     log_res = np.log(y) - np.log(np.maximum(y - loo, 1e-9 * np.max(y)))
     return Reference(w_p, float(theta[0]), theta[1:-1], float(theta[-1]), lam,
                      float(np.sqrt(np.mean(log_res ** 2))))
@@ -222,17 +255,17 @@ class _Context:
     def __init__(self, table: Table, opts: ProxyOptions):
         self.opts = opts
         self.proxy = table.column(opts.proxy)
-        self.features, self.blocks = design_features(table)
+        self.design, _ = design_features(table)
         self.objective = table.column(opts.objective) if opts.objective else None
         if opts.method == "reference":
             self.ref_X = reference_features(table)
             self.ref_w = fit_proxy_weights(self.ref_X, self.proxy)
         usable = np.isfinite(self.proxy) & (self.proxy > 0)
-        usable &= np.all(np.isfinite(self.features), axis=1)
+        usable &= np.all(np.isfinite(self.design), axis=1)
         self.usable = usable
         # the proxy's predictor (fitted on every proxy row) is what the transfer calibrates
-        self.proxy_model = fit_proxy_predictor(self.features, self.proxy)
-        self.proxy_pred = self.proxy_model.predict(self.features)
+        tf = transfer_features(table, self.proxy)
+        self.proxy_pred, self.features, self.blocks = tf.proxy_pred, tf.features, tf.blocks
         self.pareto = pareto_rows(self.proxy, self.objective, usable) \
             if self.objective is not None else np.array([], dtype=np.int64)
 
@@ -250,7 +283,7 @@ class _Context:
         k = self.opts.samples
         if self.opts.selection == "random":
             return random_selection(rows, k, seed)
-        return fixed_selection(rows, self.proxy, self.features, k)
+        return fixed_selection(rows, self.proxy, self.design, k)
 
 
 def pareto_rows(latency: np.ndarray, objective: np.ndarray, usable: np.ndarray) -> np.ndarray:
@@ -264,7 +297,13 @@ def pareto_rows(latency: np.ndarray, objective: np.ndarray, usable: np.ndarray) 
 
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+    """Standard normal CDF, vectorized (Abramowitz-Stegun 7.1.26 erf, error < 2e-7)."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                       + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-x * x)
+    return 0.5 * (1.0 + np.sign(z) * erf)
 
 
 def _verified_choice(ctx: _Context, access: TargetAccess, model: _Model, rows: np.ndarray,

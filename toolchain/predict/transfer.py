@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "RankEstimate", "Transfer", "rank_correlation", "fit_transfer", "fixed_selection",
-    "random_selection", "LAMBDAS", "ProxyPredictor", "fit_proxy_predictor",
+    "random_selection", "LAMBDAS", "ridge_path", "ProxyPredictor", "fit_proxy_predictor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def rank_correlation(proxy: np.ndarray, target: np.ndarray, level: float = 0.9) 
     return RankEstimate(rho, math.tanh(z - half), math.tanh(z + half), n, level)
 
 
-def _ridge_path(X0: np.ndarray, Z: np.ndarray, y: np.ndarray,
+def ridge_path(X0: np.ndarray, Z: np.ndarray, y: np.ndarray,
                 penalties: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ridge with unpenalized columns X0 and penalized columns Z, for every penalty at once.
 
@@ -183,7 +183,7 @@ def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space:
     Z = (f - mean) / scale
     unit = float(np.mean(y)) ** 2 if space == "ms" else 1.0
     grid = tuple(lambdas) if columns else (0.0,)
-    W, loo, dof = _ridge_path(X0, Z, y, np.array(grid) * len(y) / 20 * unit)
+    W, loo, dof = ridge_path(X0, Z, y, np.array(grid) * len(y) / 20 * unit)
     if space == "ms":
         loo = np.log(target)[None, :] - np.log(np.maximum(target[None, :] - loo, floor))
     return [_Fit(float(np.mean(loo[i] ** 2)), space, columns, grid[i] if columns else None,
