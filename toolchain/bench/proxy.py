@@ -274,10 +274,11 @@ class _Context:
             ref = fit_reference(self.ref_X[rows], self.ref_w, values)
             return _Model(ref.predict(self.ref_X), ref.sigma, "adapt")
         tr = self.transfer(rows, values)
-        return _Model(tr.predict(self.proxy_pred, self.features), tr.sigma, tr.path)
+        return _Model(tr.predict(self.proxy_pred, self.features, self.proxy), tr.sigma, tr.path)
 
     def transfer(self, rows: np.ndarray, values: np.ndarray) -> Transfer:
-        return fit_transfer(self.proxy_pred[rows], self.features[rows], values, self.blocks)
+        return fit_transfer(self.proxy_pred[rows], self.features[rows], values, self.blocks,
+                            measured=self.proxy[rows])
 
     def select(self, rows: np.ndarray, seed: int) -> np.ndarray:
         k = self.opts.samples

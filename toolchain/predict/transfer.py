@@ -135,9 +135,17 @@ class Transfer:
     sigma: float                    # leave-one-out residual std (log) of the chosen model
     samples: int
     floor: float                    # smallest prediction (ms model), a fraction of the samples
+    source: str = "predictor"       # what the map reads: the proxy "predictor" or "measured"
 
-    def predict(self, proxy_latency: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Predicted target latency (same unit as the samples), always > 0."""
+    def predict(self, proxy_latency: np.ndarray, features: np.ndarray,
+                measured: np.ndarray | None = None) -> np.ndarray:
+        """Predicted target latency (same unit as the samples), always > 0. `proxy_latency`
+        is the proxy predictor's output; `measured` the proxy's measured latency, needed
+        when the calibration was fitted on it (`source == "measured"`)."""
+        if self.source == "measured":
+            if measured is None:
+                raise ValueError("this calibration maps the proxy's measured latency: pass it")
+            proxy_latency = measured
         proxy_latency = np.asarray(proxy_latency, float)
         x = np.log(proxy_latency) if self.space == "log" else proxy_latency
         out = self.intercept + self.proxy_slope * x
@@ -146,11 +154,9 @@ class Transfer:
             out = out + ((f - self.feature_mean) / self.feature_scale) @ self.weights
         return np.exp(out) if self.space == "log" else np.maximum(out, self.floor)
 
-    def predict_log(self, proxy_latency: np.ndarray, features: np.ndarray) -> np.ndarray:
-        return np.log(self.predict(proxy_latency, features))
-
     def summary(self) -> dict:
         return {"path": self.path, "reason": self.reason, "space": self.space,
+                "source": self.source,
                 "rho": self.rank.rho, "rho_low": self.rank.low, "rho_high": self.rank.high,
                 "lambda": self.lam, "columns": list(self.columns),
                 "cv_error_reuse": self.cv_error_reuse, "cv_error_adapt": self.cv_error_adapt}
@@ -193,13 +199,17 @@ def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space:
 
 def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
                  blocks: list[tuple[int, ...]] | None = None,
-                 lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.0,
-                 level: float = 0.9, dof_ratio: float = 0.8) -> Transfer:
+                 lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.05,
+                 level: float = 0.9, dof_ratio: float = 0.8,
+                 measured: np.ndarray | None = None) -> Transfer:
     """Fit reuse and the adaptations on the K samples; keep what cross-validation prefers.
 
-    `proxy`, `target`: latencies (> 0) of the K sampled designs; `features`: (K, d) design
-    features; `blocks`: groups of feature columns an adaptation may use (default: all of them
-    as one block); every block alone and all blocks together are tried, in both spaces."""
+    `proxy`: the proxy predictor's latency of the K sampled designs, `target` their measured
+    target latency (both > 0); `features`: (K, d) design features; `blocks`: groups of feature
+    columns an adaptation may use (default: all as one block); every block alone and all
+    blocks together are tried, in both spaces, with at most `dof_ratio * K` effective
+    parameters. `measured`: the proxy's measured latency of the samples, if known: reuse may
+    then calibrate it instead of the predictor (for a target exactly monotone in the proxy)."""
     proxy, target = np.asarray(proxy, float), np.asarray(target, float)
     features = np.asarray(features, float).reshape(len(proxy), -1)
     rank = rank_correlation(proxy, target, level)
@@ -208,19 +218,22 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     blocks = [tuple(b) for b in (blocks or [all_columns]) if len(b)]
     if len(blocks) > 1:
         blocks.append(all_columns)
-    reuse = [f for space in SPACES
-             for f in _fit_one(proxy, target, features, space, (), (), floor)
+    sources = {"predictor": proxy}
+    if measured is not None:
+        sources["measured"] = np.asarray(measured, float)
+    reuse = [(name, f) for name, x in sources.items() for space in SPACES
+             for f in _fit_one(x, target, features, space, (), (), floor)
              if f.w[1] > 0]   # a non-increasing map would reverse the proxy's ranking
     adapt = [f for space in SPACES for block in (blocks if len(target) >= 4 else [])
              for f in _fit_one(proxy, target, features, space, block, lambdas, floor,
                                max_dof=max(2.5, dof_ratio * len(target)))]
-    best_reuse = min(reuse, key=lambda f: f.error) if reuse else None
+    source, best_reuse = min(reuse, key=lambda r: r[1].error) if reuse else ("predictor", None)
     best_adapt = min(adapt, key=lambda f: f.error) if adapt else None
     err_reuse = best_reuse.error if best_reuse else math.inf
     err_adapt = best_adapt.error if best_adapt else math.inf
     rho_txt = f"rank correlation {rank.rho:.2f} [{rank.low:.2f}, {rank.high:.2f}]"
     if best_adapt is not None and err_adapt < (1.0 - margin) * err_reuse:
-        chosen, path = best_adapt, "adapt"
+        chosen, path, source = best_adapt, "adapt", "predictor"
         reason = (f"{rho_txt}; adapting {len(chosen.columns)} feature corrections "
                   f"({chosen.space} model, lambda {chosen.lam:g}) lowers the leave-one-out "
                   f"error {err_reuse:.3g} -> {err_adapt:.3g}")
@@ -228,7 +241,7 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
         chosen, path = best_reuse, "reuse"
         reason = (f"{rho_txt}; adaptation does not lower the leave-one-out error "
                   f"({err_reuse:.3g} vs {err_adapt:.3g}): monotone {chosen.space} "
-                  "calibration of the proxy")
+                  f"calibration of the proxy's {source} latency")
     else:  # every fitted map decreases: keep the proxy's order, scaled by a constant
         ratio = float(np.mean(np.log(target) - np.log(proxy)))
         chosen = _Fit(math.inf, "log", (), None, np.array([ratio, 1.0]), np.zeros(0),
@@ -237,7 +250,7 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     return Transfer(path, reason, rank, chosen.space, float(chosen.w[0]), float(chosen.w[1]),
                     chosen.columns, chosen.w[2:], chosen.mean, chosen.scale, chosen.lam,
                     err_reuse, err_adapt, float(np.sqrt(np.mean(chosen.loo_log ** 2))),
-                    len(target), floor)
+                    len(target), floor, source)
 
 
 @dataclass(frozen=True)
