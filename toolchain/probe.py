@@ -387,7 +387,7 @@ def _name(family: str, params: tuple, precision: str) -> str:
 
 
 _CACHE_MAX_BYTES = 32 << 20
-PROBE_VERSION = 2   # bump when a family's models change: cached models are keyed by it
+PROBE_VERSION = 3   # bump when a family's models change: cached models are keyed by it
 
 
 @functools.lru_cache(maxsize=8)
@@ -416,12 +416,23 @@ def build_probe(name: str) -> onnx.ModelProto:
 
 
 def _cache_path(name: str) -> Path:
+    return probe_cache_dir() / f"{name}.onnx"
+
+
+@functools.lru_cache(maxsize=1)
+def probe_cache_dir() -> Path:
+    """Cached probe models and their units, keyed by everything that shapes them: the probe
+    version, onnxruntime's version and the source of the quantize pass."""
+    import hashlib
+
     import onnxruntime
 
+    import passes.quantize
     from toolchain.home import cache_dir
 
-    return cache_dir() / "probes" / f"v{PROBE_VERSION}-ort{onnxruntime.__version__}" / \
-        f"{name}.onnx"
+    source = Path(passes.quantize.__file__).read_bytes()
+    key = hashlib.sha256(source).hexdigest()[:10]
+    return cache_dir() / "probes" / f"v{PROBE_VERSION}-ort{onnxruntime.__version__}-q{key}"
 
 
 def _build(probe: Probe) -> onnx.ModelProto:

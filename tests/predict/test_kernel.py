@@ -89,8 +89,13 @@ def test_qdq_units_mark_precision_and_conversions():
     assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
     q = next(u for u in units if u.cls == "quantize")
     assert q.edge_in == 32 * 56 * 56
-    mixed = model_units(build_probe("block-mbv2-24-24-6-1-40-3-mixed"))
-    assert {"conv/int8", "conv/fp32"} <= {u.kind for u in mixed}
+    from toolchain.probe import quantize_qdq
+
+    float_chain = build_probe("chain-32-3-56-1-fp32")
+    first = next(n.name for n in float_chain.graph.node if n.op_type == "Conv")
+    mixed = [u.kind for u in model_units(quantize_qdq(float_chain, nodes=[first]))]
+    assert mixed.count("conv/fp32") == 2 and mixed[:2] == ["quantize/int8", "conv/int8"]
+    assert mixed.count("dequantize/int8") == 1
 
 
 def test_plan_units_follow_precision_width_and_resolution():
@@ -102,17 +107,16 @@ def test_plan_units_follow_precision_width_and_resolution():
     plan = Plan(kernels={u.name: Choice("int8") for u in convs})
     units = units_under_plan(graph, plan)
     kinds = [u.kind for u in units]
-    assert kinds.count("quantize/int8") >= 1 and units[0].cls == "quantize"  # graph input
+    assert units[0].cls == "quantize"  # the graph input
     stem = next(u for u in units if u.name == convs[0].name)
     assert stem.precision == "int8"
-    # Residual Adds stay float; the int8 convs next to them run unfused (int8w), with
-    # conversions around them.
+    # The quantize pass quantizes residual Adds with their int8 inputs: no conversions inside.
     adds = [u for u in units if u.cls == "Add"]
-    assert adds and all(a.precision == "fp32" for a in adds)
-    unfused = [u for u in units if u.precision == "int8w"]
-    touching = {t for a in adds for t in (*a.inputs, a.output)}
-    assert unfused and all(set(u.inputs) & touching or u.output in touching for u in unfused)
-    assert kinds.count("dequantize/int8") >= 1
+    assert adds and all(a.precision == "int8" for a in adds)
+    assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
+    half = Plan(kernels={u.name: Choice("int8") for u in convs if "expand" in u.name})
+    mixed = [u.kind for u in units_under_plan(graph, half)]
+    assert mixed.count("quantize/int8") == mixed.count("conv/int8") >= 5  # one per expand conv
     last = convs[-1]
     narrow = {u.name: u for u in units_under_plan(graph, Plan(
         kernels={last.name: Choice("fp32", 0.5)}))}

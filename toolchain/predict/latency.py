@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from toolchain.errors import BadInputError
-from toolchain.home import cache_dir, predictors_dir
+from toolchain.home import predictors_dir
 from toolchain.predict.kernel import KernelPredictor, Prediction
 from toolchain.predict.units import (
     QDQ_FOLLOWERS,
@@ -32,7 +32,7 @@ __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "pr
 
 logger = logging.getLogger(__name__)
 
-UNITS_VERSION = 4   # bump when Unit's fields or their computation change (cached probe units)
+UNITS_VERSION = 5   # bump when Unit's fields or their computation change (cached probe units)
 
 
 def builtin_predictors_dir() -> Path:
@@ -83,11 +83,10 @@ def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
 
     Probe units are cached as JSON next to the cached probe models (analysis takes a while).
     """
-    from toolchain.probe import PROBE_VERSION, build_probe, probe_names
+    from toolchain.probe import build_probe, probe_cache_dir, probe_names
 
     if design in probe_names():
-        cache = cache_dir() / "probes" / f"units-v{PROBE_VERSION}.{UNITS_VERSION}" / \
-            f"{design}.json"
+        cache = probe_cache_dir() / f"units-v{UNITS_VERSION}" / f"{design}.json"
         if cache.is_file():
             return [_unit_from_json(d) for d in json.loads(cache.read_text())]
         units = model_units(build_probe(design))

@@ -242,13 +242,21 @@ def graph_units(graph: Graph, float_nodes: frozenset[str] | None = None) -> list
     return units_of(graph, graph.meta["kernels"], float_nodes)
 
 
+_INTEGER_OPS = ("QLinearConv", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
+                "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearLeakyRelu", "QGemm",
+                "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearSoftmax")
+_DATA_MOVES = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity",
+               "Resize", "Concat")
+
+
 def ort_float_nodes(model) -> frozenset[str]:
-    """Nodes of a QDQ model that onnxruntime (CPU, all optimizations) still runs in float.
+    """Nodes of a QDQ model that onnxruntime (CPU, all optimizations) does not run on integers.
 
     onnxruntime fuses DQ -> op -> Q into integer kernels only where its fusion rules match;
-    around shared or residual tensors some stay float (a float Conv with its weights
-    dequantized at every run). Asking onnxruntime itself is the only faithful answer: the
-    optimized graph keeps the original name and op type of every node it did not fuse."""
+    elsewhere the op runs in float (a Conv then dequantizes its weights at every run). Asking
+    onnxruntime itself is the faithful answer: in its optimized graph an integer kernel is a
+    QLinear* / QGemm node named after the original node (`conv4` -> `conv4_token_4`), and a
+    data-movement op (MaxPool, Reshape, ...) runs on integers when its input comes from one."""
     import tempfile
     from pathlib import Path
 
@@ -263,19 +271,28 @@ def ort_float_nodes(model) -> frozenset[str]:
         opts.optimized_model_filepath = str(Path(tmp, "opt.onnx"))
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(opts.optimized_model_filepath)
-    original = {n.name: n.op_type for n in model.graph.node}
-    return frozenset(n.name for n in optimized.graph.node
-                     if n.name in original and original[n.name] == n.op_type
-                     and n.op_type not in _QUANT_OPS)
+    producer = {o: n for n in optimized.graph.node for o in n.output}
+
+    def integer(node, depth: int = 0) -> bool:
+        if node.op_type in _INTEGER_OPS or node.op_type == "QuantizeLinear":
+            return True
+        if node.op_type in _DATA_MOVES and node.input and depth < 8:
+            src = producer.get(node.input[0])
+            return src is not None and integer(src, depth + 1)
+        return False
+
+    integer_names = [n.name for n in optimized.graph.node if integer(n)]
+    originals = [n.name for n in model.graph.node if n.op_type not in _QUANT_OPS]
+    return frozenset(name for name in originals
+                     if not any(m == name or m.startswith(name + "_") for m in integer_names))
 
 
 # ---------------------------------------------------------------------------------- plans
 
 # Unit classes the quantize pass (passes/quantize.py, "followers") runs in int8 when all their
 # inputs are int8; Flatten / Squeeze / Unsqueeze are priced as Reshape.
-# Add and Mul are left out: onnxruntime keeps the rewrite's QDQ Adds (residuals) in float.
-QDQ_FOLLOWERS = ("Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip",
-                 "Reshape", "Transpose", "Resize")
+QDQ_FOLLOWERS = ("Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu",
+                 "Clip", "Reshape", "Transpose", "Resize")
 
 
 def units_under_plan(graph: Graph, plan: Plan,
@@ -364,27 +381,6 @@ def _apply_widths(units: list[Unit], plan: Plan) -> list[Unit]:
     return out
 
 
-def _unfused(units: list[Unit], graph: Graph, prec: dict[str, str]) -> list[Unit]:
-    """int8 compute kernels next to a float kernel (reading its output, or read by it) stay
-    unfused in onnxruntime: a float kernel with weights dequantized at every run ("int8w").
-    Measured on the rewrite's QDQ models (residual Adds stay float; the convs around them
-    do not become QLinearConv); `ort_float_nodes` gives the exact answer for a real model."""
-    readers: dict[str, list[Unit]] = {}
-    for u in units:
-        for t in u.inputs:
-            readers.setdefault(t, []).append(u)
-    out = []
-    for u in units:
-        if u.precision == "int8" and u.cls in ("conv", "dwconv", "gemm"):
-            float_in = any(prec.get(t, "int8") not in ("int8",) and t not in graph.inputs
-                           for t in u.inputs)
-            float_out = any(r.precision != "int8" for r in readers.get(u.output, []))
-            if float_in or float_out:
-                u = replace(u, precision="int8w")
-        out.append(u)
-    return out
-
-
 def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]) -> list[Unit]:
     """Propagate int8 through `int8_ops`, then add quantize / dequantize units where int8 and
     float units meet (once per tensor), as the QDQ rewrite and onnxruntime's fusion produce."""
@@ -397,8 +393,6 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
             u = replace(u, precision="int8")
         prec[u.output] = u.precision
         fixed.append(u)
-    fixed = _unfused(fixed, graph, prec)
-    prec = {u.output: u.precision for u in fixed}
     out, quantized, dequantized = [], set(), set()
     for u in fixed:
         for t in u.inputs:
