@@ -42,13 +42,24 @@ from toolchain.accuracy import (
     cache_key,
     measure_sensitivity,
 )
-from toolchain.compile_costs import PlanCostFn, TableSet, build_tables, plan_metrics, plan_of
+from toolchain.compile_costs import (
+    Context,
+    PlanCostFn,
+    TableSet,
+    build_table,
+    build_tables,
+    flat_plan,
+    flat_table,
+    picks_of,
+    plan_metrics,
+    plan_of,
+)
 from toolchain.errors import BadInputError, InfeasibleError
-from toolchain.optimize.costs import Budget, Solution, check_feasible
+from toolchain.optimize.costs import Budget, Metrics, check_feasible
 from toolchain.optimize.evolve import solve_evolve
 from toolchain.optimize.exact import solve_exact
 from toolchain.optimize.greedy import solve_greedy
-from toolchain.space import Kernel, Plan, Space, atomic_write
+from toolchain.space import Choice, Kernel, Plan, Space, atomic_write
 
 __all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
            "MANIFEST_VERSION"]
@@ -56,6 +67,8 @@ __all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+SENSITIVITY_CALIB = 64      # calibration samples the sensitivity rewrites fit on
+RELINEARIZE = 3             # exact solves per resolution, each around the previous solution
 Progress = Callable[[str], None]
 
 
@@ -88,8 +101,9 @@ class Prepared:
             step = (lambda i, n, what: progress(f"sensitivity {i}/{n}: {what}")) \
                 if progress else None
             self._sens[key] = measure_sensitivity(
-                self.estimator, self.rewrite, kernels, self.space.blocks, self.space.resolutions,
-                self.space.input_name, self.input_shape, self.sensitivity_cache, step)
+                self.estimator, self._rewrite_light, kernels, self.space.blocks,
+                self.space.resolutions, self.space.input_name, self.input_shape,
+                self.sensitivity_cache, step)
         return self._sens[key]
 
     def rewrite(self, plan: Plan) -> onnx.ModelProto:
@@ -103,6 +117,14 @@ class Prepared:
                 self._models.pop(next(iter(self._models)))
             self._models[key] = apply_plan(self.model, plan, calib=self.calib)
         return self._models[key]
+
+    def _rewrite_light(self, plan: Plan) -> onnx.ModelProto:
+        """The rewrite for sensitivity: int8 ranges and pruning reconstruction fit on the first
+        SENSITIVITY_CALIB samples (hundreds of single changes; the plans compile measures and
+        builds use every sample)."""
+        from toolchain.rewrite import apply_plan
+
+        return apply_plan(self.model, plan, calib=self.calib.take(SENSITIVITY_CALIB))
 
     def score(self, plan: Plan) -> Score:
         """Measured accuracy of the model under a plan (memoized: it is deterministic)."""
@@ -118,8 +140,8 @@ class Candidate:
 
     solver: str
     resolution: int | None
-    solution: Solution
     plan: Plan
+    metrics: Metrics                    # whole-plan prediction
     measured_drop: float | None = None
     measured_accuracy: float | None = None
 
@@ -174,7 +196,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
     shape = tuple(graph.shape(first)) if first and graph.shape(first) else None
     sens_cache = None
     if cache:
-        digest = calib_sha or "synthetic"
+        digest = f"{calib_sha or 'synthetic'}|fit{SENSITIVITY_CALIB}"
         sens_cache = cache_dir(create=True) / "sensitivity" / \
             f"{cache_key(raw, digest, len(data))}.json"
     return Prepared(source, proto, hashlib.sha256(raw).hexdigest(), graph, kernels_of(graph),
@@ -215,16 +237,17 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                                                          energy_mj is not None)
     warnings += cost_warnings
     sens = prep.sensitivity(tgt.precisions, say)
+    ctx = Context(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
     say("building cost tables")
-    tset = build_tables(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
+    tset = build_tables(ctx)
     if tset.unpriced:
         warnings.append(f"{len(tset.unpriced)} option(s) not offered because the predictor "
                         f"cannot price them, e.g. {tset.unpriced[0]}")
     budget = Budget(latency_ms, energy_mj, None, None, max_accuracy_drop)
     objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
-    chosen, candidates = _choose(prep, tset, budget, objective, cost, sens, tgt.name, retries,
-                                 seed, say)
-    return _finish(prep, tgt, tset, budget, objective, chosen, candidates, predictor_name,
+    chosen, candidates = _choose(prep, ctx, tset, budget, objective, tgt.name, retries, seed,
+                                 say)
+    return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
                    warnings, Path(outdir), measure_latency, say)
 
 
@@ -256,44 +279,80 @@ def _has_energy(cost: PlanCostFn, prep: Prepared) -> bool:
     return cost(Plan()).energy_mj > 0
 
 
-def _solve(tset: TableSet, budget: Budget, objective: str, cost, sens, target: str,
-           seed: int) -> list[tuple[str, int | None, Solution]]:
-    """Proposals: the exact optimum per resolution (best two kept), evolutionary, greedy."""
-    exact = []
-    last_err: InfeasibleError | None = None
+def _solve(ctx: Context, tset: TableSet, budget: Budget, objective: str, target: str,
+           seed: int, say: Progress) -> list[Candidate]:
+    """Proposals, each priced as a whole plan and kept only if that meets the budgets: the
+    exact optimum per resolution (re-linearized around each solution, at most RELINEARIZE
+    rounds; best two kept), the greedy baseline, the evolutionary search."""
+    exact: list[Candidate] = []
     for r, table in tset.tables.items():
-        try:
-            exact.append((r, solve_exact(table, budget, objective)))
-        except InfeasibleError as err:
-            last_err = err
+        exact += _exact_rounds(ctx, table, r, budget, objective, target)
     if not exact:
-        raise _best_reachable_error(tset, budget, last_err)
-    exact.sort(key=lambda rs: (getattr(rs[1].metrics, objective), rs[1].metrics.latency_ms,
-                               -(rs[0] or 0)))
-    out = [("exact", r, s) for r, s in exact[:2]]
-    r0 = tset.input_shape[2] if tset.input_shape and None not in tset.tables else None
-    home = r0 if r0 in tset.tables else next(iter(tset.tables))
-    seeds = []
+        raise _best_reachable_error(tset, budget)
+    exact.sort(key=lambda c: _key(c, objective))
+    out = [replace(c, solver="exact") for c in exact[:2]]
+    home = ctx.original if ctx.original in tset.tables else next(iter(tset.tables))
     try:
         greedy = solve_greedy(tset.tables[home], budget)
-        out.append(("greedy", home, greedy))
-        seeds.append(greedy.picks)
+        plan = plan_of(ctx, tset.tables[home], home, greedy.picks, target)
+        out.append(Candidate("greedy", home, plan, plan_metrics(ctx, plan)))
     except InfeasibleError:
         pass
-    best_r, best = exact[0]
-    evaluate = plan_metrics(tset, best_r, cost, sens)
-    try:
-        evo = solve_evolve(tset.tables[best_r], budget, objective, evaluate=evaluate, seed=seed,
-                           seeds=[best.picks] + (seeds if best_r == home else []),
-                           population=24, generations=25)
-        out.append(("evolve", best_r, evo))
-    except InfeasibleError:
-        pass
+    say("evolutionary search")
+    evolved = _evolve(ctx, out[0], budget, objective, target, seed)
+    if evolved is not None:
+        out.append(evolved)
+    return [c for c in out if budget.allows(c.metrics)]
+
+
+def _key(c: Candidate, objective: str):
+    return (getattr(c.metrics, objective), c.metrics.latency_ms, c.plan.to_json())
+
+
+def _exact_rounds(ctx: Context, table, r, budget: Budget, objective: str,
+                  target: str) -> list[Candidate]:
+    out, seen = [], set()
+    for _ in range(RELINEARIZE):
+        try:
+            sol = solve_exact(table, budget, objective)
+        except InfeasibleError:
+            break
+        plan = plan_of(ctx, table, r, sol.picks, target)
+        m = plan_metrics(ctx, plan)
+        if budget.allows(m):
+            out.append(Candidate("exact", r, plan, m))
+        key = replace(plan, target=None).to_json()
+        if key in seen:
+            break
+        seen.add(key)
+        table = build_table(ctx, r, replace(plan, target=None))
     return out
 
 
-def _best_reachable_error(tset: TableSet, budget: Budget,
-                          err: InfeasibleError | None) -> InfeasibleError:
+def _evolve(ctx: Context, best: Candidate, budget: Budget, objective: str, target: str,
+            seed: int) -> Candidate | None:
+    """Precisions and widths over the structure of the best exact plan, whole plans priced;
+    seeded with that plan and with uniform int8 (int8 pays off in runs, not one kernel)."""
+    flat = flat_table(ctx, best.plan)
+
+    def evaluate(picks):
+        return plan_metrics(ctx, flat_plan(flat, best.plan, picks))
+
+    uniform = replace(best.plan, kernels={
+        d.name: next((o.payload[d.name] for o in d.options
+                      if o.payload[d.name].precision == "int8"
+                      and o.payload[d.name].width == 1.0), Choice()) for d in flat.decisions})
+    seeds = [picks_of(flat, best.plan), picks_of(flat, uniform)]
+    try:
+        sol = solve_evolve(flat, budget, objective, evaluate=evaluate, seed=seed, seeds=seeds,
+                           population=24, generations=20)
+    except InfeasibleError:
+        return None
+    plan = flat_plan(flat, best.plan, sol.picks, target)
+    return Candidate("evolve", best.resolution, plan, sol.metrics)
+
+
+def _best_reachable_error(tset: TableSet, budget: Budget) -> InfeasibleError:
     """Why no resolution's table has a plan: the accuracy limit (then the least predicted drop
     under the other budgets), or a resource budget (then the best reachable value of it)."""
     if budget.max_drop is not None:
@@ -317,10 +376,13 @@ def _best_reachable_error(tset: TableSet, budget: Budget,
                 + table.base.latency_ms
             if best is None or lat < best[0]:
                 best = (lat, e)
-    return best[1] if best else (err or InfeasibleError("no plan meets the budgets"))
+    if best:
+        return best[1]
+    return InfeasibleError("no plan meets all budgets at once according to the whole-model "
+                           "predictions (each is reachable alone in the additive estimate)")
 
 
-def _choose(prep: Prepared, tset: TableSet, budget: Budget, objective: str, cost, sens,
+def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, objective: str,
             target: str, retries: int, seed: int, say: Progress
             ) -> tuple[Candidate, list[Candidate]]:
     measured: dict[str, Candidate] = {}
@@ -328,26 +390,28 @@ def _choose(prep: Prepared, tset: TableSet, budget: Budget, objective: str, cost
     pred_budget = budget
     for attempt in range(retries + 1):
         try:
-            proposals = _solve(tset, pred_budget, objective, cost, sens, target, seed)
+            proposals = _solve(ctx, tset, pred_budget, objective, target, seed, say)
         except InfeasibleError:
             if not measured:
                 raise          # the budgets themselves are out of reach: say by how much
             break              # the tightened predicted limit is: stop retrying
-        for solver, r, sol in proposals:
-            plan = plan_of(tset, r, sol.picks, target)
-            key = plan.to_json()
+        if not proposals and not measured:
+            raise _best_reachable_error(tset, budget)
+        for c in proposals:
+            key = c.plan.to_json()
             if key in measured:
                 continue
-            say(f"measuring the accuracy of the {solver} plan "
-                f"({sol.metrics.latency_ms:.3f} ms predicted)")
-            score = prep.score(plan)
+            say(f"measuring the accuracy of the {c.solver} plan "
+                f"({c.metrics.latency_ms:.3f} ms predicted)")
+            score = prep.score(c.plan)
             drop = prep.estimator.baseline.value - score.value
-            measured[key] = Candidate(solver, r, sol, plan, round(drop, 6), score.value)
+            measured[key] = replace(c, measured_drop=round(drop, 6),
+                                    measured_accuracy=score.value)
         ok = [c for c in measured.values() if limit is None or c.measured_drop <= limit + 1e-9]
         if ok:
             return _pick(ok, objective), sorted(measured.values(), key=_order)
         best = min(measured.values(), key=_order)
-        ratio = max(best.solution.metrics.drop, 1e-3) / best.measured_drop
+        ratio = max(best.metrics.drop, 1e-3) / best.measured_drop
         tighter = (pred_budget.max_drop if pred_budget.max_drop is not None else limit) \
             * min(ratio, 0.9)
         say(f"measured drop {best.measured_drop:.3f} > limit {limit:g}: tightening the "
@@ -360,13 +424,13 @@ def _choose(prep: Prepared, tset: TableSet, budget: Budget, objective: str, cost
 
 
 def _order(c: Candidate):
-    return (c.measured_drop, c.solution.metrics.latency_ms, c.solver, c.plan.to_json())
+    return (c.measured_drop, c.metrics.latency_ms, c.solver, c.plan.to_json())
 
 
 def _pick(ok: list[Candidate], objective: str) -> Candidate:
     if objective == "drop":
         return min(ok, key=_order)
-    return min(ok, key=lambda c: (c.solution.metrics.latency_ms, c.measured_drop, c.solver,
+    return min(ok, key=lambda c: (c.metrics.latency_ms, c.measured_drop, c.solver,
                                   c.plan.to_json()))
 
 
@@ -390,7 +454,7 @@ def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | Non
     return round(time_ort(model, threads=tgt.measure.threads).median_ms, 4)
 
 
-def _finish(prep: Prepared, tgt, tset: TableSet, budget: Budget, objective: str,
+def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, objective: str,
             chosen: Candidate, candidates: list[Candidate], predictor: str,
             warnings: list[str], outdir: Path, measure_latency: bool,
             say: Progress) -> CompileResult:
@@ -409,7 +473,7 @@ def _finish(prep: Prepared, tgt, tset: TableSet, budget: Budget, objective: str,
                            inputs=_resized(feeds, model))
         warnings += list(emitted.warnings)
         latency = _measured_latency(tgt, model, say) if measure_latency else None
-        m = chosen.solution.metrics
+        m = chosen.metrics
         manifest = {
             "version": MANIFEST_VERSION,
             "target": tgt.name,
@@ -440,7 +504,7 @@ def _finish(prep: Prepared, tgt, tset: TableSet, budget: Budget, objective: str,
             "warnings": sorted(set(warnings)),
         }
         write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
-                     kernel_rows(prep, tset, chosen), candidates, budget)
+                     kernel_rows(ctx, chosen.plan), candidates, budget)
         _replace_dir(tmp, outdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

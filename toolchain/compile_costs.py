@@ -1,14 +1,16 @@
 """Cost tables for the optimizer, built from a plan-level cost function and measured sensitivity.
 
-For one input resolution r, the base plan B_r sets only the resolution. For each kernel option
-c, the table holds `cost(B_r + {kernel: c}) - cost(B_r)` (latency, energy), and the summed
-measured drop of c's atomic parts; a skippable block gets the options keep / skip the same way.
+For one input resolution r and a reference plan R (first the plan B_r that only sets the
+resolution), each kernel option c is priced `cost(R with c) - cost(R)` (latency, energy), with
+the summed measured drop of c's atomic parts; a skippable block gets keep / skip the same way.
+Compile re-linearizes around each solution (R = the last solution) until it repeats.
 Model bytes and peak activation bytes are estimated from each kernel's weight and activation
 bytes, scaled by the option's precision (fp16 2 bytes, int8 1 byte per value) and width, and
 activations by (r / r0)^2.
 
-This is the additive model: the exact solver is exact for it; the evolutionary search can score
-whole plans with the cost function itself (`plan_metrics`), which captures interactions (a
+This is the additive model: the exact solver is exact for it; every proposal is then priced as
+a whole plan (`plan_metrics`), and the evolutionary search works on whole plans only
+(`flat_table`), which captures interactions (int8 kernels fusing only next to int8 ones, a
 pruned kernel shrinking its consumer). A skippable block and the kernels inside it are one
 decision (skipping removes them, so adding both savings would count them twice): its options
 are "skip" plus the Pareto-optimal latency/drop combinations of its kernels' options.
@@ -16,6 +18,7 @@ are "skip" plus the Pareto-optimal latency/drop combinations of its kernels' opt
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -24,7 +27,8 @@ from toolchain.errors import UnsupportedKernelError
 from toolchain.optimize.costs import CostTable, Decision, Metrics, Option
 from toolchain.space import Choice, Kernel, Plan, Space
 
-__all__ = ["PlanCosts", "TableSet", "build_tables", "plan_of", "plan_metrics", "BYTES"]
+__all__ = ["PlanCosts", "TableSet", "Context", "build_table", "build_tables", "plan_of",
+           "plan_metrics", "flat_table", "flat_plan", "picks_of", "BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,53 +67,112 @@ def _act_bytes(k: Kernel, c: Choice, scale: float) -> float:
     return k.activation_bytes / 4 * BYTES[c.precision] * scale
 
 
-def build_tables(kernels: list[Kernel], space: Space, precisions: tuple[str, ...],
-                 cost: PlanCostFn, sensitivity: SensitivityTable,
-                 input_shape: tuple[int, ...] | None = None,
-                 progress: Callable[[int, int, str], None] | None = None) -> TableSet:
-    """Cost tables over every legal option of the target (see the module doc)."""
-    resolutions: list[int | None] = list(space.resolutions) or [None]
-    original = input_shape[2] if input_shape and len(input_shape) == 4 else None
-    by_name = {k.name: k for k in kernels}
-    blocks = _block_members(kernels, space)
-    tables = {}
-    unpriced: set[str] = set()
-    for i, r in enumerate(resolutions):
-        if progress:
-            progress(i + 1, len(resolutions), f"cost table at resolution {r}")
-        base_plan = _with_resolution(Plan(), space.input_name, input_shape, r, original)
-        base = cost(base_plan)
-        scale = (r / original) ** 2 if r and original else 1.0
-        per_kernel = {}
-        for name in sorted(space.options):
-            k = by_name[name]
-            opts = []
-            for c in space.choices(name, precisions):
-                try:
-                    delta = _delta(cost, base_plan, base, kernels={name: c})
-                except UnsupportedKernelError as err:
+@dataclass(frozen=True)
+class Context:
+    """What pricing a table needs besides the reference plan (one model, one target)."""
+
+    kernels: list[Kernel]
+    space: Space
+    precisions: tuple[str, ...]
+    cost: PlanCostFn
+    sensitivity: SensitivityTable
+    input_shape: tuple[int, ...] | None
+
+    @property
+    def original(self) -> int | None:
+        s = self.input_shape
+        return s[2] if s and len(s) == 4 else None
+
+    def resolutions(self) -> list[int | None]:
+        return list(self.space.resolutions) or [None]
+
+    def at(self, resolution: int | None) -> Plan:
+        """The plan that only sets the input resolution."""
+        return _with_resolution(Plan(), self.space.input_name, self.input_shape, resolution,
+                                self.original)
+
+
+def build_table(ctx: Context, resolution: int | None, reference: Plan | None = None,
+                unpriced: set[str] | None = None) -> CostTable:
+    """The additive table of one resolution, linearized around `reference` (default: the
+    original model at that resolution): each option is priced as `cost(reference with that
+    one change) - cost(reference)`, so the table is exact at the reference and its single-change
+    neighbours. Re-linearizing around a solution captures interactions such as int8 kernels
+    that are only fast next to other int8 kernels."""
+    ref = reference if reference is not None else ctx.at(resolution)
+    base = ctx.cost(ref)
+    r0 = ctx.original
+    scale = (resolution / r0) ** 2 if resolution and r0 else 1.0
+    blocks = _block_members(ctx.kernels, ctx.space)
+    by_name = {k.name: k for k in ctx.kernels}
+    per_kernel = {}
+    for name in sorted(ctx.space.options):
+        k = by_name[name]
+        opts = []
+        for c in ctx.space.choices(name, ctx.precisions):
+            try:
+                delta = _delta(ctx.cost, _set_kernel(ref, name, c), base)
+            except UnsupportedKernelError as err:
+                if unpriced is not None:
                     unpriced.add(f"{name}={_label(c)}: {err}")
-                    continue      # never priced as zero: not offered
-                opts.append(Option(_label(c), delta.latency_ms, sensitivity.kernel(name, c),
-                                   delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
-                                   payload={name: c}))
-            per_kernel[name] = Decision(name, tuple(opts))
-        decisions = [d for n, d in per_kernel.items()
-                     if not any(n in inner for inner in blocks.values())]
-        for b, inner in blocks.items():
-            delta = _delta(cost, base_plan, base, skip=[b])
-            decisions.append(_block_decision(b, [per_kernel[n] for n in inner if n in per_kernel],
-                                             delta, sensitivity.block(b)))
-        fixed_bytes = sum(k.weight_bytes for k in kernels if k.name not in space.options)
-        fixed_act = max([k.activation_bytes * scale for k in kernels
-                         if k.name not in space.options] + [0.0])
-        res_drop = sensitivity.resolution(r, original) if r and original else 0.0
-        tables[r] = CostTable(tuple(sorted(decisions, key=lambda d: d.name)), Metrics(
-            base.latency_ms, res_drop, base.energy_mj, fixed_bytes, fixed_act))
+                continue      # never priced as zero: not offered
+            opts.append(Option(_label(c), delta.latency_ms, ctx.sensitivity.kernel(name, c),
+                               delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
+                               payload={name: c}))
+        per_kernel[name] = Decision(name, tuple(opts))
+    decisions = [d for n, d in per_kernel.items()
+                 if not any(n in inner for inner in blocks.values())]
+    for b, inner in blocks.items():
+        kept = replace(ref, skip_blocks=[x for x in ref.skip_blocks if x != b])
+        skipped = replace(ref, skip_blocks=sorted(set(ref.skip_blocks) | {b}))
+        keep_delta = _delta(ctx.cost, kept, base)
+        inner_decisions = [_reprice(per_kernel[n], ctx.cost, kept, keep_delta)
+                           for n in inner if n in per_kernel]
+        decisions.append(_block_decision(b, inner_decisions, _delta(ctx.cost, skipped, base),
+                                         ctx.sensitivity.block(b)))
+    fixed_bytes = sum(k.weight_bytes for k in ctx.kernels if k.name not in ctx.space.options)
+    fixed_act = max([k.activation_bytes * scale for k in ctx.kernels
+                     if k.name not in ctx.space.options] + [0.0])
+    res_drop = ctx.sensitivity.resolution(resolution, r0) if resolution and r0 else 0.0
+    return CostTable(tuple(sorted(decisions, key=lambda d: d.name)),
+                     Metrics(base.latency_ms, res_drop, base.energy_mj, fixed_bytes, fixed_act))
+
+
+def _set_kernel(plan: Plan, name: str, c: Choice) -> Plan:
+    kernels = {k: v for k, v in plan.kernels.items() if k != name}
+    if c != Choice():
+        kernels[name] = c
+    return replace(plan, kernels=kernels)
+
+
+def _reprice(d: Decision, cost: PlanCostFn, kept: Plan, offset: PlanCosts) -> Decision:
+    """A block's inner kernel priced around the reference with the block kept (the offset
+    is what keeping the block costs against the reference)."""
+    if offset.latency_ms == 0.0 and offset.energy_mj == 0.0:
+        return d
+    base = cost(kept)
+    opts = []
+    for o in d.options:
+        (name, c), = o.payload.items()
+        delta = _delta(cost, _set_kernel(kept, name, c), base)
+        opts.append(replace(o, latency_ms=delta.latency_ms + offset.latency_ms,
+                            energy_mj=delta.energy_mj + offset.energy_mj))
+    return Decision(d.name, tuple(opts))
+
+
+def build_tables(ctx: Context, progress: Callable[[int, int, str], None] | None = None
+                 ) -> TableSet:
+    """One table per input resolution, linearized around the original model."""
+    tables, unpriced = {}, set()
+    rs = ctx.resolutions()
+    for i, r in enumerate(rs):
+        if progress:
+            progress(i + 1, len(rs), f"cost table at resolution {r}")
+        tables[r] = build_table(ctx, r, unpriced=unpriced)
     if unpriced:
         logger.warning("%d option(s) not offered: the predictor cannot price them",
                        len(unpriced))
-    return TableSet(tables, space.input_name, input_shape, tuple(sorted(unpriced)))
+    return TableSet(tables, ctx.space.input_name, ctx.input_shape, tuple(sorted(unpriced)))
 
 
 def _block_members(kernels: list[Kernel], space: Space) -> dict[str, tuple[str, ...]]:
@@ -175,19 +238,15 @@ def _with_resolution(plan: Plan, input_name, input_shape, r, original) -> Plan:
     return replace(plan, input_shape={input_name: shape})
 
 
-def _delta(cost: PlanCostFn, base_plan: Plan, base: PlanCosts, kernels=None,
-           skip=None) -> PlanCosts:
-    p = replace(base_plan, kernels=dict(kernels or {}), skip_blocks=list(skip or []))
-    if not p.kernels and not p.skip_blocks:
-        return PlanCosts(0.0, 0.0)
-    got = cost(p)
+def _delta(cost: PlanCostFn, plan: Plan, base: PlanCosts) -> PlanCosts:
+    got = cost(plan)
     return PlanCosts(got.latency_ms - base.latency_ms, got.energy_mj - base.energy_mj)
 
 
-def plan_of(tset: TableSet, resolution: int | None, picks: tuple[int, ...],
+def plan_of(ctx: Context, table: CostTable, resolution: int | None, picks: tuple[int, ...],
             target: str | None = None) -> Plan:
-    """The Plan a solution's option indices stand for (original choices left out)."""
-    table = tset.tables[resolution]
+    """The Plan a solution's option indices stand for (original choices left out; the
+    choices of kernels inside a skipped block dropped, since the block is gone)."""
     kernels, skips = {}, []
     for d, i in zip(table.decisions, picks, strict=True):
         payload = d.options[i].payload
@@ -195,21 +254,68 @@ def plan_of(tset: TableSet, resolution: int | None, picks: tuple[int, ...],
             skips.append(d.name[len("block:"):])
         else:
             kernels.update({k: c for k, c in payload.items() if c != Choice()})
-    original = tset.input_shape[2] if tset.input_shape else None
-    plan = Plan(kernels=kernels, skip_blocks=sorted(skips), target=target)
-    return _with_resolution(plan, tset.input_name, tset.input_shape, resolution, original)
+    gone = {n for b in skips for n in _block_members(ctx.kernels, ctx.space).get(b, ())}
+    plan = Plan(kernels={k: c for k, c in kernels.items() if k not in gone},
+                skip_blocks=sorted(skips), target=target)
+    return _with_resolution(plan, ctx.space.input_name, ctx.input_shape, resolution,
+                            ctx.original)
 
 
-def plan_metrics(tset: TableSet, resolution: int | None, cost: PlanCostFn,
-                 sensitivity: SensitivityTable) -> Callable[[tuple[int, ...]], Metrics]:
-    """Whole-plan evaluation for the evolutionary search: the predictor on the full plan
-    (interactions included), the additive table for drop and bytes."""
-    from toolchain.optimize.costs import metrics_of
+def plan_metrics(ctx: Context, plan: Plan) -> Metrics:
+    """Whole-plan prediction: latency/energy from the cost function on the full plan
+    (interactions included; infinite when the predictor cannot price it - never zero), drop
+    from the summed sensitivity, bytes from the per-kernel estimates."""
+    r0 = ctx.original
+    shape = next(iter(plan.input_shape.values()), None)
+    scale = (shape[2] / r0) ** 2 if shape and r0 else 1.0
+    drop = ctx.sensitivity.plan(plan, r0)
+    gone = {n for b in plan.skip_blocks
+            for n in _block_members(ctx.kernels, ctx.space).get(b, ())}
+    weights, acts = 0.0, 0.0
+    for k in ctx.kernels:
+        if k.name in gone:
+            continue
+        c = plan.kernels.get(k.name, Choice())
+        weights += _weight_bytes(k, c)
+        acts = max(acts, _act_bytes(k, c, scale))
+    try:
+        got = ctx.cost(plan)
+    except UnsupportedKernelError:
+        return Metrics(math.inf, drop, math.inf, weights, acts)
+    return Metrics(got.latency_ms, drop, got.energy_mj, weights, acts)
 
-    table = tset.tables[resolution]
 
-    def evaluate(picks: tuple[int, ...]) -> Metrics:
-        add = metrics_of(table, picks)
-        got = cost(plan_of(tset, resolution, picks))
-        return replace(add, latency_ms=got.latency_ms, energy_mj=got.energy_mj)
-    return evaluate
+def flat_table(ctx: Context, structure: Plan) -> CostTable:
+    """The evolutionary search's space: the precision and width of every kernel left by the
+    structure of `structure` (its input size, skipped blocks and kernel sizes stay fixed), as
+    separate decisions without costs - the search prices whole plans (`plan_metrics`)."""
+    gone = {n for b in structure.skip_blocks
+            for n in _block_members(ctx.kernels, ctx.space).get(b, ())}
+    decisions = []
+    for name in sorted(ctx.space.options):
+        if name in gone:
+            continue
+        size = structure.kernels.get(name, Choice()).kernel_size
+        opts = tuple(Option(_label(c), 0.0, payload={name: c})
+                     for c in ctx.space.choices(name, ctx.precisions) if c.kernel_size == size)
+        if opts:
+            decisions.append(Decision(name, opts))
+    return CostTable(tuple(decisions))
+
+
+def flat_plan(table: CostTable, structure: Plan, picks: tuple[int, ...],
+              target: str | None = None) -> Plan:
+    kernels = {}
+    for d, i in zip(table.decisions, picks, strict=True):
+        kernels.update({k: c for k, c in d.options[i].payload.items() if c != Choice()})
+    return Plan(kernels=kernels, skip_blocks=list(structure.skip_blocks),
+                input_shape=dict(structure.input_shape), target=target)
+
+
+def picks_of(table: CostTable, plan: Plan) -> tuple[int, ...]:
+    """Option indices of a plan in a flat table (the first option where it has none)."""
+    out = []
+    for d in table.decisions:
+        want = plan.kernels.get(d.name, Choice())
+        out.append(next((i for i, o in enumerate(d.options) if o.payload[d.name] == want), 0))
+    return tuple(out)

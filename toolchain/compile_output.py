@@ -19,40 +19,64 @@ logger = logging.getLogger(__name__)
 
 
 def report_points(tset, candidates, chosen) -> list[Point]:
-    """Front over every input resolution, the candidates, their measured drops, the choice."""
+    """Front over every input resolution (additive model around the original), the
+    candidates (whole-plan predictions), their measured drops, the choice."""
     front = []
     for table in tset.tables.values():
         front += pareto_front(table, cells=1000)
     points = [Point(s.metrics.latency_ms, s.metrics.drop, "front", "front")
               for s in nondominated(front)]
     for c in candidates:
-        m = c.solution.metrics
-        points.append(Point(m.latency_ms, m.drop, f"{c.solver} (predicted)", "candidate"))
+        points.append(Point(c.metrics.latency_ms, c.metrics.drop, f"{c.solver} (predicted)",
+                            "candidate"))
         if c.measured_drop is not None:
-            points.append(Point(m.latency_ms, c.measured_drop, f"{c.solver} (measured)",
+            points.append(Point(c.metrics.latency_ms, c.measured_drop, f"{c.solver} (measured)",
                                 "measured"))
-    m = chosen.solution.metrics
-    points.append(Point(m.latency_ms, chosen.measured_drop if chosen.measured_drop is not None
-                        else m.drop, f"chosen: {chosen.solver}", "chosen"))
+    drop = chosen.measured_drop if chosen.measured_drop is not None else chosen.metrics.drop
+    points.append(Point(chosen.metrics.latency_ms, drop, f"chosen: {chosen.solver}", "chosen"))
     return points
 
 
-def kernel_rows(prep, tset, chosen) -> list[list]:
-    """Per decision of the chosen resolution: what was chosen and what it is predicted to do."""
-    table = tset.tables[chosen.resolution]
-    macs = {k.name: (k.op_type, k.macs) for k in prep.kernels}
+def kernel_rows(ctx, plan: Plan) -> list[list]:
+    """Per kernel and block: the choice, its marginal predicted latency (the plan against the
+    plan with that kernel or block back in its original form) and its predicted drop."""
+    from dataclasses import replace
+
+    total = ctx.cost(plan).latency_ms
     rows = []
-    for d, i in zip(table.decisions, chosen.solution.picks, strict=True):
-        o = d.options[i]
-        op, mac = macs.get(d.name, ("block", None))
-        rows.append([d.name, op, mac, o.label, round(o.latency_ms, 4), round(o.drop, 4)])
+    skipped = set(plan.skip_blocks)
+    for k in ctx.kernels:
+        c = plan.kernels.get(k.name)
+        if c is None or k.name not in ctx.space.options:
+            continue
+        back = replace(plan, kernels={n: v for n, v in plan.kernels.items() if n != k.name})
+        rows.append([k.name, k.op_type, k.macs, "/".join(_parts(c)),
+                     round(total - ctx.cost(back).latency_ms, 4),
+                     round(ctx.sensitivity.kernel(k.name, c), 4)])
+    for b in sorted(skipped):
+        back = replace(plan, skip_blocks=sorted(skipped - {b}))
+        rows.append([b, "block", None, "skip", round(total - ctx.cost(back).latency_ms, 4),
+                     round(ctx.sensitivity.block(b), 4)])
+    for shape in plan.input_shape.values():
+        r0 = ctx.original
+        rows.append(["input", "resolution", None, f"{shape[2]}x{shape[3]}", None,
+                     round(ctx.sensitivity.resolution(shape[2], r0), 4) if r0 else None])
     return rows
+
+
+def _parts(c) -> list[str]:
+    parts = [c.precision]
+    if c.width != 1.0:
+        parts.append(f"w{c.width:g}")
+    if c.kernel_size is not None:
+        parts.append(f"k{c.kernel_size}")
+    return parts
 
 
 def candidate_rows(candidates, budget: Budget) -> list[list]:
     return [[c.solver + (f" @{c.resolution}px" if c.resolution else ""),
-             c.solution.metrics.latency_ms, c.solution.metrics.drop, c.measured_drop,
-             "yes" if budget.allows(c.solution.metrics) else "no"] for c in candidates]
+             c.metrics.latency_ms, c.metrics.drop, c.measured_drop,
+             "yes" if budget.allows(c.metrics) else "no"] for c in candidates]
 
 
 def write_outdir(folder: Path, plan: Plan, manifest: dict, points, rows, candidates,

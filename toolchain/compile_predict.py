@@ -1,21 +1,57 @@
 """The target's latency predictor as a plan-cost function for compile (toolchain.predict).
 
 Every price comes from `predict_plan` on the analyzed float graph (no rewrite, no quantization:
-fast enough for the thousands of plans the tables and the evolutionary search price). A kernel
-the predictor has no model for is never priced as zero: the base plan then fails with
-UnsupportedKernelError naming it, and an option that introduces one is not offered (compile
-lists such options in its warnings).
+fast enough for the thousands of plans the tables and the evolutionary search price). The
+structural part of a plan (input size, skipped blocks, kernel sizes) is applied to a copy of
+the graph once per distinct combination and kept here, so the predictor then only applies
+precisions and widths (milliseconds per plan). A kernel the predictor has no model for is never
+priced as zero: the base plan then fails with UnsupportedKernelError naming it, and an option
+that introduces one is not offered (compile lists such options in its warnings).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from toolchain.compile_costs import PlanCosts
 from toolchain.space import Plan
 
-__all__ = ["predictor_cost"]
+__all__ = ["predictor_cost", "structural_graph"]
 
 logger = logging.getLogger(__name__)
+
+
+def structural_graph(graph, plan: Plan):
+    """A copy of the analyzed `graph` with the plan's input size, skipped blocks and kernel
+    sizes applied (the graph passes the rewrite uses), analyzed again."""
+    from passes.resize_input import ResizeInputPass
+    from passes.shrink_kernels import ShrinkKernelsPass
+    from passes.skip_blocks import SkipBlocksPass
+    from toolchain.analysis import analyze
+    from toolchain.pipeline import PassContext, Pipeline
+
+    g = graph.copy()
+    sizes = {k: c.kernel_size for k, c in plan.kernels.items() if c.kernel_size is not None}
+    passes = []
+    if plan.input_shape:
+        passes.append(ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}))
+    if plan.skip_blocks:
+        passes.append(SkipBlocksPass(blocks=tuple(sorted(plan.skip_blocks))))
+    if sizes:
+        passes.append(ShrinkKernelsPass(sizes=sizes))
+    Pipeline(passes).run(g, PassContext(facts={"shapes"}))
+    analyze(g)
+    return g
+
+
+def _split(plan: Plan) -> tuple[tuple, Plan]:
+    """(structural key, the plan's precisions and widths only)."""
+    sizes = tuple(sorted((k, c.kernel_size) for k, c in plan.kernels.items()
+                         if c.kernel_size is not None))
+    shapes = tuple(sorted((k, tuple(v)) for k, v in plan.input_shape.items()))
+    key = (shapes, tuple(sorted(plan.skip_blocks)), sizes)
+    rest = Plan(kernels={k: replace(c, kernel_size=None) for k, c in plan.kernels.items()})
+    return key, rest
 
 
 def predictor_cost(target, prep) -> tuple:
@@ -24,19 +60,23 @@ def predictor_cost(target, prep) -> tuple:
 
     predictor = load_predictor(target)
     warnings = []
-    meta = predictor.meta
-    if not target.measurable_here and not meta.get("validated", False):
+    if not target.measurable_here and not predictor.meta.get("validated", False):
         warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "
                         f"({predictor.name}) was not checked against measurements from the "
                         "device")
+    graphs: dict[tuple, object] = {}
     memo: dict[str, PlanCosts] = {}
 
     def cost(plan: Plan) -> PlanCosts:
-        key = plan.to_json()
-        if key not in memo:
-            p = predict_plan(predictor, prep.graph, plan, strict=True)
-            memo[key] = PlanCosts(p.latency_ms)
-        return memo[key]
+        whole = plan.to_json()
+        if whole not in memo:
+            key, rest = _split(plan)
+            if key not in graphs:
+                graphs[key] = prep.graph if key == ((), (), ()) else \
+                    structural_graph(prep.graph, plan)
+            p = predict_plan(predictor, graphs[key], rest, strict=True)
+            memo[whole] = PlanCosts(p.latency_ms)
+        return memo[whole]
 
     cost(Plan())   # fails here, naming the kernels, if the model itself cannot be priced
     return cost, predictor.name, warnings
