@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPAIR_STEPS = 6
+REPAIR_STEPS = 3
 FORMAT_VERSION = 1
 
 
@@ -49,7 +49,7 @@ class TrainConfig:
     budgets_per_device: int = 6
     quantiles: tuple[float, float] = (0.03, 0.8)   # budget range, as quantiles of predictions
     fingerprint_noise: float = 0.03                # relative noise of a fingerprint cell
-    hidden: int = 128
+    hidden: int = 64
     epochs: int = 30
     batch: int = 256
     learning_rate: float = 2e-3
@@ -65,6 +65,7 @@ class DesignSpace:
     def __init__(self, codes: np.ndarray, features: np.ndarray, objective: np.ndarray):
         self.codes = np.asarray(codes, float)
         self.features = np.asarray(features, float)
+        self.features32 = self.features.astype(np.float32)   # the repair's gathers: half the bytes
         self.objective = np.asarray(objective, float)
         self.alphabets = [np.unique(self.codes[:, j]) for j in range(self.codes.shape[1])]
         self.sizes = np.array([len(a) for a in self.alphabets])
@@ -356,7 +357,7 @@ def _repair(space: DesignSpace, logp: np.ndarray, sizes, weights: np.ndarray,
 def _latency(space: DesignSpace, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Predicted latency of `rows` (n, m) for devices `weights` (n, d); inf where row < 0."""
     safe = np.maximum(rows, 0)
-    lat = np.einsum("nmd,nd->nm", space.features[safe], weights)
+    lat = np.einsum("nmd,nd->nm", space.features32[safe], weights.astype(np.float32))
     return np.where(rows >= 0, lat, np.inf)
 
 
