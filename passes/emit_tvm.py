@@ -11,7 +11,8 @@ Int8: TVM 0.27's ONNX frontend imports QuantizeLinear/DequantizeLinear as simula
 (quantize, then dequantize back to float) and has no QLinearConv/ConvInteger path, so a QDQ model
 runs its int8 kernels in float on every TVM build. The result says so (`int8_in_float`) and the
 compile manifest/report repeat it. Its check compares with onnxruntime running the same QDQ graph
-unfused (graph optimizations off), which computes the same simulated quantization.
+unfused (graph optimizations off), which computes the same simulated quantization, allowing
+what onnxruntime's own integer (fused) execution differs by.
 
 Errors: ops the frontend has no converter for raise UnsupportedOpError naming them before TVM is
 called; a failing import or build raises EmitError naming the TVM pass it failed in (recorded by
@@ -139,7 +140,8 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Any, outdir: str | Pat
 
     `inputs` feed the host check (default: seeded random data of the model's input shapes, the
     batch taken as 1 where symbolic). The check fails with EmitError when
-    max|TVM - ORT| > atol + rtol * max|ORT| per output (rtol x 20 for QDQ models)."""
+    max|TVM - ORT| > atol + rtol * max|ORT| per output (for QDQ models: or more than onnxruntime's
+    own fused-vs-unfused difference, see `_check`)."""
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     tgt = tvm_target(target)
     arch = target_arch(tgt)
@@ -159,7 +161,7 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Any, outdir: str | Pat
         artifacts.append(_export(executable, out / "model.so", "shared-library"))
         if tgt.kind.name == "llvm":
             feeds = inputs if inputs is not None else _random_inputs(proto, shapes)
-            err = _check(out / "model.so", proto, feeds, rtol * (20 if qdq else 1), atol)
+            err = _check(out / "model.so", proto, feeds, rtol, atol, qdq)
             checked = True
         else:
             warnings.append(f"{tgt.kind.name} module not run here: no such device on this host")
@@ -282,10 +284,21 @@ def _archive_arch(data: bytes, path: Path) -> str:
     return kinds.pop()
 
 
-def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float,
-           atol: float) -> float:
-    """Run the exported module and onnxruntime on the same inputs; return the max abs error."""
+def _ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], optimized: bool) -> list:
     import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float,
+           atol: float, qdq: bool) -> float:
+    """Run the exported module and onnxruntime on the same inputs; return the max abs error."""
     import tvm
     from tvm import relax
 
@@ -294,12 +307,12 @@ def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol:
     names = [vi.name for vi in proto.graph.input if vi.name in feeds]
     got = vm["main"](*(tvm.runtime.tensor(feeds[n], dev) for n in names))
     got = [got] if hasattr(got, "numpy") else list(got)
-    opts = ort.SessionOptions()
-    # Unfused QDQ: onnxruntime then computes the same simulated quantization TVM does.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
+    # Unfused QDQ (optimizations off): onnxruntime then computes the same simulated
+    # quantization TVM does. Rounding ties may still flip a quantized value by one step; for QDQ
+    # models the tolerance also admits what onnxruntime itself shows between its unfused and its
+    # fused (integer) execution of the same model - the int8 noise of the model.
+    want = _ort_run(proto, feeds, optimized=False)
+    noise = _ort_run(proto, feeds, optimized=True) if qdq else want
     worst = 0.0
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         g = g.numpy()
@@ -307,6 +320,8 @@ def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol:
             raise EmitError(f"TVM output {i} has shape {g.shape}, onnxruntime {w.shape}")
         err = float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0
         limit = atol + rtol * float(np.max(np.abs(w))) if w.size else atol
+        if qdq and w.size:
+            limit = max(limit, float(np.max(np.abs(noise[i].astype(np.float64) - w))))
         if not err <= limit:
             raise EmitError(f"TVM output {i} differs from onnxruntime by {err:.3g} "
                             f"(tolerance {limit:.3g})")

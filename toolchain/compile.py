@@ -322,7 +322,7 @@ def _exact_rounds(ctx: Context, table, r, budget: Budget, objective: str,
         if budget.allows(m):
             out.append(Candidate("exact", r, plan, m))
         key = replace(plan, target=None).to_json()
-        if key in seen:
+        if key in seen or not np.isfinite(m.latency_ms):
             break
         seen.add(key)
         table = build_table(ctx, r, replace(plan, target=None))

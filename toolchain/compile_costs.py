@@ -113,8 +113,7 @@ def build_table(ctx: Context, resolution: int | None, reference: Plan | None = N
             try:
                 delta = _delta(ctx.cost, _set_kernel(ref, name, c), base)
             except UnsupportedKernelError as err:
-                if unpriced is not None:
-                    unpriced.add(f"{name}={_label(c)}: {err}")
+                _note(unpriced, f"{name}={_label(c)}", err)
                 continue      # never priced as zero: not offered
             opts.append(Option(_label(c), delta.latency_ms, ctx.sensitivity.kernel(name, c),
                                delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
@@ -125,17 +124,30 @@ def build_table(ctx: Context, resolution: int | None, reference: Plan | None = N
     for b, inner in blocks.items():
         kept = replace(ref, skip_blocks=[x for x in ref.skip_blocks if x != b])
         skipped = replace(ref, skip_blocks=sorted(set(ref.skip_blocks) | {b}))
-        keep_delta = _delta(ctx.cost, kept, base)
-        inner_decisions = [_reprice(per_kernel[n], ctx.cost, kept, keep_delta)
-                           for n in inner if n in per_kernel]
-        decisions.append(_block_decision(b, inner_decisions, _delta(ctx.cost, skipped, base),
-                                         ctx.sensitivity.block(b)))
+        try:
+            keep_delta = _delta(ctx.cost, kept, base)
+            inner_decisions = [_reprice(per_kernel[n], ctx.cost, kept, keep_delta)
+                               for n in inner if n in per_kernel]
+        except UnsupportedKernelError as err:
+            _note(unpriced, f"keeping block {b}", err)
+            continue
+        try:
+            skip = _delta(ctx.cost, skipped, base)
+        except UnsupportedKernelError as err:
+            _note(unpriced, f"skipping block {b}", err)
+            skip = None
+        decisions.append(_block_decision(b, inner_decisions, skip, ctx.sensitivity.block(b)))
     fixed_bytes = sum(k.weight_bytes for k in ctx.kernels if k.name not in ctx.space.options)
     fixed_act = max([k.activation_bytes * scale for k in ctx.kernels
                      if k.name not in ctx.space.options] + [0.0])
     res_drop = ctx.sensitivity.resolution(resolution, r0) if resolution and r0 else 0.0
     return CostTable(tuple(sorted(decisions, key=lambda d: d.name)),
                      Metrics(base.latency_ms, res_drop, base.energy_mj, fixed_bytes, fixed_act))
+
+
+def _note(unpriced: set[str] | None, what: str, err: Exception) -> None:
+    if unpriced is not None:
+        unpriced.add(f"{what}: {err}")
 
 
 def _set_kernel(plan: Plan, name: str, c: Choice) -> Plan:
@@ -154,7 +166,10 @@ def _reprice(d: Decision, cost: PlanCostFn, kept: Plan, offset: PlanCosts) -> De
     opts = []
     for o in d.options:
         (name, c), = o.payload.items()
-        delta = _delta(cost, _set_kernel(kept, name, c), base)
+        try:
+            delta = _delta(cost, _set_kernel(kept, name, c), base)
+        except UnsupportedKernelError:
+            continue
         opts.append(replace(o, latency_ms=delta.latency_ms + offset.latency_ms,
                             energy_mj=delta.energy_mj + offset.energy_mj))
     return Decision(d.name, tuple(opts))
@@ -191,14 +206,15 @@ def _block_members(kernels: list[Kernel], space: Space) -> dict[str, tuple[str, 
     return out
 
 
-def _block_decision(block: str, inner: list[Decision], skip: PlanCosts,
+def _block_decision(block: str, inner: list[Decision], skip: PlanCosts | None,
                     drop: float) -> Decision:
     """One decision for a block: skip it, or keep it with one of the Pareto-optimal (latency,
     drop) combinations of its kernels' options (exact for latency/energy budgets, which are
     proportional here; dominated combinations can never be part of an optimum)."""
     from toolchain.optimize.pareto import pareto_front
 
-    opts = [Option("skip", skip.latency_ms, drop, skip.energy_mj, 0.0, 0.0, payload="skip")]
+    opts = [] if skip is None else [
+        Option("skip", skip.latency_ms, drop, skip.energy_mj, 0.0, 0.0, payload="skip")]
     if inner:
         sub = CostTable(tuple(inner))
         for sol in pareto_front(sub):
