@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 
-from toolchain.bench.amortize import single_thread
-from toolchain.bench.fewshot import DeviceContext
+from toolchain.bench.fewshot import DeviceContext, single_thread
 from toolchain.bench.table import load_table
 from toolchain.optimize.amortized import (
     DesignSpace,

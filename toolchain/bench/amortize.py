@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import click
 import numpy as np
 
 from toolchain.bench.cli import bench, data_option, emit, load_data, parse_budgets, progress
-from toolchain.bench.fewshot import DeviceContext, check_devices, target_columns
+from toolchain.bench.fewshot import DeviceContext, check_devices, single_thread, target_columns
 from toolchain.bench.scores import (
     BudgetTally,
     budget_key,
@@ -47,7 +46,7 @@ from toolchain.optimize.amortized import (
     train_amortized,
 )
 
-__all__ = ["AmortizeOptions", "run_amortize", "single_thread"]
+__all__ = ["AmortizeOptions", "run_amortize"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,16 +71,6 @@ class AmortizeOptions:
     verify: int = 0
     seeds: int = 5
     train_config: TrainConfig = TrainConfig()
-
-
-def single_thread():
-    """BLAS on one thread: on a loaded 2-core machine threaded BLAS is 100x slower for these
-    small matrices, and both timed methods then run alike."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:   # optional: only speed depends on it
-        return nullcontext()
-    return threadpool_limits(1)
 
 
 @dataclass

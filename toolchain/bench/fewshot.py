@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import click
@@ -38,7 +39,7 @@ from toolchain.predict.conditioned import (
 
 __all__ = [
     "FewshotOptions", "run_fewshot", "DeviceContext", "ReferenceBaseline", "tie_cap",
-    "METHODS", "check_devices", "target_columns",
+    "METHODS", "check_devices", "target_columns", "single_thread",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,16 @@ def check_devices(table: Table, train: tuple[str, ...], targets: tuple[str, ...]
         raise BadInputError("no test column: every latency column is a training device")
     if samples < 2 or seeds < 1:
         raise BadInputError("--samples must be at least 2 and --seeds at least 1")
+
+
+def single_thread():
+    """BLAS on one thread: on a loaded 2-core machine threaded BLAS is up to 100x slower for
+    these small matrices (and timed methods then run alike)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:   # optional: only speed depends on it
+        return nullcontext()
+    return threadpool_limits(1)
 
 
 def tie_cap(true: np.ndarray) -> float:
@@ -191,17 +202,19 @@ def run_fewshot(table: Table, opts: FewshotOptions, progress=None) -> dict:
     if opts.method not in METHODS:
         raise BadInputError(f"--method is one of {', '.join(METHODS)}")
     start = time.perf_counter()
-    if opts.method == "reference":
-        ctx = ReferenceBaseline(table, opts.train)
-    else:
-        ctx = DeviceContext(table, opts.train, opts.references, opts.tau, opts.noise)
-    targets = {}
-    for i, target in enumerate(opts.targets):
-        targets[target] = _one_target(opts, ctx, table.column(target), target)
-        if progress:
-            t = targets[target]
-            progress(f"[{i + 1}/{len(opts.targets)}] {target}: spearman {t['spearman']:.3f} "
-                     f"(ceiling {t['ceiling_spearman']:.3f}, tie cap {t['tie_cap_spearman']:.3f})")
+    with single_thread():
+        if opts.method == "reference":
+            ctx = ReferenceBaseline(table, opts.train)
+        else:
+            ctx = DeviceContext(table, opts.train, opts.references, opts.tau, opts.noise)
+        targets = {}
+        for i, target in enumerate(opts.targets):
+            targets[target] = _one_target(opts, ctx, table.column(target), target)
+            if progress:
+                t = targets[target]
+                progress(f"[{i + 1}/{len(opts.targets)}] {target}: spearman "
+                         f"{t['spearman']:.3f} (ceiling {t['ceiling_spearman']:.3f}, "
+                         f"tie cap {t['tie_cap_spearman']:.4f})")
     values = [t["spearman"] for t in targets.values()]
     out = {"samples": opts.samples, "seeds": opts.seeds, "method": opts.method,
            "train": list(opts.train), "targets": targets,
