@@ -8,6 +8,7 @@ from __future__ import annotations
 import toolchain.bench.amortize  # noqa: F401
 import toolchain.bench.cli  # noqa: F401
 import toolchain.bench.fewshot  # noqa: F401
+import toolchain.calibrate_cmd  # noqa: F401
 import toolchain.compile_cmd  # noqa: F401
 import toolchain.fleet_cmd  # noqa: F401
 import toolchain.inspect_cmd  # noqa: F401

@@ -30,7 +30,8 @@ import numpy as np
 
 __all__ = [
     "RankEstimate", "Transfer", "rank_correlation", "fit_transfer", "fixed_selection",
-    "random_selection", "LAMBDAS", "ridge_path", "ProxyPredictor", "fit_proxy_predictor",
+    "random_selection", "LAMBDAS", "ridge_path", "calibrate_kernel_predictor",
+    "ProxyPredictor", "fit_proxy_predictor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
                  blocks: list[tuple[int, ...]] | None = None,
                  lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.05,
                  level: float = 0.9, dof_ratio: float = 0.8,
-                 measured: np.ndarray | None = None) -> Transfer:
+                 measured: np.ndarray | None = None,
+                 spaces: tuple[str, ...] = SPACES) -> Transfer:
     """Fit reuse and the adaptations on the K samples; keep what cross-validation prefers.
 
     `proxy`: the proxy predictor's latency of the K sampled designs, `target` their measured
@@ -221,10 +223,10 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     sources = {"predictor": proxy}
     if measured is not None:
         sources["measured"] = np.asarray(measured, float)
-    reuse = [(name, f) for name, x in sources.items() for space in SPACES
+    reuse = [(name, f) for name, x in sources.items() for space in spaces
              for f in _fit_one(x, target, features, space, (), (), floor)
              if f.w[1] > 0]   # a non-increasing map would reverse the proxy's ranking
-    adapt = [f for space in SPACES for block in (blocks if len(target) >= 4 else [])
+    adapt = [f for space in spaces for block in (blocks if len(target) >= 4 else [])
              for f in _fit_one(proxy, target, features, space, block, lambdas, floor,
                                max_dof=max(2.5, dof_ratio * len(target)))]
     source, best_reuse = min(reuse, key=lambda r: r[1].error) if reuse else ("predictor", None)
@@ -310,3 +312,91 @@ def fixed_selection(rows: np.ndarray, proxy: np.ndarray, features: np.ndarray,
 def random_selection(rows: np.ndarray, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.choice(np.asarray(rows), size=min(k, len(rows)), replace=False)
+
+
+_COMPUTE = ("conv", "dwconv", "gemm")   # classes priced mostly by MACs; the rest is memory-bound
+
+
+def _kind_class(kind: str) -> str:
+    cls = kind.split("/")[0]
+    return cls if cls in _COMPUTE else "other"
+
+
+def _kind_groups(kinds: list[str]) -> tuple[np.ndarray, list[tuple[int, ...]], list[str]]:
+    """Membership of kernel kinds (`conv/int8`) in feature groups: one per compute class
+    (conv, dwconv, gemm, other: few groups, so that K designs can learn them), one per
+    precision. Returns (groups x kinds) 0/1, blocks, group names."""
+    classes = sorted({_kind_class(k) for k in kinds})
+    precisions = sorted({k.split("/")[-1] for k in kinds if "/" in k})
+    names = [f"class:{c}" for c in classes] + [f"precision:{p}" for p in precisions]
+    member = np.array([[_kind_class(k) == c for k in kinds] for c in classes]
+                      + [[("/" in k and k.split("/")[-1] == p) for k in kinds]
+                         for p in precisions], dtype=float).reshape(len(names), len(kinds))
+    blocks = [tuple(range(len(classes))), tuple(range(len(classes), len(names)))]
+    return member, [b for b in blocks if b], names
+
+
+def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | None = None):
+    """A target's kernel-level predictor from the proxy's and K measured designs.
+
+    `proxy`: a `KernelPredictor`; `designs`: each a list of `Unit`s; `latency_ms`: measured on
+    the target. Features are the proxy's predicted cost of each design per operator class and
+    per precision; the transfer (linear form, so the result stays additive over kernels) gives
+    t = a + b p + sum_j c_j (f_j - mean_j) / scale_j, i.e. every kernel kind's proxy weights
+    times m_kind = b + sum of its groups' c_j / scale_j (clipped at 0: no negative costs), and
+    a new per-model constant. Designs with a kernel the proxy cannot price are left out (listed
+    in meta). Returns (KernelPredictor, Transfer)."""
+    from toolchain.errors import BadInputError
+    from toolchain.predict.kernel import KernelPredictor
+
+    kinds = sorted(proxy.weights)
+    member, blocks, names = _kind_groups(kinds)
+    rows, y, skipped = [], [], []
+    for units, t in zip(designs, latency_ms, strict=True):
+        pred = proxy.predict_units(units)
+        if pred.unknown:
+            skipped.append(pred.unknown[0])
+            continue
+        per_kind = np.zeros(len(kinds))
+        for cost in pred.kernels:
+            per_kind[kinds.index(cost.kind)] += cost.latency_ms
+        rows.append((pred.latency_ms, per_kind))
+        y.append(float(t))
+    if len(y) < 3:
+        raise BadInputError(f"{len(y)} measured designs the proxy predictor can price "
+                            "(at least 3 are needed)")
+    p = np.array([r[0] for r in rows])
+    per_kind = np.array([r[1] for r in rows])
+    tr = fit_transfer(p, per_kind @ member.T, np.array(y), blocks, spaces=("ms",))
+    scale = np.full(len(kinds), tr.proxy_slope)
+    const = tr.intercept + tr.proxy_slope * float(proxy.model.get("model", 0.0))
+    for j, column in enumerate(tr.columns):
+        step = tr.weights[j] / tr.feature_scale[j]
+        scale += step * member[column]
+        const -= step * tr.feature_mean[j]
+    clipped = [k for k, m in zip(kinds, scale, strict=True) if m < 0]
+    scale = np.maximum(scale, 0.0)
+    weights = {k: {f: w * float(m) for f, w in proxy.weights[k].items()}
+               for k, m in zip(kinds, scale, strict=True)}
+    model = {**proxy.model, "model": float(const)}
+    out = KernelPredictor(weights, model, dict(meta or {}))
+    fitted = np.array([out.predict_units(u).latency_ms for u, ok
+                       in zip(designs, _priced(proxy, designs), strict=True) if ok])
+    rel = np.abs(fitted - y) / np.array(y)
+    out.meta.update({
+        "kinds": kinds,
+        "calibration": {**tr.summary(), "proxy": proxy.name, "samples": len(y),
+                        "skipped": skipped, "clipped_kinds": clipped,
+                        "groups": names, "scales": dict(zip(kinds, map(float, scale),
+                                                            strict=True))},
+        "held_out": {"folds": 0, "leave_one_out_rmse_log": tr.sigma,
+                     "note": "calibrated on few designs: leave-one-out error of the chosen map"},
+        "training_fit": {"designs": len(y), "median_abs_rel_err": float(np.median(rel)),
+                         "within_10pct": float(np.mean(rel <= 0.10))},
+        "training": {**dict(meta or {}).get("training", {}), "designs": len(y)},
+    })
+    return out, tr
+
+
+def _priced(proxy, designs: list) -> list[bool]:
+    return [not proxy.predict_units(units).unknown for units in designs]

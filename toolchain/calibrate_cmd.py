@@ -1,0 +1,68 @@
+"""`fleetc targets calibrate T --proxy P --measurements few.csv`: approach 1 for a new device.
+
+The target's predictor package is written from the proxy's (fitted with `fleetc predictor fit`)
+and a few measured designs on the target (probe names of `fleetc probe`, or model files next to
+the CSV), through `toolchain.predict.transfer.calibrate_kernel_predictor`. `fleetc compile
+--target T` and `fleetc predict` then find it under `$FLEETC_HOME/predictors/<T's predictor>`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from toolchain.errors import BadInputError
+from toolchain.targets_cmd import targets
+
+__all__ = ["calibrate_cmd"]
+
+logger = logging.getLogger(__name__)
+
+
+@targets.command("calibrate")
+@click.argument("target_name")
+@click.option("--proxy", "proxy_name", required=True,
+              help="Proxy target whose predictor is reused (it must have one).")
+@click.option("--measurements", required=True, type=click.Path(dir_okay=False),
+              help="CSV design,latency_ms[,energy_mj] measured on the target (K designs).")
+@click.option("-o", "--out", default=None, type=click.Path(file_okay=False),
+              help="Package folder (default: $FLEETC_HOME/predictors/<target's predictor>).")
+def calibrate_cmd(target_name: str, proxy_name: str, measurements: str, out: str | None) -> None:
+    """Calibrate the PROXY's latency predictor for TARGET from a few measurements."""
+    from toolchain.home import predictors_dir
+    from toolchain.measure.records import read_measurements
+    from toolchain.predict.kernel import data_hash
+    from toolchain.predict.latency import design_units, load_predictor
+    from toolchain.predict.transfer import calibrate_kernel_predictor
+    from toolchain.target import load_target
+
+    target, proxy_target = load_target(target_name), load_target(proxy_name)
+    if target.name == proxy_target.name:
+        raise BadInputError("the target and the proxy are the same target")
+    proxy = load_predictor(proxy_target)
+    rows = read_measurements(measurements)
+    folder = Path(measurements).resolve().parent
+    designs, latency, unknown = [], [], []
+    for row in rows:
+        units = design_units(row.design, folder)
+        if units is None:
+            unknown.append(row.design)
+            continue
+        designs.append(units)
+        latency.append(row.latency_ms)
+    if unknown:
+        click.echo(f"skipped {len(unknown)} design(s) that are neither probes nor model files: "
+                   f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}", err=True)
+    meta = {"name": target.predictor, "target": target.name,
+            "training": {"file": Path(measurements).name, "hash": data_hash(measurements),
+                         "rows": len(rows), "skipped": unknown}}
+    model, tr = calibrate_kernel_predictor(proxy, designs, latency, meta)
+    dest = Path(out) if out else predictors_dir(create=True) / target.predictor
+    model.save(dest)
+    cal = model.meta["calibration"]
+    click.echo(f"{dest}: {tr.path} from {proxy.name} with {cal['samples']} designs; "
+               f"{tr.reason}; leave-one-out error {100 * tr.sigma:.1f}% (log rms)")
+    if cal["skipped"]:
+        click.echo(f"{len(cal['skipped'])} design(s) had kernels the proxy cannot price, e.g. "
+                   f"{cal['skipped'][0]}: left out", err=True)
