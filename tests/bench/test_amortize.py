@@ -1,0 +1,133 @@
+"""`fleetc bench amortize` and the amortized optimizer, on the synthetic cell table of
+test_fewshot (small training configuration: the bench's figures come from the real tables)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.bench.test_fewshot import TEST, TRAIN, write_synthetic_table
+from toolchain.bench.amortize import AmortizeOptions, run_amortize
+from toolchain.bench.fewshot import DeviceContext, single_thread
+from toolchain.bench.table import load_table
+from toolchain.cli import cli
+from toolchain.optimize.amortized import (
+    AmortizedOptimizer,
+    DesignSpace,
+    TrainConfig,
+    exhaustive_choice,
+    synthetic_fingerprints,
+    train_amortized,
+)
+
+SMALL = TrainConfig(devices=300, budgets_per_device=4, epochs=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("amortize") / "syn.csv.gz"
+    write_synthetic_table(path, seed=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(table_path):
+    with single_thread():
+        table = load_table([table_path])
+        ctx = DeviceContext(table, TRAIN)
+        space = DesignSpace(table.encoding_matrix(), ctx.features, table.column("acc_syn"))
+        return ctx, space, train_amortized(ctx.predictor, space, None, SMALL)
+
+
+def test_exhaustive_choice_is_best_within_budget_else_fastest():
+    pred = np.array([[1.0, 2.0, 3.0, 0.5], [5.0, 6.0, 7.0, 8.0]])
+    objective = np.array([10.0, 30.0, 40.0, 5.0])
+    chosen = exhaustive_choice(pred, objective, np.array([2.5, 1.0]))
+    assert chosen.tolist() == [1, 0]   # best within 2.5; nothing within 1.0 -> fastest
+
+
+def test_choices_are_allowed_and_predicted_within_budget(trained):
+    ctx, space, opt = trained
+    fp = synthetic_fingerprints(ctx.predictor, 64, seed=3, features=space.features) * 7.0
+    weights = ctx.predictor.device_weights(fp)
+    pred = weights @ space.features.T
+    budgets = np.quantile(pred, 0.3, axis=1)
+    allowed = np.isfinite(space.objective) & (np.arange(len(space.codes)) % 3 != 0)
+    rows = opt.choose(space, weights, fp, budgets, allowed)
+    assert allowed[rows].all()
+    lat = pred[np.arange(len(rows)), rows]
+    assert np.all(lat <= budgets * (1 + 1e-6))
+    # and close to the exhaustive optimum under the same predictor
+    best = exhaustive_choice(np.where(allowed, pred, np.inf),
+                             np.where(allowed, space.objective, -np.inf), budgets)
+    gap = space.objective[best] - space.objective[rows]
+    assert np.median(gap) <= 1.0
+
+
+def test_onnx_export_round_trip(trained, tmp_path):
+    ctx, space, opt = trained
+    fp = synthetic_fingerprints(ctx.predictor, 5, seed=4, features=space.features)
+    budgets = np.full(5, 1.0)
+    opt.save(tmp_path / "opt")
+    loaded = AmortizedOptimizer.load(tmp_path / "opt")
+    np.testing.assert_array_equal(loaded.logits(fp, budgets), opt.logits(fp, budgets))
+    assert opt.logits(fp, budgets).shape == (5, int(space.sizes.sum()))
+
+
+def test_training_is_seeded(trained):
+    ctx, space, opt = trained
+    again = train_amortized(ctx.predictor, space, None, SMALL)
+    assert again.onnx_model == opt.onnx_model
+
+
+def test_bench_reads_at_most_k_plus_v_cells(table_path):
+    table = load_table([table_path])
+    opts = AmortizeOptions(TRAIN, TEST, "acc_syn", samples=10, verify=4, seeds=1,
+                           train_config=SMALL)
+    out = run_amortize(table, opts)
+    assert set(out["targets"]) == set(TEST)
+    for entry in out["targets"].values():
+        assert 10 < entry["measurements"] <= 14
+        assert set(entry["regret"]) == {"0.1", "0.25", "0.5"}
+    # verified choices break the budget no more often than the direct ones
+    assert out["violation_rate"] <= out["direct"]["violation_rate"] + 1e-9
+    assert out["seconds_per_device"] > 0 and out["search_seconds_per_device"] > 0
+    for key in ("median_regret", "violation_rate", "near_violation_rate"):
+        assert key in out["direct"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--objective", "acc_nope"], "acc_nope"),
+    (["--objective", "lat_test_eager"], "latency column"),
+    (["--objective", "acc_syn", "--budgets", "0.1,1.5"], "strictly between 0 and 1"),
+    (["--objective", "acc_syn", "--verify", "-1"], "--verify"),
+])
+def test_bad_input_exits_2(table_path, args, needle):
+    result = CliRunner().invoke(cli, ["bench", "amortize", "--data", str(table_path), "--train",
+                                      ",".join(TRAIN), "--seeds", "1", *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+
+
+def test_json_has_protocol_keys(table_path, tmp_path, monkeypatch):
+    import toolchain.bench.amortize as amortize
+
+    monkeypatch.setattr(amortize, "AmortizeOptions",
+                        lambda **kw: AmortizeOptions(**kw, train_config=SMALL))
+    out = tmp_path / "am.json"
+    result = CliRunner().invoke(cli, ["bench", "amortize", "--data", str(table_path), "--train",
+                                      ",".join(TRAIN), "--test", TEST[1], "--objective",
+                                      "acc_syn", "--seeds", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"samples", "verify", "seeds", "targets", "median_regret", "violation_rate",
+            "seconds_per_device", "search_seconds_per_device"} <= set(data)
+    assert data["targets"][TEST[1]]["measurements"] <= 10
