@@ -77,7 +77,8 @@ def svg_plot(points: Sequence[Point], xlabel: str, ylabel: str,
     if vline is not None:
         out.append(f'<line x1="{sx(vline)}" y1="{top}" x2="{sx(vline)}" y2="{top + ph}" '
                    'stroke="#d62728" stroke-dasharray="5,4"/>'
-                   f'<text x="{sx(vline) + 4}" y="{top + 12}" fill="#d62728">budget</text>')
+                   f'<text x="{sx(vline) - 4}" y="{top + ph - 6}" text-anchor="end" '
+                   'fill="#d62728">budget</text>')
     front = sorted((p for p in points if p.kind == "front"), key=lambda p: p.x)
     if len(front) > 1:
         path = " ".join(f"{sx(a.x)},{sy(a.y)} {sx(b.x)},{sy(a.y)}"
@@ -152,7 +153,8 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 text-align:right}}th{{background:#eee}}td:first-child{{text-align:left}}</style></head><body>
 <h1>fleetc compile - target {html.escape(manifest['target'])}</h1>
 <p>Model sha256 {html.escape(manifest['inputs']['model_sha256'])}; calibration data
-{html.escape(str(manifest['inputs']['calib_sha256']))}. Budgets: {html.escape(_budgets(budgets))}.
+{html.escape(manifest['inputs']['calib_sha256'] or 'none (synthetic inputs: accuracy unmeasured)')}.
+Budgets: {html.escape(_budgets(budgets))}.
 Objective: {html.escape(manifest.get('objective', ''))}; chosen by
 {html.escape(manifest.get('solver', ''))}.</p>
 <h2>Chosen plan</h2>{chosen}
