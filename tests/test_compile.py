@@ -146,3 +146,21 @@ def test_bad_input_exits_2_without_output(files, tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_cross_target_with_energy_estimate_from_power(prep, tmp_path):
+    cost = _cost(prep)
+    full = cost(Plan()).latency_ms
+    out = tmp_path / "rpi4"
+    res = compile_model(prep, "rpi4", out, energy_mj=0.7 * full * 6.4, cost=cost,
+                        predictor_name="macs")
+    m = res.manifest
+    assert m["predicted"]["energy_mj"] == pytest.approx(m["predicted"]["latency_ms"] * 6.4,
+                                                       rel=1e-3)
+    assert m["predicted"]["energy_mj"] <= 0.7 * full * 6.4 + 1e-6
+    assert any("ESTIMATE" in w for w in m["warnings"])
+    assert m["measured"]["latency_ms"] is None          # an RPC device: not timed here
+    tar = next(a for a in m["artifacts"] if a["path"] == "model.tar")
+    assert tar["arch"] == "aarch64" and m["tvm"]["cross"]
+    if (out / "model.so").exists():                     # a cross compiler is installed
+        assert elf_arch((out / "model.so").read_bytes()) == "aarch64"

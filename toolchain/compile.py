@@ -259,7 +259,7 @@ def _cost_function(tgt, prep: Prepared, cost: PlanCostFn | None, name: str | Non
         from toolchain.compile_predict import predictor_cost
 
         cost, name, warnings = predictor_cost(tgt, prep)
-    if need_energy and not _has_energy(cost, prep):
+    if not _has_energy(cost, prep) and (need_energy or tgt.power_w is not None):
         if tgt.power_w is None:
             raise BadInputError(f"--energy-mj needs an energy model for target {tgt.name}: "
                                 "energy measurements in its predictor or a power_w figure in "
