@@ -54,8 +54,8 @@ NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
 # After a measured violation the predictor, refitted on that cell, already avoids the design;
 # the budget asked for tightens only a little (and a little more when the optimizer proposes
 # a design measured before).
-# (Starting tighter, stepping back up after a success, or ranking the short list by expected
-# improvement did not lower the regret on NAS-Bench-201.)
+# (Starting tighter, stepping back up after a success, bisecting the asked budget, or ranking
+# the short list by expected improvement did not lower the regret on NAS-Bench-201.)
 START, TIGHTEN, LOOSEN = 1.0, 0.99, 1.0
 REPEAT_TIGHTEN = 0.98
 TIMING_REPEATS = 5

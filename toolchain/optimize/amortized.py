@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPAIR_STEPS = 3
+REPAIR_STEPS = 6
 FORMAT_VERSION = 1
 
 
@@ -49,7 +49,7 @@ class TrainConfig:
     budgets_per_device: int = 6
     quantiles: tuple[float, float] = (0.03, 0.8)   # budget range, as quantiles of predictions
     fingerprint_noise: float = 0.03                # relative noise of a fingerprint cell
-    hidden: int = 64
+    hidden: int = 128
     epochs: int = 30
     batch: int = 256
     learning_rate: float = 2e-3
