@@ -4,8 +4,10 @@ Stages (each reusable; the fleet command runs `prepare` once and `compile_model`
 1. prepare: import + analyze the model (kernels, design space), load the calibration data,
    score the fp32 model, and measure the sensitivity of every atomic change (cached on disk).
 2. cost tables: the target's predictor prices every option (toolchain.compile_costs).
-3. optimize: the exact solver per input resolution, the evolutionary search (whole-plan
-   predictions) and the greedy baseline each propose a plan under the budgets.
+3. optimize: the exact solver per input resolution (re-linearized around its solutions), the
+   evolutionary search (whole-plan predictions), the greedy baseline and the uniform baselines
+   (all int8, all pruned) each propose a plan; proposals whose whole-plan prediction misses
+   the budgets are dropped.
 4. measure: every distinct proposal is rewritten and its accuracy measured on the calibration
    data; the least measured drop wins (or, with only an accuracy limit, the least predicted
    latency whose measured drop is within it). If none meets --max-accuracy-drop, the
@@ -283,7 +285,8 @@ def _solve(ctx: Context, tset: TableSet, budget: Budget, objective: str, target:
            seed: int, say: Progress) -> list[Candidate]:
     """Proposals, each priced as a whole plan and kept only if that meets the budgets: the
     exact optimum per resolution (re-linearized around each solution, at most RELINEARIZE
-    rounds; best two kept), the greedy baseline, the evolutionary search."""
+    rounds; best two kept), the greedy baseline, the evolutionary search, the uniform
+    baselines."""
     exact: list[Candidate] = []
     for r, table in tset.tables.items():
         exact += _exact_rounds(ctx, table, r, budget, objective, target)
@@ -302,7 +305,31 @@ def _solve(ctx: Context, tset: TableSet, budget: Budget, objective: str, target:
     evolved = _evolve(ctx, out[0], budget, objective, target, seed)
     if evolved is not None:
         out.append(evolved)
+    out += _uniform(ctx, target)
     return [c for c in out if budget.allows(c.metrics)]
+
+
+UNIFORM = (("uniform-int8", "int8", 1.0), ("uniform-w0.75", "fp32", 0.75),
+           ("uniform-w0.5", "fp32", 0.5), ("uniform-int8-w0.75", "int8", 0.75))
+
+
+def _uniform(ctx: Context, target: str) -> list[Candidate]:
+    """The trivial baselines (every kernel int8 and/or pruned alike, where legal): measured
+    too when they meet the budgets, so compile never returns a plan worse than them."""
+    out = []
+    for label, precision, width in UNIFORM:
+        kernels = {}
+        for name in ctx.space.options:
+            legal = ctx.space.choices(name, ctx.precisions)
+            c = Choice(precision, width)
+            if c not in legal:
+                c = Choice(precision) if Choice(precision) in legal else Choice()
+            if c != Choice():
+                kernels[name] = c
+        plan = Plan(kernels=kernels, target=target)
+        if kernels:
+            out.append(Candidate(label, ctx.original, plan, plan_metrics(ctx, plan)))
+    return out
 
 
 def _key(c: Candidate, objective: str):
