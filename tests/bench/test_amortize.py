@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.bench.test_fewshot import TEST, TRAIN, write_synthetic_table
+from tests.bench.test_fewshot import (  # noqa: F401 (_one_blas_thread: autouse fixture)
+    TEST,
+    TRAIN,
+    _one_blas_thread,
+    write_synthetic_table,
+)
 from toolchain.bench.amortize import AmortizeOptions, run_amortize
 from toolchain.bench.fewshot import DeviceContext, single_thread
 from toolchain.bench.table import load_table
@@ -23,12 +28,6 @@ from toolchain.optimize.amortized import (
 )
 
 SMALL = TrainConfig(devices=300, budgets_per_device=4, epochs=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
