@@ -121,7 +121,8 @@ def synthetic_fingerprints(predictor: ConditionedPredictor, count: int, seed: in
     out: list[np.ndarray] = []
     while sum(len(o) for o in out) < count:
         w = predictor.mean + rng.standard_normal((2 * count, len(chol))) @ chol.T
-        lowest = np.min(w @ check.T, axis=1)
+        lowest = np.concatenate([np.min(part @ check.T, axis=1)     # bounded memory
+                                 for part in np.array_split(w, max(1, len(w) // 500))])
         w = w[lowest > 0.05 * np.abs(w @ F_ref.T).mean(axis=1)]
         fp = w @ F_ref.T
         fp *= np.exp(noise * rng.standard_normal(fp.shape))
