@@ -103,15 +103,17 @@ def _resized(calib: CalibData | None, shapes: dict[str, list[int]]) -> CalibData
     return CalibData(inputs, calib.labels, calib.source)
 
 
-def plan_passes(plan: Plan, removed: set[str]) -> list[Pass]:
-    """The passes that carry out `plan` (choices for `removed` kernels left out), in order."""
+def plan_passes(plan: Plan, removed: set[str], reconstruct: bool = True) -> list[Pass]:
+    """The passes that carry out `plan` (choices for `removed` kernels left out), in order.
+    `reconstruct=False` prunes without refitting the consumers (for comparison only)."""
     live = {k: c for k, c in plan.kernels.items() if k not in removed}
     return [
         ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}),
         SkipBlocksPass(blocks=tuple(plan.skip_blocks)),
         ShrinkKernelsPass(sizes={k: c.kernel_size for k, c in live.items()
                                  if c.kernel_size is not None}),
-        PruneChannelsPass(widths={k: c.width for k, c in live.items() if c.width < 1.0}),
+        PruneChannelsPass(widths={k: c.width for k, c in live.items() if c.width < 1.0},
+                          reconstruct=reconstruct),
         QuantizePass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "int8"))),
         ToFp16Pass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "fp16"))),
     ]
@@ -169,7 +171,7 @@ def check_model(model: onnx.ModelProto, output_shapes: dict[str, tuple]) -> None
 
 def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | dict | str | Path,
             calib: CalibData | str | os.PathLike | None = None, target=None,
-            check: bool = True) -> RewriteResult:
+            check: bool = True, reconstruct: bool = True) -> RewriteResult:
     """Apply `plan`; the source is never modified. See the module doc for the order."""
     from toolchain.analysis import analyze, kernels_of, space_of
 
@@ -187,7 +189,7 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
     data = _calib(calib, graph, needs_data)
     outputs = {t: graph.shape(t) for t in graph.outputs}
     ctx = PassContext(calib=_resized(data, plan.input_shape), facts={"shapes"})
-    records = Pipeline(plan_passes(plan, set(dropped))).run(graph, ctx)
+    records = Pipeline(plan_passes(plan, set(dropped), reconstruct)).run(graph, ctx)
     model = export_onnx(graph)
     model.producer_name = "fleetc rewrite"
     if target_name:
