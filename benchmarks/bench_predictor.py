@@ -166,10 +166,10 @@ def _summary(label: str, rows) -> dict:
 def kernel_costs(models: dict[str, KernelPredictor]) -> None:
     """Predicted cost of reference kernels per target, absolute and relative to the 3x3 conv,
     and the int8 speed-up where a target has int8: the per-kernel costs differ by target."""
-    names = ["conv-64-64-3-1-56-1-relu", "conv-256-256-3-1-14-1-relu", "conv-144-32-1-1-28-1-relu",
-             "conv-144-144-3-1-56-144-clip", "conv-576-576-3-1-14-576-clip",
-             "conv-3-32-3-2-160-1-relu", "gemm-1280-1000-id", "pool-maxpool-64-112-3-2"]
-    print("# predicted per-kernel cost: ms | relative to conv-64-64-3x3 | int8 speed-up")
+    # Chains: their inner kernels run int8 between int8 kernels, as inside a network.
+    names = ["chain-64-3-28-1", "chain-128-3-14-1", "chain-512-3-7-1", "chain-64-1-28-1",
+             "chain-256-1-14-1", "chain-96-3-56-96", "chain-384-3-14-384", "gemm-1280-1000-id"]
+    print("# predicted cost of one kernel: ms | relative to the first row | int8 speed-up")
     print(f"{'kernel':<32}" + "".join(f"{t:>34}" for t in models))
     ref = {t: _kernel_ms(m, f"{names[0]}-fp32") for t, m in models.items()}
     for n in names:
@@ -186,7 +186,9 @@ def _kernel_ms(model: KernelPredictor, design: str) -> float | None:
 
     if design not in probe_names():
         return None
-    units = [u for u in design_units(design) if u.cls in ("conv", "dwconv", "gemm", "MaxPool")]
+    units = [u for u in design_units(design) if u.cls in ("conv", "dwconv", "gemm")]
+    if design.endswith("-int8"):
+        units = [u for u in units if u.precision == "int8"]
     return model.kernel_ms(units[0]) if units else None
 
 

@@ -363,12 +363,14 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
                                         zlib.crc32(str(params).encode()) % 2):
                 probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
     if subset == "quick":
-        # One in six, plus the first design of every op kind so no kind is left unfitted.
+        # One in six, plus the first design of every op kind so no kind is left unfitted, and
+        # the whole networks in fp32 (context for every kernel kind at once).
         first = {}
         for p in probes:
             if p.family in ("op", "pool"):
                 first.setdefault((p.params[0], p.precision), p.name)
-        keep = set(first.values())
+        keep = set(first.values()) | {p.name for p in probes
+                                      if p.family == "net" and p.precision == "fp32"}
         return [p for i, p in enumerate(probes) if i % 6 == 0 or p.name in keep]
     if subset == "fingerprint":
         return [p for i, p in enumerate(probes) if i % 24 == 0]

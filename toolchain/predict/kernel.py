@@ -48,16 +48,19 @@ _M = 1e-6   # features in millions: weights are then ms per million
 
 _EDGES = ("edge_in", "edge_out")
 _CONV = ("kernel", "macs", "macs_pad16", "in_elems", "out_elems", "weight_elems", "rows",
-         "out_taps", *_EDGES)
+         "out_taps", "dram_weight_bytes", *_EDGES)
 _BASIS: dict[str, tuple[str, ...]] = {
     "conv": _CONV, "dwconv": _CONV,
-    "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", *_EDGES),
+    "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", "dram_weight_bytes",
+             *_EDGES),
     "MaxPool": ("kernel", "in_elems", "window_elems", *_EDGES),
     "AveragePool": ("kernel", "in_elems", "window_elems", *_EDGES),
     "LRN": ("kernel", "out_elems", "window_elems", *_EDGES),
 }
 _DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", *_EDGES)
 MODEL_BASIS = ("model",)
+_BYTES = {"int8": 1, "fp16": 2}
+_CACHE_BYTES = 16 << 20
 
 
 def _pad(c: int, lanes: int = 16) -> float:
@@ -74,6 +77,10 @@ def features(u: Unit) -> dict[str, float]:
         "window_elems": u.out_elems * u.k_area * _M,
         "out_taps": u.out_elems * u.k_area * _M,   # = MACs / input channels per group
         "edge_in": u.edge_in * _M, "edge_out": u.edge_out * _M,
+        # Weight bytes beyond what last-level caches hold: streamed from DRAM at every run
+        # (AlexNet/VGG classifiers), far costlier per byte than cache-resident weights.
+        "dram_weight_bytes": max(0.0, u.weight_elems * _BYTES.get(u.precision, 4)
+                                 - _CACHE_BYTES) * _M,
     }
 
 

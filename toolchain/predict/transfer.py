@@ -110,6 +110,7 @@ def ridge_path(X0: np.ndarray, Z: np.ndarray, y: np.ndarray,
 
 
 SPACES = ("log", "ms")   # log t = a + b log p + c.f   or   t = a + b p + c.f
+LINEAR = ("ms", "rel")   # t = a + b p + c.f, fitted on absolute or on relative errors
 
 
 @dataclass(frozen=True)
@@ -188,10 +189,15 @@ def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space:
     x, y = (np.log(proxy), np.log(target)) if space == "log" else (proxy, target)
     X0 = np.column_stack([np.ones(len(y)), x])
     Z = (f - mean) / scale
+    # "rel": the linear model fitted on relative errors (rows divided by the latency), for
+    # latencies spanning orders of magnitude, where plain least squares serves the largest
+    weight = 1.0 / target if space == "rel" else np.ones(len(y))
     unit = float(np.mean(y)) ** 2 if space == "ms" else 1.0
     grid = tuple(lambdas) if columns else (0.0,)
-    W, loo, dof = ridge_path(X0, Z, y, np.array(grid) * len(y) / 20 * unit)
-    if space == "ms":
+    W, loo, dof = ridge_path(X0 * weight[:, None], Z * weight[:, None], y * weight,
+                             np.array(grid) * len(y) / 20 * unit)
+    if space != "log":
+        loo = loo / weight[None, :]
         loo = np.log(target)[None, :] - np.log(np.maximum(target[None, :] - loo, floor))
     return [_Fit(float(np.mean(loo[i] ** 2)), space, columns, grid[i] if columns else None,
                  W[i], mean, scale, loo[i])
@@ -367,13 +373,15 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
                             "(at least 3 are needed)")
     p = np.array([r[0] for r in rows])
     per_kind = np.array([r[1] for r in rows])
-    tr = fit_transfer(p, per_kind @ member.T, np.array(y), blocks, spaces=("ms",))
+    tr = fit_transfer(p, per_kind @ member.T, np.array(y), blocks, spaces=LINEAR)
     scale = np.full(len(kinds), tr.proxy_slope)
     const = tr.intercept + tr.proxy_slope * float(proxy.model.get("model", 0.0))
     for j, column in enumerate(tr.columns):
         step = tr.weights[j] / tr.feature_scale[j]
         scale += step * member[column]
         const -= step * tr.feature_mean[j]
+    # a negative per-model constant would price tiny models below zero: keep it at >= 0
+    const = max(const, 0.0)
     clipped = [k for k, m in zip(kinds, scale, strict=True) if m < 0]
     scale = np.maximum(scale, 0.0)
     weights = {k: {f: w * float(m) for f, w in proxy.weights[k].items()}
