@@ -83,7 +83,7 @@ def test_calibrated_package_predicts_the_target(tmp_path, probes, conv_scale, ot
 def test_calibrate_bad_input(tmp_path, probes):
     few = _csv(tmp_path / "few.csv", [(n, 1.0) for n in sorted(probes)[:5]])
     runner = CliRunner()
-    no_proxy = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "host-ort-1t",
+    no_proxy = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "host-tvm",
                                    "--measurements", str(few)])
     assert no_proxy.exit_code == 2 and "no latency predictor" in no_proxy.output
     same = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "rpi4",

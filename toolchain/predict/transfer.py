@@ -240,7 +240,8 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     err_reuse = best_reuse.error if best_reuse else math.inf
     err_adapt = best_adapt.error if best_adapt else math.inf
     rho_txt = f"rank correlation {rank.rho:.2f} [{rank.low:.2f}, {rank.high:.2f}]"
-    if best_adapt is not None and err_adapt < (1.0 - margin) * err_reuse:
+    # the absolute term keeps an exact reuse (errors at rounding level) from "improving"
+    if best_adapt is not None and err_adapt < (1.0 - margin) * err_reuse - 1e-8:
         chosen, path, source = best_adapt, "adapt", "predictor"
         reason = (f"{rho_txt}; adapting {len(chosen.columns)} feature corrections "
                   f"({chosen.space} model, lambda {chosen.lam:g}) lowers the leave-one-out "
