@@ -2,21 +2,30 @@
 
 Rank monotonicity: devices often rank designs alike, so the proxy's predicted (or measured)
 latency is the strongest single feature of a target's latency. Given, for K designs, the proxy
-latency, the design features and the target latency:
+predictor's latency p, the design features f and the target latency t:
 
 1. `rank_correlation` estimates the proxy-target Spearman correlation with a confidence
    interval (Fisher z, Bonett-Wright standard error), to say how far the ranking can be trusted.
-2. Reuse: a monotone log-linear calibration, log t = a + b log p (b > 0), fitted on the K
-   samples. It keeps the proxy's ranking exactly.
-3. Adapt: log t = a + b log p + sum_j c_j f_j with a ridge penalty lambda * |c|^2 on the
-   standardized design features only, i.e. shrinkage toward the calibrated proxy (lambda ->
-   infinity is the reuse model). Lambda is chosen by exact leave-one-out error on the K samples.
-4. The decision compares the leave-one-out error of reuse and of the best adaptation; adapt
-   only when it is lower by `margin` (relative), else keep the proxy. `Transfer.reason` says why.
+2. Reuse: a monotone calibration fitted on the K samples, log-linear (log t = a + b log p) or
+   linear (t = a + b p), b > 0, of the proxy predictor or of the proxy's measured latency. It
+   keeps the proxy's ranking exactly.
+3. Adapt: the same forms plus corrections c.f on one block of standardized design features,
+   with a ridge penalty lambda |c|^2 on the corrections only, i.e. shrinkage toward the
+   calibrated proxy (lambda -> infinity is reuse). Every block alone and all together, every
+   lambda, both forms; each scored by its exact leave-one-out error of log latency on the K
+   samples (`ridge_path`: one SVD gives all penalties). Candidates with more effective
+   parameters than `dof_ratio * K` are not considered (with few samples leave-one-out cannot
+   tell them from noise).
+4. The decision: adapt only when its leave-one-out error is `margin` (5%) below the best
+   reuse's, else keep the proxy. `Transfer.path` / `.reason` say which and why.
 
-`fixed_selection` picks K designs to measure without looking at the target: one per
-proxy-latency quantile stratum, spread in feature space (farthest point within the stratum).
-`random_selection` is the seeded baseline.
+`fixed_selection` picks K designs without looking at the target: one per proxy-latency quantile
+stratum, spread in feature space (farthest point within the stratum); `random_selection` is the
+seeded baseline. `fit_proxy_predictor` is the proxy's own predictor on a design table (linear
+in the design features). `calibrate_kernel_predictor` is the product path: a target's
+kernel-level predictor package from the proxy's and K measured designs (`fleetc targets
+calibrate`), where the corrections are per compute class and precision scale factors of the
+proxy's kernel costs, so the result stays an additive per-kernel model.
 
 Everything is numpy on (n, d) arrays; rows are whatever the caller indexes (table rows).
 """
