@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def farm_start(port: int, keys: tuple[str, ...]) -> None:
     from toolchain.measure.rpc import start_farm
 
     parsed = dict(_key(k) for k in keys) or None
+    # `kill PID` stops the farm like Ctrl-C: the tracker and servers are ended, not orphaned.
+    signal.signal(signal.SIGTERM, _interrupt)
     with start_farm(parsed, port=port) as running:
         click.echo(f"tracker {running.address}; keys: "
                    + ", ".join(f"{k} ({t} thread{'s' * (t != 1)})"
@@ -109,6 +112,10 @@ def farm_start(port: int, keys: tuple[str, ...]) -> None:
                 time.sleep(3600)
         except KeyboardInterrupt:
             click.echo("farm stopped", err=True)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _key(text: str) -> tuple[str, int]:
