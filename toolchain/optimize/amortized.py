@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,19 @@ class DesignSpace:
             self._lookup[keys] = np.arange(len(keys))
         else:
             self._map = {int(k): i for i, k in enumerate(keys)}
+
+    @cached_property
+    def neighbours(self) -> np.ndarray:
+        """(rows, 1 + sum(sizes)): each design, then every single-column change of it (-1 where
+        that design is not in the space). Built once; the repair only gathers from it."""
+        col = np.concatenate([np.full(s, j) for j, s in enumerate(self.sizes)])
+        val = np.concatenate([np.arange(s) for s in self.sizes])
+        out = [np.arange(len(self.codes))]
+        for j, v in zip(col, val, strict=True):
+            changed = self.digits.copy()
+            changed[:, j] = v
+            out.append(self.rows_of(changed))
+        return np.column_stack(out)
 
     @property
     def head_offsets(self) -> np.ndarray:
@@ -281,8 +295,8 @@ class AmortizedOptimizer:
         `weights` (n, d): the predictor's device weights (ms) for each row of `fingerprints`;
         `allowed`: mask of rows that may be chosen (default: rows with an objective)."""
         allowed = np.isfinite(space.objective) if allowed is None else allowed
-        logp = self.log_probs(self.logits(fingerprints, budgets))
-        return _repair(space, logp, self.sizes, weights, budgets, allowed)
+        logits = self.logits(fingerprints, budgets)
+        return _repair(space, logits, self.log_probs, self.sizes, weights, budgets, allowed)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -314,41 +328,36 @@ class AmortizedOptimizer:
 _SESSIONS: dict[int, object] = {}
 
 
-def _repair(space: DesignSpace, logp: np.ndarray, sizes, weights: np.ndarray,
+def _repair(space: DesignSpace, logits: np.ndarray, log_probs, sizes, weights: np.ndarray,
             budgets: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Decode the most likely design, then hill-climb over single-column changes: move to the
     best objective predicted within budget, or (while nothing is) to the fastest change."""
     offsets = np.r_[0, np.cumsum(sizes)]
-    heads = len(sizes)
-    digits = np.column_stack([np.argmax(logp[:, a:b], axis=1)
+    digits = np.column_stack([np.argmax(logits[:, a:b], axis=1)
                               for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
     objective = np.where(allowed & np.isfinite(space.objective), space.objective, -np.inf)
-    change_col = np.concatenate([[0], np.concatenate([np.full(s, j) for j, s in enumerate(sizes)])])
-    change_val = np.concatenate([[-1], np.concatenate([np.arange(s) for s in sizes])])
-    chosen = np.full(len(logp), -1, dtype=np.int64)
-    todo = np.arange(len(logp))
+    current = space.rows_of(digits)
+    chosen = np.full(len(logits), -1, dtype=np.int64)
+    todo = np.flatnonzero(current >= 0)
     for _ in range(REPAIR_STEPS):
         if not len(todo):
             break
-        cand = np.repeat(digits[todo][:, None, :], len(change_col), axis=1)
-        moved = change_val >= 0   # candidate 0 is the current design itself
-        cand[:, np.flatnonzero(moved), change_col[moved]] = change_val[moved]
-        cand_rows = space.rows_of(cand.reshape(-1, heads)).reshape(len(todo), -1)
+        cand_rows = space.neighbours[current[todo]]     # column 0: the design itself
         lat = _latency(space, cand_rows, weights[todo])
-        value = np.where(cand_rows >= 0, objective[np.maximum(cand_rows, 0)], -np.inf)
-        value = np.where(lat <= budgets[todo, None], value, -np.inf)
+        value = np.where(lat <= budgets[todo, None], objective[np.maximum(cand_rows, 0)],
+                         -np.inf)
         best = np.argmax(value, axis=1)
-        got = np.isfinite(value[np.arange(len(todo)), best])
-        faster = np.argmin(np.where(cand_rows >= 0, lat, np.inf), axis=1)
-        step = np.where(got, best, faster)
-        digits[todo] = cand[np.arange(len(todo)), step]
-        settled = got & (best == 0)
-        chosen[todo[got]] = cand_rows[got, best[got]]
-        todo = todo[~settled]
-    for i in np.flatnonzero(chosen < 0):   # last resort: best network score within budget
+        got = value[np.arange(len(todo)), best] > -np.inf
+        faster = np.argmin(lat, axis=1)
+        current[todo] = cand_rows[np.arange(len(todo)), np.where(got, best, faster)]
+        chosen[todo[got]] = current[todo[got]]
+        todo = todo[~(got & (best == 0))]
+    last = np.flatnonzero(chosen < 0)
+    logp = log_probs(logits[last]) if len(last) else logits[:0]
+    for k, i in enumerate(last):   # last resort: best network score within budget
         rows_ok = np.flatnonzero(allowed)
         lat = space.features[rows_ok] @ weights[i]
-        score = logp[i][space.digits[rows_ok] + offsets[:-1]].sum(axis=1)
+        score = logp[k][space.digits[rows_ok] + offsets[:-1]].sum(axis=1)
         within = lat <= budgets[i]
         chosen[i] = rows_ok[np.argmax(np.where(within, score, -np.inf))] if within.any() \
             else rows_ok[np.argmin(lat)]

@@ -33,6 +33,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -216,13 +217,17 @@ class ConditionedPredictor:
             w = self.mean + self.gain(F_samples) @ (latency / scale - F_samples @ self.mean)
         return scale * w
 
+    @cached_property
+    def _fingerprint_map(self) -> tuple[np.ndarray, np.ndarray]:
+        F_ref = self.features(self.reference)
+        return F_ref @ self.mean, self.gain(F_ref).T
+
     def device_weights(self, fingerprints: np.ndarray) -> np.ndarray:
         """(n_dev, d) weights in ms from (n_dev, R) fingerprints on the reference designs."""
         fp = np.atleast_2d(np.asarray(fingerprints, float))
-        F_ref = self.features(self.reference)
+        prior_fp, gain_t = self._fingerprint_map
         scale = fp.mean(axis=1, keepdims=True)
-        resid = fp / scale - F_ref @ self.mean
-        return scale * (self.mean + resid @ self.gain(F_ref).T)
+        return scale * (self.mean + (fp / scale - prior_fp) @ gain_t)
 
     def predict(self, codes: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
         """(n_dev, n_designs) predicted latency (ms)."""
