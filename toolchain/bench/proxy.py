@@ -351,7 +351,7 @@ def _run_target(ctx: _Context, table: Table, target: str, tallies: dict[str, Bud
     true = table.column(target)
     for seed in range(opts.seeds):
         access = TargetAccess(target, true, opts.samples + opts.verify)
-        rows = access.rows[ctx.usable[access.rows] & (true[access.rows] > 0)]
+        rows = access.rows[ctx.usable[access.rows]]
         sampled = ctx.select(rows, seed)
         values = access.measure(sampled)
         model = ctx.fit(sampled, values)
@@ -385,7 +385,7 @@ def _choose_all(ctx: _Context, target: str, true: np.ndarray, rows: np.ndarray,
     opts, objective = ctx.opts, ctx.objective
     rows = rows[np.isfinite(objective[rows])]
     pareto = np.intersect1d(ctx.pareto, rows)
-    budgets = [budget_of(true[rows], q) for q in opts.budgets]
+    budgets = [budget_of(true[np.isfinite(true)], q) for q in opts.budgets]
     sampled, _ = access.measured()
 
     def tally(name: str, q: float, budget: float, chosen: int) -> None:
@@ -414,6 +414,10 @@ def _choose_all(ctx: _Context, target: str, true: np.ndarray, rows: np.ndarray,
 def _check(table: Table, opts: ProxyOptions) -> None:
     table.check([opts.proxy], role="latency")
     table.check(opts.targets, role="latency")
+    for name in (opts.proxy, *opts.targets):   # the harness checks the data, not the method
+        values = table.column(name)
+        if np.any(values[np.isfinite(values)] <= 0):
+            raise BadInputError(f"column {name!r} has latencies <= 0")
     if opts.objective:
         table.check([opts.objective], role="objective")
     if opts.proxy in opts.targets:
