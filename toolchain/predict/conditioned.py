@@ -21,7 +21,7 @@ Design basis. For a NAS-Bench-201 cell code (6 edge columns, ops 0..4, 0 = none;
 its values, not its column names): per op, counts of all non-none edges, of edges whose source
 is reachable from the input, of live edges (also reaching the output); per node, live in-edges
 beyond the first (adds) and whether it is live; per edge and op, the live indicator; whether
-the cell connects input to output; a constant (45 columns). For any other encoding: one-hot per
+the cell connects input to output; a constant (44 columns). For any other encoding: one-hot per
 categorical column (raw value otherwise) and a constant.
 
 Persisted as `meta.json` + `model.npz` (no pickles).
