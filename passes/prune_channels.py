@@ -152,13 +152,26 @@ def _rows(graph: Graph, consumer: str, x: np.ndarray, rng: np.random.Generator,
 
 @dataclass
 class _Gram:
-    """Running E[[x, 1][x, 1]^T] of one consumer's input rows (only its diagonal if not `full`)."""
+    """Running E[[x, 1][x, 1]^T] of one consumer's input rows (only its diagonal if not `full`).
+    Rows are buffered so that the products are few large matrix multiplications."""
 
     full: bool
     sum: np.ndarray | None = None
     count: int = 0
+    _rows: list = field(default_factory=list)
+    _buffered: int = 0
 
     def add(self, rows: np.ndarray) -> None:
+        self._rows.append(rows)
+        self._buffered += len(rows)
+        if self._buffered >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        rows = np.concatenate(self._rows)
+        self._rows, self._buffered = [], 0
         aug = np.hstack([rows, np.ones((len(rows), 1), rows.dtype)])
         # float32 BLAS, float64 running sum
         g = (aug.T @ aug if self.full else (aug * aug).sum(axis=0)).astype(np.float64)
@@ -167,6 +180,7 @@ class _Gram:
 
     @property
     def mean(self) -> np.ndarray:
+        self._flush()
         return self.sum / max(1, self.count)
 
     @property
@@ -219,8 +233,8 @@ def _reconstruct(M: np.ndarray, gram: _Gram, feats: np.ndarray) -> tuple[np.ndar
     """Ridge LS: new weights (outputs, |feats|) and bias delta matching X W^T from [X_S, 1].
     The ridge only keeps a well-posed problem solvable, unless there are few rows per feature
     (a Gemm after global pooling sees one row per sample), where it also limits overfitting."""
-    idx = np.append(feats, gram.sum.shape[0] - 1)
     mean = gram.mean
+    idx = np.append(feats, mean.shape[0] - 1)
     A = mean[np.ix_(idx, idx)]
     rel = 1e-6 if gram.count >= _ROWS_PER_FEATURE * len(idx) else 1e-2
     ridge = rel * np.mean(np.diag(A)) + 1e-12

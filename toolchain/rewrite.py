@@ -169,6 +169,51 @@ def check_model(model: onnx.ModelProto, output_shapes: dict[str, tuple]) -> None
                                f"{got.get(name)}, expected {tuple(shape)}")
 
 
+def _batch_names(source) -> dict[str, str]:
+    """Inputs of the source model whose batch dimension was symbolic: name -> its symbol."""
+    if isinstance(source, Graph):
+        return {}
+    model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source),
+                                                                          load_external_data=False)
+    out = {}
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param and not dims[0].HasField("dim_value"):
+            out[vi.name] = dims[0].dim_param
+    return out
+
+
+def _symbolic_batch(model: onnx.ModelProto, names: dict[str, str]) -> onnx.ModelProto:
+    """Give back the batch dimension import fixed to 1, if the model still runs at batch 2
+    with the same per-sample outputs (a Reshape baked at batch 1 would not): the rewritten
+    model then evaluates a whole calibration set in one run, as the source did."""
+    import onnxruntime as ort
+
+    if not names or len(model.graph.input) != len(names):
+        return model
+    symbol = next(iter(names.values()))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    for vi in [*out.graph.input, *out.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = symbol
+    try:
+        sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+        one = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.random.default_rng(0).standard_normal(
+            [2, *i.shape[1:]]).astype(np.float32) for i in sess.get_inputs()}
+        both = sess.run(None, feeds)
+        first = one.run(None, {k: v[:1] for k, v in feeds.items()})
+        same = all(b.shape[0] == 2 and np.allclose(b[:1], f, atol=1e-4)
+                   for b, f in zip(both, first, strict=True))
+    except Exception as err:  # e.g. a shape baked in at batch 1: keep the fixed batch
+        logger.info("keeping batch 1 in the rewritten model: %s", str(err).splitlines()[0])
+        return model
+    return out if same else model
+
+
 def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | dict | str | Path,
             calib: CalibData | str | os.PathLike | None = None, target=None,
             check: bool = True, reconstruct: bool = True) -> RewriteResult:
@@ -196,6 +241,7 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
         onnx.helper.set_model_props(model, {"fleetc.target": target_name})
     if check:
         check_model(model, outputs)
+        model = _symbolic_batch(model, _batch_names(source))
     return RewriteResult(model, before, kernel_costs(graph, kernels), tuple(records), dropped,
                          data is not None and data.synthetic)
 
