@@ -135,6 +135,7 @@ def build_device(job: dict) -> DeviceOutcome:
     device: Device = job["device"]
     start = time.perf_counter()
     entry = cache_dir(create=True) / "fleet" / job["key"]
+    entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         prep = job["prepared"] or prepare(job["model"], job["calib"])
         cost, predictor_name = _cost_for(device, prep)
