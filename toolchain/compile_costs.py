@@ -104,30 +104,19 @@ def build_table(ctx: Context, resolution: int | None, reference: Plan | None = N
     r0 = ctx.original
     scale = (resolution / r0) ** 2 if resolution and r0 else 1.0
     blocks = _block_members(ctx.kernels, ctx.space)
-    by_name = {k.name: k for k in ctx.kernels}
-    per_kernel = {}
-    for name in sorted(ctx.space.options):
-        k = by_name[name]
-        opts = []
-        for c in ctx.space.choices(name, ctx.precisions):
-            try:
-                delta = _delta(ctx.cost, _set_kernel(ref, name, c), base)
-            except UnsupportedKernelError as err:
-                _note(unpriced, f"{name}={_label(c)}", err)
-                continue      # never priced as zero: not offered
-            opts.append(Option(_label(c), delta.latency_ms, ctx.sensitivity.kernel(name, c),
-                               delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
-                               payload={name: c}))
-        per_kernel[name] = Decision(name, tuple(opts))
-    decisions = [d for n, d in per_kernel.items()
-                 if not any(n in inner for inner in blocks.values())]
+    inside = {n for inner in blocks.values() for n in inner}
+    decisions = [_kernel_decision(ctx, name, ref, base, scale, unpriced)
+                 for name in sorted(ctx.space.options) if name not in inside]
     for b, inner in blocks.items():
+        # A block's kernels are priced with the block kept (the reference may skip it).
         kept = replace(ref, skip_blocks=[x for x in ref.skip_blocks if x != b])
         skipped = replace(ref, skip_blocks=sorted(set(ref.skip_blocks) | {b}))
         try:
-            keep_delta = _delta(ctx.cost, kept, base)
-            inner_decisions = [_reprice(per_kernel[n], ctx.cost, kept, keep_delta)
-                               for n in inner if n in per_kernel]
+            kept_cost = ctx.cost(kept)
+            keep_delta = PlanCosts(kept_cost.latency_ms - base.latency_ms,
+                                   kept_cost.energy_mj - base.energy_mj)
+            inner_decisions = [_kernel_decision(ctx, n, kept, kept_cost, scale, unpriced)
+                               for n in inner if n in ctx.space.options]
         except UnsupportedKernelError as err:
             _note(unpriced, f"keeping block {b}", err)
             continue
@@ -136,7 +125,8 @@ def build_table(ctx: Context, resolution: int | None, reference: Plan | None = N
         except UnsupportedKernelError as err:
             _note(unpriced, f"skipping block {b}", err)
             skip = None
-        decisions.append(_block_decision(b, inner_decisions, skip, ctx.sensitivity.block(b)))
+        decisions.append(_block_decision(b, inner_decisions, keep_delta, skip,
+                                         ctx.sensitivity.block(b)))
     fixed_bytes = sum(k.weight_bytes for k in ctx.kernels if k.name not in ctx.space.options)
     fixed_act = max([k.activation_bytes * scale for k in ctx.kernels
                      if k.name not in ctx.space.options] + [0.0])
@@ -157,22 +147,21 @@ def _set_kernel(plan: Plan, name: str, c: Choice) -> Plan:
     return replace(plan, kernels=kernels)
 
 
-def _reprice(d: Decision, cost: PlanCostFn, kept: Plan, offset: PlanCosts) -> Decision:
-    """A block's inner kernel priced around the reference with the block kept (the offset
-    is what keeping the block costs against the reference)."""
-    if offset.latency_ms == 0.0 and offset.energy_mj == 0.0:
-        return d
-    base = cost(kept)
+def _kernel_decision(ctx: Context, name: str, ref: Plan, base: PlanCosts, scale: float,
+                     unpriced: set[str] | None) -> Decision:
+    """One kernel's options priced against `ref` (whose cost is `base`)."""
+    k = next(k for k in ctx.kernels if k.name == name)
     opts = []
-    for o in d.options:
-        (name, c), = o.payload.items()
+    for c in ctx.space.choices(name, ctx.precisions):
         try:
-            delta = _delta(cost, _set_kernel(kept, name, c), base)
-        except UnsupportedKernelError:
-            continue
-        opts.append(replace(o, latency_ms=delta.latency_ms + offset.latency_ms,
-                            energy_mj=delta.energy_mj + offset.energy_mj))
-    return Decision(d.name, tuple(opts))
+            delta = _delta(ctx.cost, _set_kernel(ref, name, c), base)
+        except UnsupportedKernelError as err:
+            _note(unpriced, f"{name}={_label(c)}", err)
+            continue      # never priced as zero: not offered
+        opts.append(Option(_label(c), delta.latency_ms, ctx.sensitivity.kernel(name, c),
+                           delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
+                           payload={name: c}))
+    return Decision(name, tuple(opts))
 
 
 def build_tables(ctx: Context, progress: Callable[[int, int, str], None] | None = None
@@ -206,11 +195,12 @@ def _block_members(kernels: list[Kernel], space: Space) -> dict[str, tuple[str, 
     return out
 
 
-def _block_decision(block: str, inner: list[Decision], skip: PlanCosts | None,
+def _block_decision(block: str, inner: list[Decision], keep: PlanCosts, skip: PlanCosts | None,
                     drop: float) -> Decision:
-    """One decision for a block: skip it, or keep it with one of the Pareto-optimal (latency,
-    drop) combinations of its kernels' options (exact for latency/energy budgets, which are
-    proportional here; dominated combinations can never be part of an optimum)."""
+    """One decision for a block: skip it, or keep it (at `keep` against the reference) with one
+    of the Pareto-optimal (latency, drop) combinations of its kernels' options (exact for
+    latency/energy budgets, which are proportional here; dominated combinations can never be
+    part of an optimum)."""
     from toolchain.optimize.pareto import pareto_front
 
     opts = [] if skip is None else [
@@ -224,10 +214,11 @@ def _block_decision(block: str, inner: list[Decision], skip: PlanCosts | None,
                 payload.update(d.options[j].payload)
             label = "keep" + "".join(f" {d.name}={d.options[j].label}"
                                      for d, j in zip(inner, sol.picks, strict=True) if j)
-            opts.append(Option(label, m.latency_ms, m.drop, m.energy_mj, m.model_bytes,
+            opts.append(Option(label, keep.latency_ms + m.latency_ms, m.drop,
+                               keep.energy_mj + m.energy_mj, m.model_bytes,
                                m.peak_activation_bytes, payload=payload))
     else:
-        opts.append(Option("keep", 0.0, payload={}))
+        opts.append(Option("keep", keep.latency_ms, 0.0, keep.energy_mj, payload={}))
     # "keep everything original" first: option 0 is the original form, as everywhere.
     opts.sort(key=lambda o: (o.payload == "skip", o.latency_ms, o.drop))
     keep_original = [o for o in opts if isinstance(o.payload, dict)
