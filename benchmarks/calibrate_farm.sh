@@ -37,7 +37,8 @@ done
 
 "$FLEETC" farm start --port "$PORT" --key host-1t=1 --key host-2t=2 >"$WORK/farm.log" 2>&1 &
 FARM=$!
-trap 'kill $FARM 2>/dev/null || true' EXIT
+# SIGINT: the farm stops every process it started (SIGTERM would orphan its servers)
+trap 'kill -INT $FARM 2>/dev/null; wait $FARM 2>/dev/null || true' EXIT
 sleep 5
 
 profile() {  # target subset out
