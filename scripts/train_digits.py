@@ -191,13 +191,21 @@ def ort_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float
     return float((pred == y).mean() * 100), float(np.median(times[5:]) * 1e3)
 
 
+def _set_resolution(size: int) -> None:
+    global RESOLUTION
+    RESOLUTION = size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures"))
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=RESOLUTION,
+                        help="upsampled image size (compute grows with its square)")
     args = parser.parse_args(argv)
+    _set_resolution(args.resolution)
 
     import torch
 
