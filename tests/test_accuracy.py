@@ -9,7 +9,13 @@ import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from toolchain.accuracy import AccuracyEstimator, choice_key, measure_sensitivity, resize_nchw
+from toolchain.accuracy import (
+    AccuracyEstimator,
+    choice_key,
+    effective_drop,
+    measure_sensitivity,
+    resize_nchw,
+)
 from toolchain.errors import BadInputError
 from toolchain.space import Choice, Plan
 
@@ -94,6 +100,15 @@ def test_sensitivity_is_measured_once_and_cached(data, tmp_path):
     assert len(calls) == 2                        # int8 and w0.5, each once
     assert table.kernel("gemm", Choice("int8", 0.5)) == pytest.approx(
         table.drops[choice_key("kernel", "gemm", "int8")] * 2)
-    assert json.loads(cache.read_text()) == table.drops
+    raw = json.loads(cache.read_text())           # [measured drop, output cosine] per change
+    assert raw[choice_key("kernel", "gemm", "int8")][0] > 40
+    assert raw[choice_key("kernel", "gemm", "int8")][1] < 0
+    assert table.drops == {k: effective_drop(*v) for k, v in raw.items()}
     measure_sensitivity(est, apply, kernels, cache=cache)
     assert len(calls) == 2                        # served from the cache
+
+
+def test_effective_drop_floors_gains_and_grades_by_cosine():
+    assert effective_drop(-0.8, 1.0) == 0.0                 # a single-change "gain" is noise
+    assert effective_drop(0.0, 0.99) == pytest.approx(0.1)  # 1% cosine lost = 0.1 point
+    assert effective_drop(2.0, 0.995) == pytest.approx(2.05)

@@ -6,11 +6,12 @@ similarity to fp32 reported beside it. A drop is in points: baseline score minus
 
 Sensitivity: each atomic change (one kernel's precision, or its width, or its kernel size; one
 block skipped; one input resolution) is applied alone to the fp32 model and its drop measured
-in onnxruntime on the calibration batch. A combined kernel choice (int8 and width 0.75) is
-predicted as the sum of its atomic drops, and a plan's predicted drop as the sum over its
-choices - the additive model the exact solver needs. Results are cached on disk (keyed by the
-model bytes, the calibration data, the sample count and the fleetc version) and saved after
-every measurement, so an interrupted run resumes.
+in onnxruntime on the calibration batch; what the optimizer adds up is `effective_drop`: the
+measured drop floored at 0, plus a small weight on the output cosine lost. A combined kernel
+choice (int8 and width 0.75) is predicted as the sum of its atomic drops, and a plan's
+predicted drop as the sum over its choices - the additive model the exact solver needs.
+Results are cached on disk (keyed by the model bytes, the calibration data, the sample count
+and the fleetc version) and saved after every measurement, so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ from toolchain.space import Choice, Plan, atomic_write
 
 __all__ = [
     "Score", "AccuracyEstimator", "SensitivityTable", "measure_sensitivity", "atomic_changes",
-    "choice_key", "resize_nchw", "cache_key",
+    "choice_key", "resize_nchw", "cache_key", "effective_drop", "COSINE_WEIGHT",
 ]
 
 logger = logging.getLogger(__name__)
 
 ORIGINAL = Choice()
+COSINE_WEIGHT = 0.1   # points per percent of output cosine lost (see effective_drop)
 
 
 @dataclass(frozen=True)
@@ -261,25 +263,34 @@ def measure_sensitivity(estimator: AccuracyEstimator, apply: Callable[[Plan], on
                         ) -> SensitivityTable:
     """Measure the drop of every atomic change (see the module doc); `cache` is a JSON file."""
     todo = _plans_to_measure(kernels, blocks, resolutions, input_name, input_shape)
-    drops: dict[str, float] = _read_cache(cache)
+    raw: dict[str, list[float]] = _read_cache(cache)
     for i, (key, plan) in enumerate(todo):
-        if key in drops:
+        if key in raw:
             continue
         if progress:
             progress(i + 1, len(todo), key)
-        drops[key] = round(estimator.drop(apply(plan)), 6)
+        score = estimator.score(apply(plan))
+        raw[key] = [round(estimator.baseline.value - score.value, 6), round(score.cosine, 8)]
         if cache is not None:
-            atomic_write(cache, json.dumps(drops, indent=0, sort_keys=True))
-    return SensitivityTable({k: drops[k] for k, _ in todo}, estimator.baseline)
+            atomic_write(cache, json.dumps(raw, indent=0, sort_keys=True))
+    return SensitivityTable({k: effective_drop(*raw[k]) for k, _ in todo}, estimator.baseline)
 
 
-def _read_cache(path: Path | None) -> dict[str, float]:
+def effective_drop(drop: float, cosine: float) -> float:
+    """What the optimizer adds up for one change: the measured drop, never below 0 (a single
+    change that scores better on the calibration set is noise, and summing such gains
+    over-promises), plus COSINE_WEIGHT points per percent of output cosine lost (a graded
+    signal where the top-1 metric does not move)."""
+    return max(drop, 0.0) + COSINE_WEIGHT * 100.0 * max(0.0, 1.0 - cosine)
+
+
+def _read_cache(path: Path | None) -> dict[str, list[float]]:
     if path is None or not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
-        return {str(k): float(v) for k, v in data.items()}
-    except (ValueError, AttributeError):
+        return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()}
+    except (ValueError, AttributeError, TypeError, IndexError):
         logger.warning("ignoring unreadable sensitivity cache %s", path)
         return {}
 
