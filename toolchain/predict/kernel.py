@@ -47,8 +47,8 @@ FORMAT_VERSION = 1
 _M = 1e-6   # features in millions: weights are then ms per million
 
 _EDGES = ("edge_in", "edge_out")
-_CONV = ("kernel", "macs", "macs_pad16", "in_elems", "out_elems", "weight_elems", "rows",
-         "out_taps", "dram_weight_bytes", *_EDGES)
+_CONV = ("kernel", "macs", "macs_pad16", "macs_red_small", "macs_red_mid", "in_elems",
+         "out_elems", "weight_elems", "rows", "out_taps", "dram_weight_bytes", *_EDGES)
 _BASIS: dict[str, tuple[str, ...]] = {
     "conv": _CONV, "dwconv": _CONV,
     "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", "dram_weight_bytes",
@@ -76,6 +76,10 @@ def features(u: Unit) -> dict[str, float]:
         "weight_elems": u.weight_elems * _M, "rows": u.rows * _M,
         "window_elems": u.out_elems * u.k_area * _M,
         "out_taps": u.out_elems * u.k_area * _M,   # = MACs / input channels per group
+        # MACs by reduction depth (input channels per group x kernel area): code generators
+        # switch schedules with it (untuned TVM: 10-20 GMAC/s below 64, ~1 GMAC/s above 512).
+        "macs_red_small": u.macs * _M if u.cin * u.k_area <= 64 else 0.0,
+        "macs_red_mid": u.macs * _M if 64 < u.cin * u.k_area <= 512 else 0.0,
         "edge_in": u.edge_in * _M, "edge_out": u.edge_out * _M,
         # Weight bytes beyond what last-level caches hold: streamed from DRAM at every run
         # (AlexNet/VGG classifiers), far costlier per byte than cache-resident weights.
