@@ -48,3 +48,26 @@ def test_unknown_key_and_unreachable_tracker_fail_fast(farm):
     with pytest.raises(DeviceUnreachableError, match="no answer within 2 s"):
         time_rpc(model, "llvm", "host-1t", "127.0.0.1:9", timeout_s=2)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.xdist_group("timing")
+def test_profile_rpc_target_through_the_farm(farm, tmp_path, monkeypatch):
+    """A user target measured over RPC: `profile` compiles here, times on the device server,
+    and writes a resumable row with energy from the target's power figure."""
+    from toolchain.measure.profile import profile
+    from toolchain.measure.records import read_measurements
+
+    monkeypatch.setenv("FLEETC_HOME", str(tmp_path))
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "board.toml").write_text(
+        'name = "board"\ntvm_target = {kind = "llvm", mcpu = "native"}\nprecisions = ["fp32"]\n'
+        f'power_w = 2.0\n[measure]\nkind = "rpc"\nrpc_key = "host-1t"\n'
+        f'tracker = "{farm.address}"\ntimeout_s = 60\n')
+    target = load_target("board")
+    out = tmp_path / "board.csv"
+    name = "op-relu-32-112-fp32"
+    result = profile(target, [(name, lambda: build_probe(name))], out, CONFIG)
+    assert result.measured == 1
+    row = read_measurements(out)[0]
+    assert dict(row.extra)["backend"] == "tvm-rpc"
+    assert row.energy_mj == pytest.approx(2.0 * row.latency_ms, rel=1e-3)
