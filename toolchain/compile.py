@@ -209,7 +209,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                   outdir: str | os.PathLike, *, latency_ms: float | None = None,
                   energy_mj: float | None = None, max_accuracy_drop: float | None = None,
                   calib: str | os.PathLike | None = None, cost: PlanCostFn | None = None,
-                  predictor_name: str | None = None, retries: int = 3, seed: int = 0,
+                  predictor_name: str | None = None, warnings: list[str] | None = None,
+                  retries: int = 3, seed: int = 0,
                   measure_latency: bool = True, progress: Progress | None = None
                   ) -> CompileResult:
     """Optimize, rewrite, build and write OUTDIR for one target (see the module doc).
@@ -234,7 +235,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                             "energy measurements in its predictor or a power_w figure in "
                             "its target file")
     prep = model if isinstance(model, Prepared) else prepare(model, calib, progress=say)
-    warnings = list(prep.warnings)
+    warnings = list(prep.warnings) + list(warnings or [])
     cost, predictor_name, cost_warnings = _cost_function(tgt, prep, cost, predictor_name,
                                                          energy_mj is not None)
     warnings += cost_warnings

@@ -54,11 +54,12 @@ def _split(plan: Plan) -> tuple[tuple, Plan]:
     return key, rest
 
 
-def predictor_cost(target, prep) -> tuple:
-    """(cost function, predictor name, warnings) for `target` on the prepared model."""
+def predictor_cost(target, prep, predictor=None) -> tuple:
+    """(cost function, predictor name, warnings) for `target` on the prepared model; with
+    `predictor` (a KernelPredictor) that one prices the plans instead of the target's own."""
     from toolchain.predict.latency import load_predictor, predict_plan
 
-    predictor = load_predictor(target)
+    predictor = predictor or load_predictor(target)
     warnings = []
     if not target.measurable_here and not predictor.meta.get("validated", False):
         warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "

@@ -114,7 +114,8 @@ def _job(fleet: Fleet, device: Device, key: str, prepared=None) -> dict:
 
 
 def _cost_for(device: Device, prep):
-    """(cost function, predictor name) for devices not profiled here; None = target's own."""
+    """(cost function, predictor name, warnings) for devices not profiled here; a None cost
+    means the target's own predictor."""
     if device.known_by == "fewshot":
         from toolchain.predict.fleet_costs import fewshot_cost
 
@@ -123,7 +124,7 @@ def _cost_for(device: Device, prep):
         from toolchain.predict.fleet_costs import fingerprint_cost
 
         return fingerprint_cost(device, prep)
-    return None, None
+    return None, None, []
 
 
 def build_device(job: dict) -> DeviceOutcome:
@@ -138,11 +139,11 @@ def build_device(job: dict) -> DeviceOutcome:
     entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         prep = job["prepared"] or prepare(job["model"], job["calib"])
-        cost, predictor_name = _cost_for(device, prep)
+        cost, predictor_name, warnings = _cost_for(device, prep)
         with tempfile.TemporaryDirectory(prefix=".build-", dir=entry.parent) as tmp:
             out = Path(tmp) / "out"
             compile_model(prep, device.target, out, cost=cost, predictor_name=predictor_name,
-                          **device.budgets())
+                          warnings=warnings, **device.budgets())
             if entry.exists():
                 shutil.rmtree(entry)
             os.replace(out, entry)

@@ -1,0 +1,195 @@
+"""Plan-cost functions for fleet devices that were never profiled here.
+
+- few-shot (approach 1, proxy reuse): the proxy target's kernel predictor calibrated with the
+  device's measurements of probe designs (`toolchain.predict.transfer`, as `fleetc targets
+  calibrate` does).
+- fingerprint (approach 2, device-conditioned): the device is described by its latencies on
+  probe designs; its kernel predictor is the non-negative combination of the profiled devices'
+  predictors (every target with a fitted package) that best explains that fingerprint, fitted
+  on relative error. The result stays additive over kernels, so the exact solver can use it.
+  Its held-out error is measured by leaving each profiled device out in turn (its own measured
+  probes as the fingerprint, the others as the basis); with a single profiled device there is
+  nothing to hold out and the predictions are marked unvalidated with that reason.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import BadInputError
+
+__all__ = ["fewshot_cost", "fingerprint_cost", "calibrated_predictor", "conditioned_predictor",
+           "measured_designs"]
+
+logger = logging.getLogger(__name__)
+
+
+def measured_designs(path: Path) -> tuple[list, np.ndarray, list[str]]:
+    """(units per design, latencies, designs that are neither probes nor model files)."""
+    from toolchain.measure.records import read_measurements
+    from toolchain.predict.latency import design_units
+
+    units, latency, unknown = [], [], []
+    for row in read_measurements(path):
+        got = design_units(row.design, Path(path).resolve().parent)
+        if got is None:
+            unknown.append(row.design)
+            continue
+        units.append(got)
+        latency.append(row.latency_ms)
+    return units, np.array(latency, dtype=float), unknown
+
+
+def calibrated_predictor(target, proxy_target, path: Path):
+    """The proxy's predictor calibrated for `target` with the measurements in `path`."""
+    from toolchain.predict.kernel import data_hash
+    from toolchain.predict.latency import load_predictor
+    from toolchain.predict.transfer import calibrate_kernel_predictor
+
+    proxy = load_predictor(proxy_target)
+    units, latency, unknown = measured_designs(path)
+    meta = {"name": f"{target.predictor}-fewshot", "target": target.name,
+            "training": {"file": Path(path).name, "hash": data_hash(path),
+                         "rows": len(latency) + len(unknown), "skipped": unknown}}
+    model, _ = calibrate_kernel_predictor(proxy, units, latency, meta)
+    return model
+
+
+def _profiled() -> list:
+    """(target, predictor) of every target with a fitted predictor package."""
+    from toolchain.predict.kernel import KernelPredictor
+    from toolchain.predict.latency import predictor_dir
+    from toolchain.target import list_targets, load_target
+
+    out = []
+    for name in list_targets():
+        tgt = load_target(name)
+        folder = predictor_dir(tgt)
+        if folder is not None and tgt.measurable_here:
+            out.append((tgt, KernelPredictor.load(folder), folder))
+    return out
+
+
+def _mix(predictors: list, units: list, latency: np.ndarray) -> np.ndarray:
+    """Non-negative weights of the predictors that best explain `latency` (relative error)."""
+    from toolchain.predict.kernel import nnls
+
+    A = np.array([[p.predict_units(u).latency_ms for p in predictors] for u in units])
+    return nnls(A / latency[:, None], np.ones(len(latency)))
+
+
+def _combine(predictors: list, alpha: np.ndarray, meta: dict):
+    from toolchain.predict.kernel import KernelPredictor
+
+    used = [(a, p) for a, p in zip(alpha, predictors, strict=True) if a > 0]
+    if not used:
+        raise BadInputError("the fingerprint cannot be explained by any profiled device "
+                            "(all mixing weights are zero)")
+    kinds = set.intersection(*(set(p.weights) for _, p in used))
+    weights = {k: {f: sum(a * p.weights[k].get(f, 0.0) for a, p in used)
+                   for f in used[0][1].weights[k]} for k in sorted(kinds)}
+    model = {f: sum(a * p.model.get(f, 0.0) for a, p in used) for f in used[0][1].model}
+    return KernelPredictor(weights, model, meta)
+
+
+def _held_out(profiled: list, designs: list[str]) -> dict:
+    """Leave one profiled device out: its measured fingerprint designs condition a mix of the
+    others, scored on the rest of its measured designs."""
+    from toolchain.measure.records import read_measurements
+    from toolchain.predict.latency import design_units
+
+    if len(profiled) < 2:
+        return {"note": f"only {len(profiled)} profiled device(s): no device to hold out; "
+                        "predictions are UNVALIDATED"}
+    errors = {}
+    for i, (tgt, _, folder) in enumerate(profiled):
+        csv = folder / "measurements.csv"
+        if not csv.is_file():
+            continue
+        rows = {r.design: r.latency_ms for r in read_measurements(csv)}
+        fp = [d for d in designs if d in rows]
+        rest = [d for d in rows if d not in set(designs)][:200]
+        if len(fp) < 3 or not rest:
+            continue
+        others = [p for j, (_, p, _) in enumerate(profiled) if j != i]
+        alpha = _mix(others, [design_units(d) for d in fp], np.array([rows[d] for d in fp]))
+        mixed = _combine(others, alpha, {})
+        pred = np.array([mixed.predict_units(design_units(d)).latency_ms for d in rest])
+        truth = np.array([rows[d] for d in rest])
+        errors[tgt.name] = float(np.median(np.abs(pred - truth) / truth))
+    if not errors:
+        return {"note": "no profiled device has measurements of the fingerprint designs"}
+    return {"leave_one_device_out_median_abs_rel_err": errors,
+            "median_abs_rel_err": float(np.median(list(errors.values())))}
+
+
+def conditioned_predictor(target, path: Path):
+    """The device-conditioned kernel predictor for a device known by the fingerprint `path`."""
+    from toolchain.measure.records import read_measurements
+
+    profiled = _profiled()
+    if not profiled:
+        raise BadInputError("a fingerprint device needs at least one profiled target with a "
+                            "predictor (fleetc profile --probe + fleetc predictor fit)")
+    units, latency, unknown = measured_designs(path)
+    if len(latency) < 3:
+        raise BadInputError(f"{path}: {len(latency)} usable fingerprint designs (probe names of "
+                            "`fleetc probe`); at least 3 are needed")
+    predictors = [p for _, p, _ in profiled]
+    alpha = _mix(predictors, units, latency)
+    designs = [r.design for r in read_measurements(path) if r.design not in set(unknown)]
+    meta = {"name": f"{target.predictor}-conditioned", "target": target.name,
+            "validated": False,
+            "conditioned": {"devices": [t.name for t, _, _ in profiled],
+                            "mix": [float(a) for a in alpha], "fingerprint_designs": designs,
+                            "skipped": unknown},
+            "held_out": _held_out(profiled, designs)}
+    model = _combine(predictors, alpha, meta)
+    fit = np.array([model.predict_units(u).latency_ms for u in units])
+    model.meta["training_fit"] = {"designs": len(latency), "median_abs_rel_err":
+                                  float(np.median(np.abs(fit - latency) / latency))}
+    return model
+
+
+def _describe(predictor) -> str:
+    meta = predictor.meta
+    if "conditioned" in meta:
+        held = meta["held_out"]
+        err = (f"held-out error {100 * held['median_abs_rel_err']:.1f}% (median, leave one "
+               "profiled device out)" if "median_abs_rel_err" in held else held["note"])
+        return (f"latency predictions are DEVICE-CONDITIONED on a fingerprint of "
+                f"{meta['training_fit']['designs']} probe designs (mix of "
+                f"{', '.join(meta['conditioned']['devices'])}): {err}")
+    cal = meta.get("calibration", {})
+    loo = meta.get("held_out", {}).get("leave_one_out_rmse_log")
+    return (f"latency predictions are the proxy {cal.get('proxy')}'s predictor calibrated with "
+            f"{cal.get('samples')} measured designs ({cal.get('path', 'transfer')}); "
+            f"leave-one-out error {100 * loo:.1f}% (log rms)" if loo is not None else
+            f"latency predictions are the proxy {cal.get('proxy')}'s predictor calibrated with "
+            f"{cal.get('samples')} measured designs")
+
+
+def _cost(target_name: str, prep, predictor) -> tuple:
+    """(cost function, predictor name, warnings) for compile_model."""
+    from toolchain.compile_predict import predictor_cost
+    from toolchain.target import load_target
+
+    cost, name, warnings = predictor_cost(load_target(target_name), prep, predictor=predictor)
+    return cost, name, [*warnings, _describe(predictor)]
+
+
+def fewshot_cost(device, prep) -> tuple:
+    from toolchain.target import load_target
+
+    predictor = calibrated_predictor(load_target(device.target), load_target(device.proxy),
+                                     device.measurements)
+    return _cost(device.target, prep, predictor)
+
+
+def fingerprint_cost(device, prep) -> tuple:
+    from toolchain.target import load_target
+
+    predictor = conditioned_predictor(load_target(device.target), device.fingerprint)
+    return _cost(device.target, prep, predictor)
