@@ -22,7 +22,8 @@ def tables(draw, integer: bool):
     decisions = []
     for k in range(n):
         m = draw(st.integers(1, 4))
-        opts = tuple(Option(f"o{j}", latency_ms=draw(num), drop=draw(st.floats(-1, 5)),
+        opts = tuple(Option(f"o{j}", latency_ms=draw(num),
+                            drop=draw(st.floats(-1, 5).map(lambda x: round(x, 3))),
                             energy_mj=draw(num), model_bytes=draw(num),
                             activation_bytes=draw(st.integers(0, 10)))
                      for j in range(m))

@@ -12,11 +12,11 @@ softmax head per encoding column, trained with cross-entropy (numpy, Adam, seede
 Inference. Inputs are the log of the fingerprint divided by its mean and the log of the budget
 divided by the same mean (so the network is scale-free). The trained network is exported to
 ONNX and run with onnxruntime. Decoding takes the most likely value per column; if that design
-is not among the allowed ones, or the predictor says it breaks the budget, it is repaired by a
-short local search: the best-scoring (network log-probability) single-column change predicted
-within budget, else a step to the fastest such change, a few times over; as a last resort the
-allowed design with the best network score among those predicted within budget (or the
-fastest predicted).
+is not among the allowed ones, or the predictor says it breaks the budget, it is repaired in one
+batched step over a few candidates precomputed per network output (`candidate_table`: Pareto
+designs of prior devices just below it, and a ladder of faster ones): the best objective
+predicted within budget; as a last resort the allowed design with the best network score
+among those predicted within budget (or the fastest predicted).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +34,15 @@ from toolchain.predict.conditioned import ConditionedPredictor
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",
-    "exhaustive_choice", "TrainConfig",
+    "exhaustive_choice", "TrainConfig", "candidate_table",
 ]
 
 logger = logging.getLogger(__name__)
 
-REPAIR_STEPS = 6
+CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the repair's candidates
+NEAREST = 12              # front designs just below the network's design
+LADDER = (0.85, 0.7, 0.55, 0.4)   # and the best ones below these fractions of its latency
+NEAREST_UP = 1.0
 FORMAT_VERSION = 1
 
 
@@ -81,19 +83,6 @@ class DesignSpace:
             self._lookup[keys] = np.arange(len(keys))
         else:
             self._map = {int(k): i for i, k in enumerate(keys)}
-
-    @cached_property
-    def neighbours(self) -> np.ndarray:
-        """(rows, 1 + sum(sizes)): each design, then every single-column change of it (-1 where
-        that design is not in the space). Built once; the repair only gathers from it."""
-        col = np.concatenate([np.full(s, j) for j, s in enumerate(self.sizes)])
-        val = np.concatenate([np.arange(s) for s in self.sizes])
-        out = [np.arange(len(self.codes))]
-        for j, v in zip(col, val, strict=True):
-            changed = self.digits.copy()
-            changed[:, j] = v
-            out.append(self.rows_of(changed))
-        return np.column_stack(out)
 
     @property
     def head_offsets(self) -> np.ndarray:
@@ -265,6 +254,7 @@ class AmortizedOptimizer:
 
     onnx_model: bytes = field(repr=False)
     sizes: tuple[int, ...]
+    candidates: np.ndarray = field(repr=False, compare=False)   # candidate_table
     meta: dict = field(default_factory=dict, compare=False)
 
     def session(self):
@@ -296,7 +286,8 @@ class AmortizedOptimizer:
         `allowed`: mask of rows that may be chosen (default: rows with an objective)."""
         allowed = np.isfinite(space.objective) if allowed is None else allowed
         logits = self.logits(fingerprints, budgets)
-        return _repair(space, logits, self.log_probs, self.sizes, weights, budgets, allowed)
+        return _repair(space, self.candidates, logits, self.log_probs, self.sizes, weights,
+                       budgets, allowed)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -309,6 +300,9 @@ class AmortizedOptimizer:
             with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
                 tmp.write(data)
             os.replace(tmp.name, folder / name)
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".npy") as tmp:
+            np.save(tmp, self.candidates)
+        os.replace(tmp.name, folder / "candidates.npy")
 
     @staticmethod
     def load(folder: str | Path) -> AmortizedOptimizer:
@@ -316,67 +310,84 @@ class AmortizedOptimizer:
         try:
             meta = json.loads((folder / "meta.json").read_text())
             data = (folder / "optimizer.onnx").read_bytes()
+            candidates = np.load(folder / "candidates.npy")
         except (OSError, ValueError) as err:
             raise BadInputError(f"cannot load amortized optimizer from {folder}: {err}") from None
         if meta.get("kind") != "amortized-optimizer" or meta.get("version") != FORMAT_VERSION:
             raise BadInputError(f"{folder}: not an amortized optimizer of version "
                                 f"{FORMAT_VERSION}")
         sizes = tuple(meta.pop("sizes"))
-        return AmortizedOptimizer(data, sizes, meta)
+        return AmortizedOptimizer(data, sizes, candidates, meta)
 
 
 _SESSIONS: dict[int, object] = {}
 
 
-def _repair(space: DesignSpace, logits: np.ndarray, log_probs, sizes, weights: np.ndarray,
-            budgets: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Decode the most likely design, then hill-climb over single-column changes: move to the
-    best objective predicted within budget, or (while nothing is) to the fastest change."""
+def candidate_table(space: DesignSpace, predictor: ConditionedPredictor, seed: int,
+                    devices: int = CANDIDATE_DEVICES, nearest: int = NEAREST,
+                    ladder: tuple[float, ...] = LADDER) -> np.ndarray:
+    """(rows, 1 + nearest + len(ladder)) repair candidates per network output, built once.
+
+    Front = designs on the (objective, predicted latency) Pareto front of at least one of
+    `devices` devices drawn from the predictor's prior. For design r: r itself, the `nearest`
+    best-objective front designs no slower than r under the prior mean weights, and for each
+    ladder factor f the best-objective front design no slower than f times r (so a device
+    faster or slower than the mean on r's neighbours still finds a feasible design). Uses no
+    test device."""
+    usable = np.isfinite(space.objective)
+    objective = np.where(usable, space.objective, -np.inf)
+    order = np.argsort(-objective, kind="mergesort")
+    front = np.zeros(len(objective), bool)
+    fps = synthetic_fingerprints(predictor, devices, seed + 7, features=space.features)
+    for part in np.array_split(fps, max(1, devices // 100)):
+        lat = (predictor.device_weights(part) @ space.features.T)[:, order]
+        before = np.minimum.accumulate(lat, axis=1)
+        front[order[np.any(np.c_[np.ones(len(lat), bool), lat[:, 1:] < before[:, :-1]],
+                           axis=0)]] = True
+    front &= usable
+    mean_lat = space.features @ predictor.mean
+    members = np.flatnonzero(front)
+    members = members[np.argsort(mean_lat[members], kind="mergesort")]
+    # top[i]: the `nearest` best-objective members among the i fastest (-1 padded)
+    top = np.full((len(members) + 1, nearest), -1, dtype=np.int64)
+    best: list[int] = []
+    for i, m in enumerate(members):
+        best = sorted(best + [int(m)], key=lambda r: -objective[r])[:nearest]
+        top[i + 1, :len(best)] = best
+    fastest = members[0]
+    prefix = np.searchsorted(mean_lat[members], NEAREST_UP * mean_lat, side="right")
+    cols = [np.arange(len(objective)), *np.where(top[prefix] >= 0, top[prefix], fastest).T]
+    for f in ladder:
+        first = top[np.searchsorted(mean_lat[members], f * mean_lat, side="right"), 0]
+        cols.append(np.where(first >= 0, first, fastest))
+    return np.column_stack(cols)
+
+
+def _repair(space: DesignSpace, candidates: np.ndarray, logits: np.ndarray, log_probs, sizes,
+            weights: np.ndarray, budgets: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Decode the most likely design, then one batched step over its precomputed candidates
+    (`candidate_table`): the best objective predicted within budget."""
     offsets = np.r_[0, np.cumsum(sizes)]
     digits = np.column_stack([np.argmax(logits[:, a:b], axis=1)
                               for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
-    objective = np.where(allowed & np.isfinite(space.objective), space.objective, -np.inf)
     current = space.rows_of(digits)
-    chosen = np.full(len(logits), -1, dtype=np.int64)
-    todo = np.flatnonzero(current >= 0)
-    for _ in range(REPAIR_STEPS):
-        if not len(todo):
-            break
-        cand_rows = space.neighbours[current[todo]]     # column 0: the design itself
-        lat = _latency(space, cand_rows, weights[todo])
-        value = np.where(lat <= budgets[todo, None], objective[np.maximum(cand_rows, 0)],
-                         -np.inf)
-        best = np.argmax(value, axis=1)
-        got = value[np.arange(len(todo)), best] > -np.inf
-        faster = np.argmin(lat, axis=1)
-        current[todo] = cand_rows[np.arange(len(todo)), np.where(got, best, faster)]
-        chosen[todo[got]] = current[todo[got]]
-        todo = todo[~(got & (best == 0))]
-    last = np.flatnonzero(chosen < 0)
+    objective = np.where(allowed & np.isfinite(space.objective), space.objective, -np.inf)
+    rows = candidates[np.maximum(current, 0)]
+    lat = np.matmul(space.features32[rows], weights.astype(np.float32)[:, :, None])[:, :, 0]
+    value = np.where(lat <= budgets[:, None], objective[rows], -np.inf)
+    value[current < 0] = -np.inf
+    best = np.argmax(value, axis=1)
+    chosen = rows[np.arange(len(rows)), best]
+    last = np.flatnonzero(value[np.arange(len(rows)), best] == -np.inf)
     logp = log_probs(logits[last]) if len(last) else logits[:0]
     for k, i in enumerate(last):   # last resort: best network score within budget
         rows_ok = np.flatnonzero(allowed)
-        lat = space.features[rows_ok] @ weights[i]
+        lat_i = space.features[rows_ok] @ weights[i]
         score = logp[k][space.digits[rows_ok] + offsets[:-1]].sum(axis=1)
-        within = lat <= budgets[i]
+        within = lat_i <= budgets[i]
         chosen[i] = rows_ok[np.argmax(np.where(within, score, -np.inf))] if within.any() \
-            else rows_ok[np.argmin(lat)]
+            else rows_ok[np.argmin(lat_i)]
     return chosen
-
-
-def _latency(space: DesignSpace, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Predicted latency of `rows` (n, m) for devices `weights` (n, d); inf where row < 0."""
-    safe = np.maximum(rows, 0)
-    lat = np.einsum("nmd,nd->nm", space.features32[safe], weights.astype(np.float32))
-    return np.where(rows >= 0, lat, np.inf)
-
-
-def _feasible(space: DesignSpace, rows: np.ndarray, weights: np.ndarray, budgets: np.ndarray,
-              allowed: np.ndarray) -> np.ndarray:
-    lat = _latency(space, rows[:, None], weights)[:, 0]
-    exists = rows >= 0
-    exists[exists] = allowed[rows[exists]]
-    return exists & (lat <= budgets)
 
 
 # ---------------------------------------------------------------- training entry point
@@ -399,5 +410,6 @@ def train_amortized(predictor: ConditionedPredictor, space: DesignSpace,
     params, mu, sd = _fit_network(X, Y, space.head_offsets, cfg)
     logger.info("amortized optimizer trained on %d (device, budget) pairs", len(X))
     return AmortizedOptimizer(_to_onnx(params, mu, sd), tuple(int(s) for s in space.sizes),
+                              candidate_table(space, predictor, cfg.seed),
                               {"examples": int(len(X)), "seed": cfg.seed,
                                "alphabets": [a.tolist() for a in space.alphabets]})

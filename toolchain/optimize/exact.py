@@ -40,11 +40,14 @@ class _Grid:
     """Per decision, per option: whole cells used of each constrained resource (-1 = never)."""
 
     units: list[np.ndarray]     # per decision: (n_options, k) int
-    cells: int
+    cells: int                  # grid size per resource (the budget's cells plus any slack)
     steps: tuple[float, ...]
 
 
-def _grid(table: CostTable, limits: list[tuple[str, float]], cells: int) -> _Grid:
+def _grid(table: CostTable, limits: list[tuple[str, float]], cells: int,
+          slack: int = 0) -> _Grid:
+    """`slack` extra cells beyond the budget's `cells` (the Pareto front uses one per decision
+    so that every plan fits after rounding up, while the step stays range / cells)."""
     units = [np.zeros((len(d.options), len(limits)), dtype=np.int64) for d in table.decisions]
     steps = []
     for r, (attr, limit) in enumerate(limits):
@@ -62,32 +65,41 @@ def _grid(table: CostTable, limits: list[tuple[str, float]], cells: int) -> _Gri
                 else:
                     # 1e-9 absorbs float noise so exact multiples of the step stay exact.
                     u = math.ceil(extra / step - 1e-9)
-                    units[k][j, r] = u if u <= cells else -1
-    return _Grid(units, cells, tuple(steps))
+                    units[k][j, r] = u if u <= cells + slack else -1
+    return _Grid(units, cells + slack, tuple(steps))
 
 
 def _run_dp(table: CostTable, value_attr: str, grid: _Grid) -> tuple[np.ndarray, list]:
-    """dp[u] = least summed value using exactly u cells; choices[k][u] = option of decision k."""
+    """dp[u] = least summed value using exactly u cells; choices[k][u] = option of decision k.
+
+    Equal values in one cell are told apart by their exact summed latency (kept beside the DP),
+    so the cheaper plan wins although rounding put both in the same cell; then the lower option
+    index (the original form first) wins."""
     k = grid.units[0].shape[1] if grid.units else 0
     shape = (grid.cells + 1,) * k
     dp = np.full(shape, np.inf)
     dp[(0,) * k] = 0.0
+    lat = np.zeros(shape)
     choices = []
     for d, units in zip(table.decisions, grid.units, strict=True):
         new = np.full(shape, np.inf)
+        new_lat = np.full(shape, np.inf)
         pick = np.full(shape, -1, dtype=np.int16)
         for j, o in enumerate(d.options):
             u = units[j]
             if (u < 0).any():
                 continue
             cand = np.full(shape, np.inf)
+            cand_lat = np.full(shape, np.inf)
             dst = tuple(slice(int(c), None) for c in u)
             src = tuple(slice(0, grid.cells + 1 - int(c)) for c in u)
             cand[dst] = dp[src] + getattr(o, value_attr)
-            better = cand < new   # strict: the lower option index wins ties
+            cand_lat[dst] = lat[src] + o.latency_ms
+            better = (cand < new) | ((cand == new) & (cand_lat < new_lat))
             new[better] = cand[better]
+            new_lat[better] = cand_lat[better]
             pick[better] = j
-        dp = new
+        dp, lat = new, new_lat
         choices.append(pick)
     return dp, choices
 

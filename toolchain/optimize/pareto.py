@@ -23,21 +23,26 @@ def pareto_front(table: CostTable, cells: int = 4000,
                 budget: Budget | None = None) -> list[Solution]:
     """Latency vs predicted drop Pareto front of the additive model (one DP, every budget).
 
-    Latency is discretized over [least, largest] plan latency (widened by one cell per
-    decision, so that every plan fits after rounding up) in `cells` cells;
+    Latency is discretized over [least, largest] plan latency in `cells` cells (plus one spare
+    cell per decision, so that every plan fits after rounding up);
     the other limits of `budget` (not its latency) constrain every point, at coarser cells."""
     budget = budget or Budget()
     sub, index = table.restrict(budget.peak_activation_bytes)
     largest = sub.base.latency_ms + sum(max(o.latency_ms for o in d.options)
                                         for d in sub.decisions)
-    least = sub.base.latency_ms + sum(min(o.latency_ms for o in d.options)
-                                      for d in sub.decisions)
-    # Rounding up adds up to one cell per decision: widen the range so every plan fits.
-    n = len(sub.decisions) + 1
-    wide = Budget(largest + (largest - least) * n / max(cells - n, 1) + 1e-12,
-                  budget.energy_mj, budget.model_bytes, None, budget.max_drop)
+    n = len(sub.decisions)
+    others = budget.energy_mj is not None or budget.model_bytes is not None \
+        or budget.max_drop is not None
+    if others:
+        # Spare cells would loosen the other limits too: widen the latency range instead.
+        least = sub.base.latency_ms + sum(min(o.latency_ms for o in d.options)
+                                          for d in sub.decisions)
+        largest += (largest - least) * (n + 1) / max(cells - n - 1, 1)
+    wide = Budget(largest, budget.energy_mj, budget.model_bytes, None, budget.max_drop)
     limits = _limits(wide, "drop")
-    grid = _grid(sub, limits, cells if len(limits) == 1 else DEFAULT_CELLS[len(limits)])
+    # Rounding up adds up to one cell per decision: that many spare cells let every plan fit.
+    grid = _grid(sub, limits, cells if len(limits) == 1 else DEFAULT_CELLS[len(limits)],
+                 slack=0 if others else n)
     dp, choices = _run_dp(sub, "drop", grid)
     # Best drop per latency cell over the other resources' cells, remembering where.
     flat = dp.reshape(dp.shape[0], -1) if dp.ndim > 1 else dp.reshape(-1, 1)
