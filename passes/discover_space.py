@@ -8,7 +8,8 @@ Rules (each option also needs the target to support it; the target filters preci
   them), nothing but the input channels of other Convs (group 1) or Gemms. Channels tied by
   an Add, Concat, a gating Mul, a reshape or a graph output are not pruned (all-or-nothing
   tying is left to the prune pass's future versions).
-- kernel_size: a square Conv kernel of 5 or 7 (dilation 1) may shrink to the centre 3 (and 5).
+- kernel_size: a square Conv kernel of 5 or 7 (dilation 1) may shrink to the centre 3 (and 5)
+  when its pads can shrink by the same amount (so the output shape is unchanged).
 - skip block: an Add of two equal-shaped tensors x and f(x), where f's nodes read nothing but
   x, weights and each other and nothing outside reads them; the block takes the Add's name.
 - resolution: a single NCHW input with H == W, spatial dims pooled away by a global pooling
@@ -24,7 +25,8 @@ from toolchain.ir import Graph
 from toolchain.pipeline import Pass, PassContext, PassResult
 from toolchain.space import PRECISIONS, WIDTHS, Kernel, Space, pruned_channels
 
-__all__ = ["DiscoverSpacePass", "discover_space", "skippable_blocks", "prunable"]
+__all__ = ["DiscoverSpacePass", "discover_space", "skippable_blocks", "prunable",
+           "input_resolutions"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,15 @@ def _kernel_sizes(kernel: Kernel, graph: Graph) -> list[int]:
     dil = graph.node(kernel.name)["attrs"].get("dilations", [1] * len(ks))
     if kernel.op_type != "Conv" or len(ks) != 2 or ks[0] != ks[1] or any(d != 1 for d in dil):
         return []
-    return [k for k in (7, 5, 3) if k <= ks[0]] if ks[0] in (5, 7) else []
+    attrs = graph.node(kernel.name)["attrs"]
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    explicit = attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
+    # the centre k x k keeps the output shape only if the pads can shrink by (K - k) / 2
+    if ks[0] not in (5, 7):
+        return []
+    sizes = [k for k in (7, 5, 3) if k <= ks[0]
+             and (not explicit or k == ks[0] or min(pads) >= (ks[0] - k) // 2)]
+    return sizes if len(sizes) > 1 else []
 
 
 def _branch(graph: Graph, x: str, y: str) -> tuple[str, ...] | None:
@@ -164,7 +174,7 @@ def skippable_blocks(graph: Graph) -> dict[str, tuple[str, ...]]:
     return blocks
 
 
-def _resolutions(graph: Graph) -> tuple[str | None, list[int]]:
+def input_resolutions(graph: Graph) -> tuple[str | None, list[int]]:
     if len(graph.inputs) != 1:
         return None, []
     name = graph.inputs[0]
@@ -202,7 +212,7 @@ def discover_space(graph: Graph, kernels: list[Kernel]) -> Space:
             options["kernel_size"] = sizes
         space.options[k.name] = options
     space.blocks = skippable_blocks(graph)
-    space.input_name, space.resolutions = _resolutions(graph)
+    space.input_name, space.resolutions = input_resolutions(graph)
     graph.meta["space"] = space
     return space
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from passes.discover_space import _resolutions
+from passes.discover_space import input_resolutions
 from passes.infer_shapes import infer_shapes
 from toolchain.errors import BadInputError
 from toolchain.ir import Graph, TensorInfo
@@ -36,7 +36,7 @@ def resize_input(graph: Graph, name: str, shape: tuple[int, ...]) -> bool:
     if len(shape) != 4 or shape[:2] != tuple(old[:2]) or min(shape) < 1:
         raise BadInputError(f"input_shape: {name}={list(shape)}: only the spatial size of "
                             f"{list(old)} may change")
-    if _resolutions(graph)[0] != name:
+    if input_resolutions(graph)[0] != name:
         raise BadInputError("input_shape: the model is not fully convolutional with a global "
                             "pooling before its classifier; its input size cannot change")
     outputs = {t: graph.shape(t) for t in graph.outputs}

@@ -87,3 +87,21 @@ def test_skippable_block_and_kernel_grouping():
     assert space.blocks == {"add": ("conv", "relu", "add")}
     assert "width" not in space.options["conv"]  # tied to the residual add
     assert graph.node("relu")["meta"]["group_kernels.kernel"] == "conv"
+
+
+def _conv5(pads):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])
+    w = numpy_helper.from_array(np.ones((8, 8, 5, 5), np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=pads, name="c")],
+                          "g", [x], [y], [w])
+    return import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("pads, sizes", [([2, 2, 2, 2], [5, 3]), ([0, 0, 0, 0], None),
+                                         ([1, 1, 1, 1], [5, 3])])
+def test_kernel_shrink_offered_only_when_pads_allow(pads, sizes):
+    graph = _conv5(pads)
+    Pipeline([CountCostsPass(), GroupKernelsPass(), DiscoverSpacePass()]).run(
+        graph, PassContext(facts={"shapes"}))
+    assert graph.meta["space"].options["c"].get("kernel_size") == sizes
