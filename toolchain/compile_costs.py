@@ -110,7 +110,9 @@ def build_table(ctx: Context, resolution: int | None, reference: Plan | None = N
     for b, inner in blocks.items():
         # A block's kernels are priced with the block kept (the reference may skip it).
         kept = replace(ref, skip_blocks=[x for x in ref.skip_blocks if x != b])
-        skipped = replace(ref, skip_blocks=sorted(set(ref.skip_blocks) | {b}))
+        # Skipping removes the block's kernels: their choices in the reference go with them.
+        skipped = replace(ref, skip_blocks=sorted(set(ref.skip_blocks) | {b}),
+                          kernels={k: c for k, c in ref.kernels.items() if k not in inner})
         try:
             kept_cost = ctx.cost(kept)
             keep_delta = PlanCosts(kept_cost.latency_ms - base.latency_ms,
