@@ -35,10 +35,12 @@ timeout_s = 300
 TOML
 done
 
-"$FLEETC" farm start --port "$PORT" --key host-1t=1 --key host-2t=2 >"$WORK/farm.log" 2>&1 &
+# own process group, so that the farm and every server it started are stopped together
+# (a background job of a script ignores SIGINT, and SIGTERM to the farm alone orphans them)
+setsid "$FLEETC" farm start --port "$PORT" --key host-1t=1 --key host-2t=2 \
+  >"$WORK/farm.log" 2>&1 &
 FARM=$!
-# SIGINT: the farm stops every process it started (SIGTERM would orphan its servers)
-trap 'kill -INT $FARM 2>/dev/null; wait $FARM 2>/dev/null || true' EXIT
+trap 'kill -TERM -- -$FARM 2>/dev/null || true' EXIT
 sleep 5
 
 profile() {  # target subset out
