@@ -56,8 +56,10 @@ NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
 # a design measured before).
 # (Starting tighter, stepping back up after a success, bisecting the asked budget, or ranking
 # the short list by expected improvement did not lower the regret on NAS-Bench-201.)
-START, TIGHTEN, LOOSEN = 1.0, 0.99, 1.0
-REPEAT_TIGHTEN = 0.98
+START, TIGHTEN, LOOSEN = 0.95, 0.97, 1.02
+REPEAT_TIGHTEN, REPEAT_LOOSEN = 0.98, 1.02
+FALLBACK = 0.85
+LOOSEST_FIRST = True
 TIMING_REPEATS = 5
 
 
@@ -126,25 +128,32 @@ class _Bench:
         return int(self.rows_used[row])
 
     def verified(self, opt: AmortizedOptimizer, dev: _Device, budget: float, share: int) -> int:
+        """Spend `share` cells on the optimizer's designs for a ladder of asked budgets: start
+        a margin below B, tighten after a measured violation, loosen back toward B after a
+        success; the predictor is refitted on every cell read. Choice: the best measured
+        design within B (fingerprint cells included), else the design for a budget well
+        below B."""
         factor, weights = START, dev.weights
         for _ in range(share):
             row = self.choose(opt, dev, weights, budget * factor)
-            seen, _ = dev.access.measured()
-            for _ in range(8):   # already measured: ask for a tighter budget instead
+            seen, values = dev.access.measured()
+            met_last = bool(len(values)) and values[-1] <= budget
+            for _ in range(8):   # already measured: move the asked budget on instead
                 if row not in seen:
                     break
-                factor *= REPEAT_TIGHTEN
+                factor *= REPEAT_LOOSEN if met_last and factor < 1 else REPEAT_TIGHTEN
                 row = self.choose(opt, dev, weights, budget * factor)
             if row in seen:
                 break
-            factor *= TIGHTEN if dev.access.measure([row])[0] > budget else LOOSEN
+            met = dev.access.measure([row])[0] <= budget
+            factor = min(1.0, factor * LOOSEN) if met else factor * TIGHTEN
             seen, values = dev.access.measured()
             weights = self.ctx.adapt(seen, values, dev.scale)
         seen, values = dev.access.measured()
         ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
         if len(ok):
             return int(ok[np.argmax(self.objective[ok])])
-        return self.choose(opt, dev, weights, budget)
+        return self.choose(opt, dev, weights, budget * FALLBACK)
 
     def search(self, dev: _Device, budget: float) -> int:
         pred = self.space.features @ dev.weights
@@ -223,8 +232,10 @@ def run_amortize(table: Table, opts: AmortizeOptions, progress=None) -> dict:
                            bench.choose(opt, dev, dev.weights, budget))
                     _tally(tallies["search"], dev, true, bench.objective, q, budget,
                            bench.search(dev, budget))
-                for i, (q, budget) in enumerate(zip(opts.budgets, budgets[target], strict=True)):
-                    share = dev.access.remaining // (len(opts.budgets) - i)
+                order = sorted(zip(opts.budgets, budgets[target], strict=True),
+                               reverse=LOOSEST_FIRST)
+                for i, (q, budget) in enumerate(order):
+                    share = dev.access.remaining // (len(order) - i)
                     chosen = bench.verified(opt, dev, budget, share) if share > 0 \
                         else bench.choose(opt, dev, dev.weights, budget)
                     _tally(tallies["main"], dev, true, bench.objective, q, budget, chosen)

@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the repair's candidates
-NEAREST = 12              # front designs just below the network's design
-LADDER = (0.85, 0.7, 0.55, 0.4)   # and the best ones below these fractions of its latency
-NEAREST_UP = 1.0
+CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the faster fallbacks
+MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value, at most this many
+LADDER = (0.7, 0.5, 0.35)   # faster fallbacks: front designs below these fractions of it
 FORMAT_VERSION = 1
 
 
@@ -74,15 +74,33 @@ class DesignSpace:
         self.sizes = np.array([len(a) for a in self.alphabets])
         self.digits = np.column_stack([np.searchsorted(a, self.codes[:, j])
                                        for j, a in enumerate(self.alphabets)])
-        self._radix = np.r_[1, np.cumprod(self.sizes[::-1])[:-1]][::-1]
+        self.radix = np.r_[1, np.cumprod(self.sizes[::-1])[:-1]][::-1]
         total = int(np.prod(self.sizes.astype(float)))
-        self._dense = total <= 5_000_000
-        keys = self.digits @ self._radix
-        if self._dense:
-            self._lookup = np.full(total, -1, dtype=np.int64)
-            self._lookup[keys] = np.arange(len(keys))
+        self.dense = total <= 5_000_000
+        keys = self.digits @ self.radix
+        self.keys = keys
+        if self.dense:
+            self.lookup = np.full(total, -1, dtype=np.int64)
+            self.lookup[keys] = np.arange(len(keys))
         else:
             self._map = {int(k): i for i, k in enumerate(keys)}
+
+    @cached_property
+    def value32(self) -> np.ndarray:
+        """Objective by key (dense spaces) as float32, -1e30 where missing."""
+        return self.by_key(np.where(np.isfinite(self.objective), self.objective, -1e30))
+
+    def by_key(self, per_row: np.ndarray) -> np.ndarray:
+        """Per-row values laid out by key (float32), -1e30 for keys that are not designs."""
+        out = np.full(len(self.lookup), -1e30, np.float32)
+        out[self.keys] = per_row
+        return out
+
+    @cached_property
+    def floor32(self) -> np.ndarray:
+        """(1,) below every objective value."""
+        finite = self.objective[np.isfinite(self.objective)]
+        return np.array([finite.min() - 1.0 if len(finite) else 0.0], np.float32)
 
     @property
     def head_offsets(self) -> np.ndarray:
@@ -90,9 +108,9 @@ class DesignSpace:
 
     def rows_of(self, digits: np.ndarray) -> np.ndarray:
         """Row of each digit vector (-1 when that design is not in the space)."""
-        keys = np.asarray(digits, np.int64) @ self._radix
-        if self._dense:
-            return self._lookup[keys]
+        keys = np.asarray(digits, np.int64) @ self.radix
+        if self.dense:
+            return self.lookup[keys]
         return np.array([self._map.get(int(k), -1) for k in np.ravel(keys)],
                         dtype=np.int64).reshape(keys.shape)
 
@@ -257,37 +275,54 @@ class AmortizedOptimizer:
     candidates: np.ndarray = field(repr=False, compare=False)   # candidate_table
     meta: dict = field(default_factory=dict, compare=False)
 
-    def session(self):
+    def session(self, space: DesignSpace | None = None):
+        """onnxruntime session (1 thread) of the network, or with `space` of the network plus
+        decoding and repair (`_chooser_onnx`)."""
         import onnxruntime as ort
 
-        cached = _SESSIONS.get(id(self))
+        key = (id(self), None if space is None else id(space))
+        cached = _SESSIONS.get(key)
         if cached is None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
-            cached = ort.InferenceSession(self.onnx_model, opts,
-                                          providers=["CPUExecutionProvider"])
-            _SESSIONS[id(self)] = cached
-        return cached
+            data = self.onnx_model if space is None else _chooser_onnx(self.onnx_model, space,
+                                                                       self.candidates)
+            cached = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+            _SESSIONS[key] = (cached, space)   # keeps `space` alive so its id stays unique
+            return cached
+        return cached[0]
 
     def logits(self, fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
         x = network_inputs(fingerprints, budgets)
         return self.session().run(None, {"x": x})[0]
 
-    def log_probs(self, logits: np.ndarray) -> np.ndarray:
-        offsets = np.r_[0, np.cumsum(self.sizes)]
-        return np.log(np.maximum(_head_softmax(logits.astype(float), offsets), 1e-30))
-
     def choose(self, space: DesignSpace, weights: np.ndarray, fingerprints: np.ndarray,
                budgets: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Row of `space` per (fingerprint, budget), decoded and repaired.
+        """Row of `space` per (fingerprint, budget), decoded and repaired in one onnxruntime
+        call.
 
         `weights` (n, d): the predictor's device weights (ms) for each row of `fingerprints`;
         `allowed`: mask of rows that may be chosen (default: rows with an objective)."""
-        allowed = np.isfinite(space.objective) if allowed is None else allowed
-        logits = self.logits(fingerprints, budgets)
-        return _repair(space, self.candidates, logits, self.log_probs, self.sizes, weights,
-                       budgets, allowed)
+        value = space.value32   # by key; -1e30: may not be chosen
+        if allowed is not None and not allowed.all():
+            value = space.by_key(np.where(allowed & np.isfinite(space.objective),
+                                          space.objective, -1e30))
+        budgets = np.asarray(budgets, float)
+        feeds = {"x": network_inputs(fingerprints, budgets),
+                 "w": np.asarray(weights, np.float32)[:, :, None],
+                 # float32 rounding of the predicted latency must not break the budget
+                 "budget": (budgets * (1 - 4e-6)).astype(np.float32)[:, None],
+                 "value": value, "floor": space.floor32}
+        keys, score = self.session(space).run(None, feeds)
+        chosen = space.lookup[keys[:, 0]]
+        missed = np.flatnonzero(score[:, 0] <= space.floor32[0])
+        if len(missed):   # rare: no candidate predicted within budget -> exhaustive scoring
+            value = np.where(allowed if allowed is not None else True, space.objective, -np.inf)
+            pred = np.asarray(weights)[missed] @ space.features.T
+            pred[:, ~np.isfinite(value)] = np.inf
+            chosen[missed] = exhaustive_choice(pred, value, budgets[missed])
+        return chosen
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -320,20 +355,19 @@ class AmortizedOptimizer:
         return AmortizedOptimizer(data, sizes, candidates, meta)
 
 
-_SESSIONS: dict[int, object] = {}
+_SESSIONS: dict[tuple, tuple] = {}
 
 
 def candidate_table(space: DesignSpace, predictor: ConditionedPredictor, seed: int,
-                    devices: int = CANDIDATE_DEVICES, nearest: int = NEAREST,
+                    devices: int = CANDIDATE_DEVICES,
                     ladder: tuple[float, ...] = LADDER) -> np.ndarray:
-    """(rows, 1 + nearest + len(ladder)) repair candidates per network output, built once.
+    """(rows, len(ladder) + 1) faster fallbacks per network output, built once.
 
     Front = designs on the (objective, predicted latency) Pareto front of at least one of
-    `devices` devices drawn from the predictor's prior. For design r: r itself, the `nearest`
-    best-objective front designs no slower than r under the prior mean weights, and for each
-    ladder factor f the best-objective front design no slower than f times r (so a device
-    faster or slower than the mean on r's neighbours still finds a feasible design). Uses no
-    test device."""
+    `devices` devices drawn from the predictor's prior, ordered by latency under the prior
+    mean weights. For design r and each ladder factor f: the front design just faster than f
+    times r (for devices much faster or slower than the network expected on r's
+    operations); last, the fastest front design. Uses no test device."""
     usable = np.isfinite(space.objective)
     objective = np.where(usable, space.objective, -np.inf)
     order = np.argsort(-objective, kind="mergesort")
@@ -344,50 +378,114 @@ def candidate_table(space: DesignSpace, predictor: ConditionedPredictor, seed: i
         before = np.minimum.accumulate(lat, axis=1)
         front[order[np.any(np.c_[np.ones(len(lat), bool), lat[:, 1:] < before[:, :-1]],
                            axis=0)]] = True
-    front &= usable
     mean_lat = space.features @ predictor.mean
-    members = np.flatnonzero(front)
+    members = np.flatnonzero(front & usable)
     members = members[np.argsort(mean_lat[members], kind="mergesort")]
-    # top[i]: the `nearest` best-objective members among the i fastest (-1 padded)
-    top = np.full((len(members) + 1, nearest), -1, dtype=np.int64)
-    best: list[int] = []
-    for i, m in enumerate(members):
-        best = sorted(best + [int(m)], key=lambda r: -objective[r])[:nearest]
-        top[i + 1, :len(best)] = best
-    fastest = members[0]
-    prefix = np.searchsorted(mean_lat[members], NEAREST_UP * mean_lat, side="right")
-    cols = [np.arange(len(objective)), *np.where(top[prefix] >= 0, top[prefix], fastest).T]
-    for f in ladder:
-        first = top[np.searchsorted(mean_lat[members], f * mean_lat, side="right"), 0]
-        cols.append(np.where(first >= 0, first, fastest))
+    sorted_lat = mean_lat[members]
+    cols = [members[np.clip(np.searchsorted(sorted_lat, f * mean_lat) - 1, 0, len(members) - 1)]
+            for f in ladder]
+    cols.append(np.full(len(objective), members[0]))
     return np.column_stack(cols)
 
 
-def _repair(space: DesignSpace, candidates: np.ndarray, logits: np.ndarray, log_probs, sizes,
-            weights: np.ndarray, budgets: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Decode the most likely design, then one batched step over its precomputed candidates
-    (`candidate_table`): the best objective predicted within budget."""
-    offsets = np.r_[0, np.cumsum(sizes)]
-    digits = np.column_stack([np.argmax(logits[:, a:b], axis=1)
-                              for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
-    current = space.rows_of(digits)
-    objective = np.where(allowed & np.isfinite(space.objective), space.objective, -np.inf)
-    rows = candidates[np.maximum(current, 0)]
-    lat = np.matmul(space.features32[rows], weights.astype(np.float32)[:, :, None])[:, :, 0]
-    value = np.where(lat <= budgets[:, None], objective[rows], -np.inf)
-    value[current < 0] = -np.inf
-    best = np.argmax(value, axis=1)
-    chosen = rows[np.arange(len(rows)), best]
-    last = np.flatnonzero(value[np.arange(len(rows)), best] == -np.inf)
-    logp = log_probs(logits[last]) if len(last) else logits[:0]
-    for k, i in enumerate(last):   # last resort: best network score within budget
-        rows_ok = np.flatnonzero(allowed)
-        lat_i = space.features[rows_ok] @ weights[i]
-        score = logp[k][space.digits[rows_ok] + offsets[:-1]].sum(axis=1)
-        within = lat_i <= budgets[i]
-        chosen[i] = rows_ok[np.argmax(np.where(within, score, -np.inf))] if within.any() \
-            else rows_ok[np.argmin(lat_i)]
-    return chosen
+def _flip_patterns(heads: int) -> np.ndarray:
+    """(K, heads): which heads take their second most likely value; every pattern with at
+    most MAX_FLIPS of them."""
+    patterns = (np.arange(1 << heads)[:, None] >> np.arange(heads)) & 1 if heads <= 16 else \
+        np.vstack([np.zeros(heads, int), np.eye(heads, dtype=int)])
+    return patterns[patterns.sum(axis=1) <= MAX_FLIPS].astype(bool)
+
+
+def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> bytes:
+    """The MLP plus decoding and repair as one ONNX graph, so a batch is one onnxruntime call
+    of a few dozen nodes (per-node overhead, not arithmetic, is what costs at this size).
+
+    Designs are indexed by key (`DesignSpace.keys`). Inputs: x (network inputs), w (n, d, 1)
+    predictor weights in ms, budget (n, 1), value (keys,) objective of each design (-1e30
+    where it may not be chosen or does not exist), floor (1,) below every allowed value.
+    Outputs choice (n, 1), a key, and choice_score (n, 1), at most floor when nothing was
+    predicted within budget: among the
+    designs formed by the first or second most likely value of each head (`_flip_patterns`)
+    and the ladder of faster front designs of the most likely one (`candidate_table`), the
+    best value predicted within budget, else the fastest."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if not space.dense:
+        raise BadInputError("design space too large for the amortized optimizer's lookup")
+    model = onnx.load_from_string(mlp)
+    graph = model.graph
+    heads, width = len(space.sizes), int(space.sizes.max())
+    flips = _flip_patterns(heads)
+    # keys of every flip pattern from the interleaved (first, second) indices, one MatMul
+    keymat = np.zeros((2 * heads, len(flips)), np.float32)
+    keymat[0::2] = (space.radix[:, None] * ~flips.T)
+    keymat[1::2] = (space.radix[:, None] * flips.T)
+    # tables indexed by key (designs not in the space: a zero-feature row of value -1e30)
+    exists = space.lookup >= 0
+    row = np.maximum(space.lookup, 0)
+    ladder = space.keys[candidates[row]]
+    consts = {"keymat": keymat,
+              "ladder": np.where(exists[:, None], ladder, np.arange(len(row))[:, None]),
+              "feats": np.where(exists[:, None], space.features32[row], 0),
+              "k2": np.array([2], np.int64), "grid_shape": np.array([0, heads, width]),
+              "pair_shape": np.array([0, 2 * heads]), "zero": np.array([0], np.int64),
+              "one": np.array([1], np.int64), "flat_shape": np.array([0, -1])}
+    consts = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64)
+              for k, v in consts.items()}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    N = helper.make_node
+    if np.all(space.sizes == width):
+        nodes = [N("Reshape", ["logits", "grid_shape"], ["grid"])]          # (n, H, M)
+    else:   # pad short heads with -1e9 logits
+        index = np.full((heads, width), int(space.sizes.sum()), np.int64)
+        for h, (a, size) in enumerate(zip(space.head_offsets[:-1], space.sizes, strict=True)):
+            index[h, :size] = a + np.arange(size)
+        graph.initializer.extend([numpy_helper.from_array(index, "index"),
+                                  numpy_helper.from_array(np.full((1, 1), -1e9, np.float32),
+                                                          "pad")])
+        nodes = [N("Shape", ["logits"], ["shape"], start=0, end=1),
+                 N("Concat", ["shape", "one"], ["padshape"], axis=0),
+                 N("Expand", ["pad", "padshape"], ["padcol"]),
+                 N("Concat", ["logits", "padcol"], ["padded"], axis=1),
+                 N("Gather", ["padded", "index"], ["grid"], axis=1)]
+    graph.node.extend(nodes + [
+        N("TopK", ["grid", "k2"], ["_top", "best2"], axis=-1),             # (n, H, 2)
+        N("Cast", ["best2"], ["best2_f"], to=TensorProto.FLOAT),
+        N("Reshape", ["best2_f", "pair_shape"], ["pairs"]),                 # (n, 2H)
+        N("MatMul", ["pairs", "keymat"], ["keys_f"]),                       # (n, K)
+        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT64),           # keys (n, K)
+        N("Gather", ["flipped", "zero"], ["decoded"], axis=1),              # (n, 1)
+        N("Gather", ["ladder", "decoded"], ["ladder_rows"]),                # (n, 1, L)
+        N("Squeeze", ["ladder_rows", "one"], ["ladder_2d"]),
+        N("Concat", ["flipped", "ladder_2d"], ["cand"], axis=1),            # (n, C)
+        N("Gather", ["feats", "cand"], ["cf"]),                             # (n, C, d)
+        N("MatMul", ["cf", "w"], ["lat3"]),                                 # (n, C, 1)
+        # elementwise work on (n, C): a trailing axis of 1 makes onnxruntime broadcast
+        # element by element
+        N("Reshape", ["lat3", "flat_shape"], ["lat"]),                      # (n, C)
+        N("Gather", ["value", "cand"], ["val"]),                            # (n, C)
+        # score: value if predicted within budget, else below every value, faster higher;
+        # Min keeps designs that may not be chosen at -1e30
+        N("LessOrEqual", ["lat", "budget"], ["within"]),
+        N("Sub", ["floor", "lat"], ["slow"]),
+        N("Where", ["within", "val", "slow"], ["raw"]),
+        N("Min", ["raw", "val"], ["score"]),
+        N("ArgMax", ["score"], ["pick"], axis=1, keepdims=1),              # (n, 1)
+        N("GatherElements", ["cand", "pick"], ["choice"], axis=1),
+        N("GatherElements", ["score", "pick"], ["choice_score"], axis=1),
+    ])
+    graph.input.extend([
+        helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", space.features.shape[1], 1]),
+        helper.make_tensor_value_info("budget", TensorProto.FLOAT, ["n", 1]),
+        helper.make_tensor_value_info("value", TensorProto.FLOAT, [len(row)]),
+        helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
+    del graph.output[:]
+    graph.output.extend([helper.make_tensor_value_info("choice", TensorProto.INT64, ["n", 1]),
+                         helper.make_tensor_value_info("choice_score", TensorProto.FLOAT,
+                                                       ["n", 1])])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 # ---------------------------------------------------------------- training entry point
