@@ -13,8 +13,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m toolchain.env
 	touch $(STAMP)
 
+DEMO := build/demo
+FIXTURE := tests/fixtures/digits_mbv2.onnx
+
+# The main job on the bundled model: what fleetc sees, one device compiled under a latency
+# budget, then a small fleet (host + two aarch64 devices known by few measurements).
 demo: $(STAMP)
-	$(VENV)/bin/fleetc inspect tests/fixtures/digits_mbv2.onnx
+	$(VENV)/bin/fleetc inspect $(FIXTURE)
+	mkdir -p $(DEMO)
+	$(PY) -c "import numpy as n; d = n.load('tests/fixtures/digits_calib.npz'); \
+	  n.savez_compressed('$(DEMO)/calib64.npz', inputs=d['inputs'][:64], labels=d['labels'][:64])"
+	$(VENV)/bin/fleetc compile $(FIXTURE) --target host-ort-1t --latency-ms 1.2 \
+	  --max-accuracy-drop 1.0 --calib $(DEMO)/calib64.npz -o $(DEMO)/host
+	$(VENV)/bin/fleetc profile --probe --subset fingerprint --target host-ort --repeats 7 \
+	  -o $(DEMO)/standin.csv
+	$(VENV)/bin/fleetc fleet examples/demo/fleet.toml -o $(DEMO)/fleet --jobs 2
+	@echo "demo outputs: $(DEMO)/host (compile) and $(DEMO)/fleet (fleet.json, one folder per device)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
