@@ -155,6 +155,18 @@ def _float_outputs(graph: Graph) -> None:
     graph.remove_unused()
 
 
+class _DropPreprocessAdvice(logging.Filter):
+    """onnxruntime's quantizer advises (on the root logger, at every call) to run its shape
+    pre-processing; fleetc's import already infers shapes, so the advice is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+_ADVICE_FILTER = _DropPreprocessAdvice()
+logging.getLogger().addFilter(_ADVICE_FILTER)
+
+
 def _run_quantize_static(model: onnx.ModelProto, nodes: list[str], calib: CalibData,
                          graph: Graph) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
