@@ -275,22 +275,23 @@ class AmortizedOptimizer:
     candidates: np.ndarray = field(repr=False, compare=False)   # candidate_table
     meta: dict = field(default_factory=dict, compare=False)
 
-    def session(self, space: DesignSpace | None = None):
+    def session(self, space: DesignSpace | None = None,
+                predictor: ConditionedPredictor | None = None):
         """onnxruntime session (1 thread) of the network, or with `space` of the network plus
-        decoding and repair (`_chooser_onnx`)."""
+        decoding and repair (`_chooser_onnx`, from fingerprints with `predictor`)."""
         import onnxruntime as ort
 
-        key = (id(self), None if space is None else id(space))
+        key = (id(self), id(space), id(predictor))
         cached = _SESSIONS.get(key)
         if cached is None:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
-            data = self.onnx_model if space is None else _chooser_onnx(self.onnx_model, space,
-                                                                       self.candidates)
-            cached = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            _SESSIONS[key] = (cached, space)   # keeps `space` alive so its id stays unique
-            return cached
+            data = self.onnx_model if space is None else _chooser_onnx(
+                self.onnx_model, space, self.candidates, predictor)
+            cached = (ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
+                      space, predictor)   # keeps them alive so their ids stay unique
+            _SESSIONS[key] = cached
         return cached[0]
 
     def logits(self, fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
@@ -311,15 +312,35 @@ class AmortizedOptimizer:
         budgets = np.asarray(budgets, float)
         feeds = {"x": network_inputs(fingerprints, budgets),
                  "w": np.asarray(weights, np.float32)[:, :, None],
-                 # float32 rounding of the predicted latency must not break the budget
-                 "budget": (budgets * (1 - 4e-6)).astype(np.float32)[:, None],
+                 "budget": budgets.astype(np.float32)[:, None],
                  "value": value, "floor": space.floor32}
-        keys, score = self.session(space).run(None, feeds)
+        return self._finish(space, self.session(space).run(None, feeds), weights, budgets,
+                            allowed)
+
+    def choose_from_fingerprints(self, space: DesignSpace, predictor: ConditionedPredictor,
+                                 fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        """As `choose` with the predictor's weights from the fingerprints and every design
+        with an objective allowed, all in the one onnxruntime call (float32)."""
+        budgets = np.asarray(budgets, float)
+        feeds = {"fp": np.asarray(fingerprints, np.float32),
+                 "budget": budgets.astype(np.float32)[:, None],
+                 "value": space.value32, "floor": space.floor32}
+        out = self.session(space, predictor).run(None, feeds)
+        return self._finish(space, out, None, budgets, None, predictor, fingerprints)
+
+    @staticmethod
+    def _finish(space: DesignSpace, out, weights, budgets, allowed, predictor=None,
+                fingerprints=None) -> np.ndarray:
+        keys, score = out
         chosen = space.lookup[keys[:, 0]]
         missed = np.flatnonzero(score[:, 0] <= space.floor32[0])
         if len(missed):   # rare: no candidate predicted within budget -> exhaustive scoring
+            if weights is None:
+                weights = predictor.device_weights(np.asarray(fingerprints)[missed])
+            else:
+                weights = np.asarray(weights)[missed]
             value = np.where(allowed if allowed is not None else True, space.objective, -np.inf)
-            pred = np.asarray(weights)[missed] @ space.features.T
+            pred = weights @ space.features.T
             pred[:, ~np.isfinite(value)] = np.inf
             chosen[missed] = exhaustive_choice(pred, value, budgets[missed])
         return chosen
@@ -396,13 +417,60 @@ def _flip_patterns(heads: int) -> np.ndarray:
     return patterns[patterns.sum(axis=1) <= MAX_FLIPS].astype(bool)
 
 
-def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> bytes:
+def _latency_basis(space: DesignSpace, predictor: ConditionedPredictor | None) -> np.ndarray:
+    """Per design, what the graph's `w` multiplies: its features, or from fingerprints
+    (F mean, F gain_t^T) (see `_fingerprint_nodes`)."""
+    if predictor is None:
+        return space.features32
+    _, gain_t = predictor._fingerprint_map
+    return np.column_stack([space.features @ predictor.mean,
+                            space.features @ gain_t.T]).astype(np.float32)
+
+
+def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
+    """Nodes fp (n, R), budget (n, 1) -> w (n, R + 1, 1) (`device_weights` in the basis of
+    `_latency_basis`) and x
+    (`network_inputs`), with their constants added to `graph`."""
+    from onnx import helper, numpy_helper
+
+    prior_fp, _ = predictor._fingerprint_map
+    consts = {"prior_fp": prior_fp, "tiny": np.array(1e-3)}
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
+                             for k, v in consts.items())
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), "w_axis")])
+    N = helper.make_node
+    # latency = F w = scale (F mean + (F gain_t^T) . residual): the graph gathers these
+    # R + 1 columns per design instead of d (`_chooser_onnx` builds them)
+    return [
+        N("ReduceMean", ["fp"], ["fp_mean"], axes=[1], keepdims=1),
+        N("Div", ["fp", "fp_mean"], ["fp_rel"]),
+        N("Sub", ["fp_rel", "prior_fp"], ["fp_res"]),
+        N("Div", ["fp_mean", "fp_mean"], ["ones"]),
+        N("Concat", ["ones", "fp_res"], ["w_rel"], axis=1),
+        N("Mul", ["w_rel", "fp_mean"], ["w_2d"]),
+        N("Unsqueeze", ["w_2d", "w_axis"], ["w"]),                 # (n, R + 1, 1)
+        # network_inputs: cells clamped at 1e-3 of the mean |cell| (imputed cells may dip)
+        N("Abs", ["fp"], ["fp_abs"]),
+        N("ReduceMean", ["fp_abs"], ["fp_abs_mean"], axes=[1], keepdims=1),
+        N("Mul", ["fp_abs_mean", "tiny"], ["fp_low"]),
+        N("Max", ["fp", "fp_low"], ["fp_c"]),
+        N("ReduceMean", ["fp_c"], ["fp_c_mean"], axes=[1], keepdims=1),
+        N("Concat", ["fp_c", "budget"], ["fp_b"], axis=1),
+        N("Div", ["fp_b", "fp_c_mean"], ["fp_b_rel"]),
+        N("Log", ["fp_b_rel"], ["x"]),
+    ]
+
+
+def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
+                  predictor: ConditionedPredictor | None = None) -> bytes:
     """The MLP plus decoding and repair as one ONNX graph, so a batch is one onnxruntime call
     of a few dozen nodes (per-node overhead, not arithmetic, is what costs at this size).
 
     Designs are indexed by key (`DesignSpace.keys`). Inputs: x (network inputs), w (n, d, 1)
     predictor weights in ms, budget (n, 1), value (keys,) objective of each design (-1e30
     where it may not be chosen or does not exist), floor (1,) below every allowed value.
+    With `predictor`, inputs fp (n, R) fingerprints and budget instead of x and w: the
+    predictor's weights and the network inputs are computed in the graph too.
     Outputs choice (n, 1), a key, and choice_score (n, 1), at most floor when nothing was
     predicted within budget: among the
     designs formed by the first or second most likely value of each head (`_flip_patterns`)
@@ -427,10 +495,11 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> byt
     ladder = space.keys[candidates[row]]
     consts = {"keymat": keymat,
               "ladder": np.where(exists[:, None], ladder, np.arange(len(row))[:, None]),
-              "feats": np.where(exists[:, None], space.features32[row], 0),
+              "feats": np.where(exists[:, None], _latency_basis(space, predictor)[row], 0),
               "k2": np.array([2], np.int64), "grid_shape": np.array([0, heads, width]),
               "pair_shape": np.array([0, 2 * heads]), "zero": np.array([0], np.int64),
-              "one": np.array([1], np.int64), "flat_shape": np.array([0, -1])}
+              "one": np.array([1], np.int64), "flat_shape": np.array([0, -1]),
+              "shave": np.array(1 - 4e-6)}
     consts = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64)
               for k, v in consts.items()}
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
@@ -449,6 +518,9 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> byt
                  N("Expand", ["pad", "padshape"], ["padcol"]),
                  N("Concat", ["logits", "padcol"], ["padded"], axis=1),
                  N("Gather", ["padded", "index"], ["grid"], axis=1)]
+    if predictor is not None:
+        nodes = _fingerprint_nodes(graph, predictor) + list(graph.node) + nodes
+        del graph.node[:]
     graph.node.extend(nodes + [
         N("TopK", ["grid", "k2"], ["_top", "best2"], axis=-1),             # (n, H, 2)
         N("Cast", ["best2"], ["best2_f"], to=TensorProto.FLOAT),
@@ -467,7 +539,9 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> byt
         N("Gather", ["value", "cand"], ["val"]),                            # (n, C)
         # score: value if predicted within budget, else below every value, faster higher;
         # Min keeps designs that may not be chosen at -1e30
-        N("LessOrEqual", ["lat", "budget"], ["within"]),
+        # float32 rounding of the predicted latency must not break the budget
+        N("Mul", ["budget", "shave"], ["budget_cmp"]),
+        N("LessOrEqual", ["lat", "budget_cmp"], ["within"]),
         N("Sub", ["floor", "lat"], ["slow"]),
         N("Where", ["within", "val", "slow"], ["raw"]),
         N("Min", ["raw", "val"], ["score"]),
@@ -475,8 +549,14 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray) -> byt
         N("GatherElements", ["cand", "pick"], ["choice"], axis=1),
         N("GatherElements", ["score", "pick"], ["choice_score"], axis=1),
     ])
+    if predictor is not None:
+        del graph.input[:]
+        graph.input.extend([helper.make_tensor_value_info(
+            "fp", TensorProto.FLOAT, ["n", predictor.n_reference])])
+    else:
+        graph.input.extend([helper.make_tensor_value_info(
+            "w", TensorProto.FLOAT, ["n", space.features.shape[1], 1])])
     graph.input.extend([
-        helper.make_tensor_value_info("w", TensorProto.FLOAT, ["n", space.features.shape[1], 1]),
         helper.make_tensor_value_info("budget", TensorProto.FLOAT, ["n", 1]),
         helper.make_tensor_value_info("value", TensorProto.FLOAT, [len(row)]),
         helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
