@@ -57,13 +57,13 @@ def _test_accuracy(model, test) -> float:
 
 
 def _uniform(prep, precision: str = "fp32", width: float = 1.0) -> Plan:
+    """Every kernel at `precision` where legal, every prunable kernel at `width`."""
     kernels = {}
     for name, opts in prep.space.options.items():
-        if precision in opts.get("precision", ["fp32"]) and (
-                width == 1.0 or width in opts.get("width", [1.0])):
-            c = Choice(precision, width if width in opts.get("width", [1.0]) else 1.0)
-            if c != Choice():
-                kernels[name] = c
+        p = precision if precision in opts.get("precision", ["fp32"]) else "fp32"
+        w = width if width in opts.get("width", [1.0]) else 1.0
+        if Choice(p, w) != Choice():
+            kernels[name] = Choice(p, w)
     return Plan(kernels=kernels, target="host-ort-1t")
 
 
