@@ -84,6 +84,9 @@ def measured_designs(path: str | os.PathLike) -> set[str]:
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return set()
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    if len(lines) <= 1:  # only the header (or a torn first line) of an interrupted run
+        return set()
     return {r.design for r in read_measurements(path)}
 
 
