@@ -71,6 +71,22 @@ def test_choices_are_allowed_and_predicted_within_budget(trained):
     assert np.median(gap) <= 1.0
 
 
+def test_fingerprint_path_matches_weights_path(trained):
+    """choose_from_fingerprints does the predictor's weights and the network inputs inside
+    the ONNX graph (float32); it must choose what choose() does from numpy weights."""
+    ctx, space, opt = trained
+    fp = synthetic_fingerprints(ctx.predictor, 200, seed=5, features=space.features) * 3.0
+    weights = ctx.predictor.device_weights(fp)
+    pred = weights @ space.features.T
+    budgets = np.quantile(pred, np.random.default_rng(6).uniform(0.05, 0.6, len(fp)), axis=1)
+    budgets = budgets[np.arange(len(fp)), np.arange(len(fp))]
+    direct = opt.choose(space, weights, fp, budgets)
+    fused = opt.choose_from_fingerprints(space, ctx.predictor, fp, budgets)
+    assert np.mean(direct == fused) >= 0.97
+    lat = pred[np.arange(len(fp)), fused]
+    assert np.all((lat <= budgets * (1 + 1e-5)) | (fused == np.argmin(pred, axis=1)))
+
+
 def test_onnx_export_round_trip(trained, tmp_path):
     ctx, space, opt = trained
     fp = synthetic_fingerprints(ctx.predictor, 5, seed=4, features=space.features)
@@ -78,6 +94,7 @@ def test_onnx_export_round_trip(trained, tmp_path):
     opt.save(tmp_path / "opt")
     loaded = AmortizedOptimizer.load(tmp_path / "opt")
     np.testing.assert_array_equal(loaded.logits(fp, budgets), opt.logits(fp, budgets))
+    np.testing.assert_array_equal(loaded.candidates, opt.candidates)
     assert opt.logits(fp, budgets).shape == (5, int(space.sizes.sum()))
 
 

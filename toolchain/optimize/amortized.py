@@ -11,12 +11,13 @@ softmax head per encoding column, trained with cross-entropy (numpy, Adam, seede
 
 Inference. Inputs are the log of the fingerprint divided by its mean and the log of the budget
 divided by the same mean (so the network is scale-free). The trained network is exported to
-ONNX and run with onnxruntime. Decoding takes the most likely value per column; if that design
-is not among the allowed ones, or the predictor says it breaks the budget, it is repaired in one
-batched step over a few candidates precomputed per network output (`candidate_table`: Pareto
-designs of prior devices just below it, and a ladder of faster ones): the best objective
-predicted within budget; as a last resort the allowed design with the best network score
-among those predicted within budget (or the fastest predicted).
+ONNX; for a design space it is extended (`_chooser_onnx`) with the decoding and repair, and
+with `choose_from_fingerprints` with the predictor's weights too, so a whole batch is one
+onnxruntime call. Candidates per (device, budget): the designs formed by the first or second
+most likely value of each head (at most MAX_FLIPS heads at their second), and a ladder of
+faster Pareto designs precomputed per network output (`candidate_table`); the choice is the
+best objective predicted within budget, else the fastest candidate; when no candidate is
+predicted within budget (rare), exhaustive scoring for that device.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from toolchain.predict.conditioned import ConditionedPredictor
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",
-    "exhaustive_choice", "TrainConfig", "candidate_table",
+    "exhaustive_choice", "TrainConfig", "candidate_table", "refine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the faster fallbacks
 MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value, at most this many
 LADDER = (0.7, 0.5, 0.35)   # faster fallbacks: front designs below these fractions of it
+REFINE_STEPS = 6           # hill-climbing steps of `refine`
 FORMAT_VERSION = 1
 
 
@@ -84,6 +86,19 @@ class DesignSpace:
             self.lookup[keys] = np.arange(len(keys))
         else:
             self._map = {int(k): i for i, k in enumerate(keys)}
+
+    @cached_property
+    def neighbours(self) -> np.ndarray:
+        """(rows, 1 + sum(sizes)): each design, then every single-column change of it (-1 where
+        that design is not in the space). Built once; `refine` only gathers from it."""
+        col = np.concatenate([np.full(s, j) for j, s in enumerate(self.sizes)])
+        val = np.concatenate([np.arange(s) for s in self.sizes])
+        out = [np.arange(len(self.codes))]
+        for j, v in zip(col, val, strict=True):
+            changed = self.digits.copy()
+            changed[:, j] = v
+            out.append(self.rows_of(changed))
+        return np.column_stack(out)
 
     @cached_property
     def value32(self) -> np.ndarray:
@@ -566,6 +581,31 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                                                        ["n", 1])])
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def refine(space: DesignSpace, rows: np.ndarray, weights: np.ndarray, budgets: np.ndarray,
+           allowed: np.ndarray, steps: int = REFINE_STEPS) -> np.ndarray:
+    """Hill-climb from `rows` over single-column changes: move to the best objective predicted
+    within budget (or, while none is, to the fastest change). For the verification short list,
+    which is not timed: the direct choice stays one onnxruntime call."""
+    objective = np.where(allowed & np.isfinite(space.objective), space.objective, -np.inf)
+    current = np.asarray(rows, np.int64).copy()
+    todo = np.arange(len(current))
+    for _ in range(steps):
+        if not len(todo):
+            break
+        cand = space.neighbours[current[todo]]            # column 0: the design itself
+        safe = np.maximum(cand, 0)
+        lat = np.einsum("nmd,nd->nm", space.features[safe], weights[todo])
+        lat = np.where(cand >= 0, lat, np.inf)
+        value = np.where(lat <= budgets[todo, None], objective[safe], -np.inf)
+        best = np.argmax(value, axis=1)
+        got = np.isfinite(value[np.arange(len(todo)), best])
+        step = np.where(got, best, np.argmin(np.where(objective[safe] > -np.inf, lat, np.inf),
+                                             axis=1))
+        current[todo] = cand[np.arange(len(todo)), step]
+        todo = todo[step != 0]
+    return current
 
 
 # ---------------------------------------------------------------- training entry point
