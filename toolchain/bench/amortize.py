@@ -60,7 +60,7 @@ START, TIGHTEN, LOOSEN = 1.0, 0.97, 1.02
 REPEAT_TIGHTEN, REPEAT_LOOSEN = 0.98, 1.02
 FALLBACK = 0.85
 LOOSEST_FIRST = True
-TIMING_REPEATS = 7
+TIMING_REPEATS, TIMING_ROUNDS = 5, 3
 
 
 @dataclass(frozen=True)
@@ -189,13 +189,19 @@ def _timing(bench: _Bench, opt: AmortizedOptimizer, devices: list[_Device],
         exhaustive_choice(scores, objective, B)
 
     amortized()   # builds the onnxruntime session once
-    times: list[list[float]] = [[], []]
-    for _ in range(TIMING_REPEATS):   # interleaved: the machine's load affects both alike
+    # Rounds of a block of each (the median of a block is warm: a search right before would
+    # evict the optimizer's tables from the cache); rounds so the machine's load, which
+    # drifts, affects both alike. Median over rounds of the block medians.
+    rounds: list[list[float]] = [[], []]
+    for _ in range(TIMING_ROUNDS):
         for k, run in enumerate((amortized, search)):
-            start = time.perf_counter()
-            run()
-            times[k].append(time.perf_counter() - start)
-    return float(np.median(times[0])) / len(B), float(np.median(times[1])) / len(B)
+            times = []
+            for _ in range(TIMING_REPEATS):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            rounds[k].append(float(np.median(times)))
+    return float(np.median(rounds[0])) / len(B), float(np.median(rounds[1])) / len(B)
 
 
 def _tally(tally: BudgetTally, dev: _Device, true: np.ndarray, objective: np.ndarray, q: float,

@@ -305,7 +305,7 @@ class AmortizedOptimizer:
             data = self.onnx_model if space is None else _chooser_onnx(
                 self.onnx_model, space, self.candidates, predictor)
             cached = (ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
-                      space, predictor)   # keeps them alive so their ids stay unique
+                      self, space, predictor)   # keeps them alive so their ids stay unique
             _SESSIONS[key] = cached
         return cached[0]
 
