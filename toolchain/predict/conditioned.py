@@ -40,6 +40,7 @@ import numpy as np
 
 from toolchain.bench.proxy import _cell_reach, _is_cell
 from toolchain.errors import BadInputError
+from toolchain.space import atomic_write
 
 __all__ = [
     "DesignBasis", "design_basis", "ConditionedPredictor", "fit_conditioned",
@@ -239,7 +240,7 @@ class ConditionedPredictor:
         meta = {"kind": "conditioned-latency", "version": FORMAT_VERSION,
                 "basis": self.basis.to_json(), "noise": self.noise,
                 "trained_on": list(self.trained_on), "n_reference": self.n_reference}
-        _atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
+        atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
             np.savez(tmp, reference=self.reference, mean=self.mean, cov=self.cov)
         os.replace(tmp.name, folder / "model.npz")
@@ -265,12 +266,6 @@ def _posterior_information(F: np.ndarray, y: np.ndarray, mean: np.ndarray, cov: 
     """Posterior mean in information form (cheaper than the gain form for many samples)."""
     P = np.linalg.pinv(cov)
     return np.linalg.solve(F.T @ F / noise + P, F.T @ y / noise + P @ mean)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def least_squares(F: np.ndarray, y: np.ndarray) -> np.ndarray:
