@@ -106,13 +106,14 @@ class _Reader:
     """onnxruntime CalibrationDataReader over the calibration samples."""
 
     def __init__(self, calib: CalibData, graph: Graph) -> None:
-        self._feeds = iter(list(feeds(calib, graph)))
+        self._all = list(feeds(calib, graph))
+        self._feeds = iter(self._all)
 
     def get_next(self):
         return next(self._feeds, None)
 
-    def rewind(self):  # pragma: no cover - MinMax calibration reads once
-        raise NotImplementedError
+    def rewind(self) -> None:
+        self._feeds = iter(self._all)
 
 
 def quantize(graph: Graph, kernels: list[str], calib: CalibData | None) -> list[str]:

@@ -89,6 +89,7 @@ def _files_digest(paths: list[Path]) -> dict[str, str]:
 def _target_digest(device: Device) -> dict:
     """The target file and the predictor package(s) the device's build reads."""
     from toolchain.home import predictors_dir
+    from toolchain.predict.latency import builtin_predictors_dir
     from toolchain.target import load_target
 
     names = [device.target] + ([device.proxy] if device.proxy else [])
@@ -96,8 +97,7 @@ def _target_digest(device: Device) -> dict:
     for name in names:
         tgt = load_target(name)
         files.append(Path(tgt.source))
-        builtin = Path(__file__).resolve().parent.parent / "targets" / "predictors"
-        files += [predictors_dir() / tgt.predictor, builtin / tgt.predictor]
+        files += [predictors_dir() / tgt.predictor, builtin_predictors_dir() / tgt.predictor]
     return _files_digest(files)
 
 
