@@ -13,7 +13,8 @@ For each target (default: host-ort-1t and host-tvm):
    per-kernel cost ratios that differ between targets (int8 vs fp32 speed-ups per kernel kind).
 
 Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-tvm]
-     [--variants 24] [--data-dir DIR] [--quick]
+     [--variants 24] [--data-dir DIR] [--quick] [--rounds 3]
+Probes and models are measured in `--rounds` interleaved passes, the median of them kept.
 Measured figures are printed, nothing is asserted.
 """
 from __future__ import annotations
@@ -109,10 +110,11 @@ def variants(count: int, seed: int, precisions: tuple[str, ...]):
     return out
 
 
-def fit_target(target, data: Path, quick: bool) -> KernelPredictor:
+def fit_target(target, data: Path, quick: bool, rounds: int = 1) -> KernelPredictor:
     probes = probe_set(target.precisions, "quick" if quick else "full")
     start = time.monotonic()
-    result = profile(target, [(p.name, lambda n=p.name: build_probe(n)) for p in probes], data)
+    result = profile(target, [(p.name, lambda n=p.name: build_probe(n)) for p in probes], data,
+                     rounds=rounds)
     print(f"# {target.name}: probes {result.measured} measured, {result.already} reused "
           f"({time.monotonic() - start:.0f} s)")
     names = {p.name for p in probes}
@@ -127,11 +129,22 @@ def fit_target(target, data: Path, quick: bool) -> KernelPredictor:
     return model
 
 
-def evaluate(target, model: KernelPredictor, cases, config: TimingConfig) -> dict:
+def measure_rounds(target, models: list, config: TimingConfig, rounds: int) -> list[float]:
+    """Median over `rounds` round-robin passes (the machine's speed drifts over tens of
+    seconds: interleaving spreads every model's samples over the whole run)."""
+    runs = []
+    for r in range(rounds):
+        runs.append([measure_model(target, m, config).median_ms for m in models])
+        print(f"# {target.name}: measured round {r + 1}/{rounds}", flush=True)
+    return [float(v) for v in np.median(np.array(runs), axis=0)]
+
+
+def evaluate(target, model: KernelPredictor, cases, config: TimingConfig,
+             rounds: int = 1) -> dict:
     rows = []
-    for name, make, graph, plan in cases:
-        truth_model = make()
-        measured = measure_model(target, truth_model, config).median_ms
+    built = [make() for _, make, _, _ in cases]
+    truth = measure_rounds(target, built, config, rounds)
+    for (name, _, graph, plan), truth_model, measured in zip(cases, built, truth, strict=True):
         direct = model.predict_units(model_units(truth_model))
         planned = predict_plan(model, graph, plan) if plan is not None else None
         rows.append((name, measured, direct, planned))
@@ -202,6 +215,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="quick probe subset, 6 variants, "
                     "3 light models (smoke run)")
     ap.add_argument("--no-light", action="store_true", help="skip the onnx light models")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="round-robin measurement passes, probes and models (median of them)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     config = TimingConfig(repeats=15, max_seconds=6.0)
@@ -214,12 +229,12 @@ def main() -> None:
     fitted = {}
     for name in args.targets.split(","):
         target = load_target(name)
-        model = fit_target(target, data_dir / f"{name}.csv", args.quick)
+        model = fit_target(target, data_dir / f"{name}.csv", args.quick, args.rounds)
         fitted[name] = model
         cases = [(n, lambda m=m: m, None, None) for n, m in lights]
         cases += [(n, lambda b=b, p=p: rewrite(b, p), g, p)
                   for n, b, g, p in variants(args.variants, args.seed, target.precisions)]
-        evaluate(target, model, cases, config)
+        evaluate(target, model, cases, config, args.rounds)
     kernel_costs(fitted)
 
 

@@ -51,8 +51,11 @@ def probe_cmd(target_name: str, out: str, subset: str) -> None:
 @click.option("--tracker", default=None, help="RPC tracker HOST:PORT (rpc targets).")
 @click.option("--repeats", default=15, show_default=True, help="Timed samples per design.")
 @click.option("--max-seconds", default=8.0, show_default=True, help="Time budget per design.")
+@click.option("--rounds", default=1, show_default=True,
+              help="Measure the designs round-robin this many times; a row is the median of "
+                   "its rounds (steadier on machines whose speed drifts).")
 def profile_cmd(model: str | None, use_probe: bool, subset: str, target_name: str, out: str,
-                tracker: str | None, repeats: int, max_seconds: float) -> None:
+                tracker: str | None, repeats: int, max_seconds: float, rounds: int) -> None:
     """Measure MODEL or the probe set on a target; append design,latency_ms rows to OUT."""
     from toolchain.measure.profile import profile
 
@@ -64,7 +67,7 @@ def profile_cmd(model: str | None, use_probe: bool, subset: str, target_name: st
     designs = _probe_designs(target, subset) if use_probe else [_model_design(model)]
     config = TimingConfig(repeats=repeats, max_seconds=max_seconds)
     start = time.monotonic()
-    result = profile(target, designs, out, config, tracker, progress=_echo_err)
+    result = profile(target, designs, out, config, tracker, progress=_echo_err, rounds=rounds)
     click.echo(f"{out}: {result.measured} measured, {result.already} already there"
                + (f", {len(result.failed)} failed: {', '.join(result.failed)}"
                   if result.failed else "") + f" ({time.monotonic() - start:.0f} s)")

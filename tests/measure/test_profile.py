@@ -68,3 +68,33 @@ def test_probe_command_writes_models(tmp_path):
     names = (tmp_path / "p" / "probes.txt").read_text().split()
     assert names == [p.name for p in probe_set(load_target("rpi4").precisions, "fingerprint")]
     assert all((tmp_path / "p" / f"{n}.onnx").is_file() for n in names)
+
+
+def test_rounds_interleave_resume_and_merge(tmp_path):
+    target = load_target("host-ort-1t")
+    probes = [p.name for p in probe_set(("fp32",), "fingerprint")][:2]
+    designs = [(n, lambda n=n: build_probe(n)) for n in probes]
+    out = tmp_path / "m.csv"
+    lines = []
+
+    def interrupt(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 3:   # first design of round 2 written, then Ctrl-C
+            raise _StopError
+    with pytest.raises(_StopError):
+        profile(target, designs, out, FAST, progress=interrupt, rounds=3)
+    assert lines[0].startswith("round 1/3") and lines[2].startswith("round 2/3")
+    assert not out.exists() or read_measurements(out) == []   # no row before its last round
+    result = profile(target, designs, out, FAST, rounds=3)
+    assert (result.measured, result.already, result.failed) == (2, 0, ())
+    side = [r.design for r in read_measurements(tmp_path / "m.csv.rounds.csv")]
+    assert side == [f"{n}@{r}" for r in (1, 2, 3) for n in probes]   # round-robin order
+    rows = read_measurements(out)
+    assert [r.design for r in rows] == probes
+    for row in rows:
+        per_round = sorted(r.latency_ms for r in read_measurements(tmp_path / "m.csv.rounds.csv")
+                           if r.design.startswith(row.design + "@"))
+        assert row.latency_ms == pytest.approx(per_round[1], rel=1e-5)   # median of 3
+        assert dict(row.extra)["repeats"] == "3"
+    with pytest.raises(Exception, match="--rounds must be at least 1"):
+        profile(target, designs, out, FAST, rounds=0)

@@ -57,16 +57,45 @@ class ProfileResult:
 
 def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.ModelProto]]],
             out: str | Path, config: TimingConfig | None = None, tracker: str | None = None,
-            progress: Callable[[str], None] | None = None) -> ProfileResult:
+            progress: Callable[[str], None] | None = None, rounds: int = 1) -> ProfileResult:
     """Measure every design not yet in `out`; one appended row each (resumable).
+
+    With `rounds` > 1 the designs are measured round-robin `rounds` times and a design's row
+    is the median of its rounds (`spread_pct` then is the spread across rounds): the speed of a
+    shared or virtual machine drifts by 10-20% over tens of seconds, and interleaving spreads
+    every design's samples over the whole run instead of one moment. The rounds so far are kept
+    in `<out>.rounds.csv` (design names `NAME@r`), so an interrupted run resumes mid-round.
 
     A design that fails (bad model, device error) is reported and skipped; an unreachable
     device stops the run (the rows so far are kept).
     """
-    from toolchain.measure.rpc import DeviceUnreachableError
-
+    if rounds < 1:
+        raise BadInputError("--rounds must be at least 1")
     done = measured_designs(out)
     todo = [(n, b) for n, b in designs if n not in done]
+    if rounds == 1:
+        failed = _measure_into(target, todo, out, config, tracker, progress, len(done))
+        return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
+    side = Path(str(out) + ".rounds.csv")
+    failed: list[str] = []
+    for r in range(1, rounds + 1):
+        have = measured_designs(side)
+        pending = [(f"{n}@{r}", b) for n, b in todo
+                   if f"{n}@{r}" not in have and n not in failed]
+        failed += [n.rsplit("@", 1)[0] for n in _measure_into(
+            target, pending, side, config, tracker,
+            progress and (lambda line, r=r: progress(f"round {r}/{rounds} {line}")), 0)]
+    rounds_of = _rounds(side)
+    with RowWriter(out) as writer:
+        for name, _ in todo:
+            if name not in failed and len(rounds_of.get(name, ())) >= rounds:
+                writer.write(_merged_row(target, name, rounds_of[name]))
+    return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
+
+
+def _measure_into(target, todo, out, config, tracker, progress, offset: int) -> list[str]:
+    from toolchain.measure.rpc import DeviceUnreachableError
+
     failed = []
     with RowWriter(out) as writer:
         for i, (name, build) in enumerate(todo, start=1):
@@ -81,10 +110,36 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
                 continue
             writer.write(_row(target, name, timing))
             if progress:
-                progress(f"[{len(done) + i}/{len(done) + len(todo)}] {name}: "
+                progress(f"[{offset + i}/{offset + len(todo)}] {name}: "
                          f"{timing.median_ms:.4g} ms (+/-{timing.spread_pct:.1f}%) "
                          f"in {time.perf_counter() - start:.1f} s")
-    return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
+    return failed
+
+
+def _rounds(side: Path) -> dict[str, list]:
+    from toolchain.measure.records import read_measurements
+
+    by_design: dict[str, list] = {}
+    for row in read_measurements(side) if side.is_file() else []:
+        by_design.setdefault(row.design.rsplit("@", 1)[0], []).append(row)
+    return by_design
+
+
+def _merged_row(target: Target, name: str, rows: list) -> dict:
+    """One design's row from its rounds: median latency, spread = IQR across rounds."""
+    import numpy as np
+
+    lat = np.array([r.latency_ms for r in rows])
+    q1, q2, q3 = np.percentile(lat, [25, 50, 75])
+    extra = dict(rows[-1].extra)
+    return {"design": name, "latency_ms": float(q2), "energy_mj": target.energy_mj(float(q2)),
+            "spread_pct": round(float(100 * (q3 - q1) / q2), 2),
+            "min_ms": min(float(dict(r.extra).get("min_ms", r.latency_ms)) for r in rows),
+            "repeats": len(rows), "number": extra.get("number", ""),
+            "outliers": extra.get("outliers", ""), "clock": extra.get("clock", ""),
+            "target": target.name, "backend": backend_name(target),
+            "threads": target.measure.threads,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _row(target: Target, name: str, t: Timing) -> dict:
