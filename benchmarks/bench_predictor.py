@@ -14,7 +14,7 @@ For each target (default: host-ort-1t and host-tvm):
 
 Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-tvm]
      [--variants 24] [--data-dir DIR] [--quick] [--rounds 3]
-Probes and models are measured in `--rounds` interleaved passes, the median of them kept.
+Probes and models are measured in `--rounds` interleaved passes; the fastest sample is kept.
 Measured figures are printed, nothing is asserted.
 """
 from __future__ import annotations
@@ -130,13 +130,13 @@ def fit_target(target, data: Path, quick: bool, rounds: int = 1) -> KernelPredic
 
 
 def measure_rounds(target, models: list, config: TimingConfig, rounds: int) -> list[float]:
-    """Median over `rounds` round-robin passes (the machine's speed drifts over tens of
-    seconds: interleaving spreads every model's samples over the whole run)."""
+    """The fastest sample over `rounds` round-robin passes, as `profile --rounds` measures
+    the probes (whole timing blocks on this VM sometimes run 1.5-2x slow)."""
     runs = []
     for r in range(rounds):
-        runs.append([measure_model(target, m, config).median_ms for m in models])
+        runs.append([measure_model(target, m, config).min_ms for m in models])
         print(f"# {target.name}: measured round {r + 1}/{rounds}", flush=True)
-    return [float(v) for v in np.median(np.array(runs), axis=0)]
+    return [float(v) for v in np.min(np.array(runs), axis=0)]
 
 
 def evaluate(target, model: KernelPredictor, cases, config: TimingConfig,
@@ -216,7 +216,7 @@ def main() -> None:
                     "3 light models (smoke run)")
     ap.add_argument("--no-light", action="store_true", help="skip the onnx light models")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="round-robin measurement passes, probes and models (median of them)")
+                    help="round-robin measurement passes, probes and models (fastest sample kept)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     config = TimingConfig(repeats=15, max_seconds=6.0)
