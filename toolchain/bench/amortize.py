@@ -8,12 +8,14 @@ input). For every budget quantile q (B = q-quantile of the target's filled laten
 chooses one design among the target's filled rows that have an objective:
 
 - V = 0: the network's design for (fingerprint, B), decoded and repaired with the predictor;
-- V > 0: the V cells are shared by the budgets, loosest budget first (earlier budgets'
-  measurements are known to later ones). For one budget, each verification asks the
-  optimizer for the budget times a factor (1 at first; x0.97 after a measured violation,
-  x1.02 up to 1 after a success), with the predictor refitted on every cell read so far, and
-  measures its design; the choice is the best objective among measured designs within B,
-  else the optimizer's design for 0.85 B.
+- V > 0: the V cells are spent jointly for all budgets. Each verification asks the
+  optimizer for every budget times each factor of SHORT_LIST, refines those designs by
+  hill-climbing with the predictor refitted on every cell read so far, adds their
+  single-column changes (the short list), and measures the candidate of the largest expected
+  gain summed over the budgets: P(latency <= B) x (objective - best objective measured within
+  B), P from the refitted predictor with its leave-one-out log-latency spread. The choice
+  per budget is the best objective among measured designs within B (fingerprint cells
+  included), else the optimizer's design for 0.85 B.
 
 Also reported: `search` - the same predictor with per-device exhaustive scoring of every
 design (direct choice), and the timing of both in one batch for all test devices and budgets
@@ -35,6 +37,7 @@ from toolchain.bench.scores import (
     budget_key,
     budget_of,
     finite_or_none,
+    normal_cdf,
     outcome,
 )
 from toolchain.bench.table import Table, TargetAccess, parse_names
@@ -53,13 +56,11 @@ __all__ = ["AmortizeOptions", "run_amortize"]
 logger = logging.getLogger(__name__)
 
 NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
-# Verification ladder (see the module docstring). Chosen on leave-device-out splits of the
-# training columns only (train on 8, verify on 5 others: phones + silver_4114, and GPUs/CPUs),
-# never on test columns.
-START, TIGHTEN, LOOSEN = 1.0, 0.97, 1.02
-REPEAT_TIGHTEN, REPEAT_LOOSEN = 0.98, 1.02
+# Verification (see the module docstring). Chosen on leave-device-out splits of the training
+# columns only (six splits: phones, CPUs, GPUs, mixes held out), never on test columns.
+SHORT_LIST = np.geomspace(0.7, 1.05, 12)   # asked budgets of the short list, times B
+MIN_SPREAD = 0.01                           # floor of the predictor's log-latency spread
 FALLBACK = 0.85
-LOOSEST_FIRST = True
 TIMING_REPEATS, TIMING_ROUNDS = 5, 3
 
 
@@ -135,33 +136,65 @@ class _Bench:
         row = refine(self.space, row, weights[None], np.array([budget]), dev.allowed)[0]
         return int(self.rows_used[row])
 
-    def verified(self, opt: AmortizedOptimizer, dev: _Device, budget: float, share: int) -> int:
-        """Spend `share` cells on the optimizer's designs for a ladder of asked budgets: start
-        a margin below B, tighten after a measured violation, loosen back toward B after a
-        success; the predictor is refitted on every cell read. Choice: the best measured
-        design within B (fingerprint cells included), else the design for a budget well
-        below B."""
-        factor, weights = START, dev.weights
-        for _ in range(share):
-            row = self.proposal(opt, dev, weights, budget * factor)
-            seen, values = dev.access.measured()
-            met_last = bool(len(values)) and values[-1] <= budget
-            for _ in range(8):   # already measured: move the asked budget on instead
-                if row not in seen:
-                    break
-                factor *= REPEAT_LOOSEN if met_last and factor < 1 else REPEAT_TIGHTEN
-                row = self.proposal(opt, dev, weights, budget * factor)
-            if row in seen:
-                break
-            met = dev.access.measure([row])[0] <= budget
-            factor = min(1.0, factor * LOOSEN) if met else factor * TIGHTEN
+    def short_list(self, opt: AmortizedOptimizer, dev: _Device, weights: np.ndarray,
+                   budgets: np.ndarray) -> np.ndarray:
+        """The optimizer's designs (refined by hill-climbing with the refitted predictor) for
+        each budget times each factor of SHORT_LIST: table rows, distinct."""
+        asked = np.outer(budgets, SHORT_LIST).ravel()
+        n = len(asked)
+        w = np.repeat(weights[None], n, axis=0)
+        rows = opt.choose(self.space, w, np.repeat(dev.fingerprint[None], n, axis=0), asked,
+                          dev.allowed)
+        rows = refine(self.space, rows, w, asked, dev.allowed)
+        rows = self.space.neighbours[np.unique(rows)].ravel()   # and their single changes
+        rows = rows[rows >= 0]
+        rows = rows[dev.allowed[rows]]
+        return np.unique(self.rows_used[rows])
+
+    def spread(self, seen: np.ndarray, values: np.ndarray, scale: float) -> float:
+        """Leave-one-out RMS error of log latency of the predictor on the cells read."""
+        errors = []
+        for i in range(len(seen)):
+            keep = np.arange(len(seen)) != i
+            w = self.ctx.adapt(seen[keep], values[keep], scale)
+            errors.append(np.log(max(float(self.ctx.features[seen[i]] @ w), 1e-12) / values[i]))
+        return max(float(np.sqrt(np.mean(np.square(errors)))), MIN_SPREAD)
+
+    def verified(self, opt: AmortizedOptimizer, dev: _Device,
+                 budgets: np.ndarray) -> list[int]:
+        """Spend the target's V cells on the optimizer's short list for its budgets: each time
+        the candidate of the largest expected gain summed over the budgets, P(latency <= B) x
+        (objective - best objective measured within B), P from the refitted predictor and its
+        spread. Choice per budget: the best measured design within B (fingerprint cells
+        included), else the design for a budget well below B."""
+        objective = self.objective
+        while dev.access.remaining > 0:
             seen, values = dev.access.measured()
             weights = self.ctx.adapt(seen, values, dev.scale)
+            cands = self.short_list(opt, dev, weights, budgets)
+            cands = cands[~np.isin(cands, seen)]
+            if not len(cands):
+                break
+            pred = np.maximum(self.ctx.features[cands] @ weights, 1e-12)
+            sd = self.spread(seen, values, dev.scale)
+            score = np.zeros(len(cands))
+            for budget in budgets:
+                ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
+                best = float(np.max(objective[ok])) if len(ok) else \
+                    float(np.min(objective[cands])) - 1.0
+                gain = np.maximum(objective[cands] - best, 0.0)
+                score += normal_cdf((np.log(budget) - np.log(pred)) / sd) * gain
+            if score.max() <= 0:
+                break
+            dev.access.measure([int(cands[np.argmax(score)])])
         seen, values = dev.access.measured()
-        ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
-        if len(ok):
-            return int(ok[np.argmax(self.objective[ok])])
-        return self.proposal(opt, dev, weights, budget * FALLBACK)
+        weights = self.ctx.adapt(seen, values, dev.scale)
+        chosen = []
+        for budget in budgets:
+            ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
+            chosen.append(int(ok[np.argmax(objective[ok])]) if len(ok) else
+                          self.proposal(opt, dev, weights, budget * FALLBACK))
+        return chosen
 
     def search(self, dev: _Device, budget: float) -> int:
         pred = self.space.features @ dev.weights
@@ -245,13 +278,12 @@ def run_amortize(table: Table, opts: AmortizeOptions, progress=None) -> dict:
                            bench.choose(opt, dev, dev.weights, budget))
                     _tally(tallies["search"], dev, true, bench.objective, q, budget,
                            bench.search(dev, budget))
-                order = sorted(zip(opts.budgets, budgets[target], strict=True),
-                               reverse=LOOSEST_FIRST)
-                for i, (q, budget) in enumerate(order):
-                    share = dev.access.remaining // (len(order) - i)
-                    chosen = bench.verified(opt, dev, budget, share) if share > 0 \
-                        else bench.choose(opt, dev, dev.weights, budget)
-                    _tally(tallies["main"], dev, true, bench.objective, q, budget, chosen)
+                if opts.verify > 0:
+                    chosen = bench.verified(opt, dev, np.array(budgets[target]))
+                else:
+                    chosen = [bench.choose(opt, dev, dev.weights, b) for b in budgets[target]]
+                for q, budget, row in zip(opts.budgets, budgets[target], chosen, strict=True):
+                    _tally(tallies["main"], dev, true, bench.objective, q, budget, row)
                 measurements[target] = max(measurements.get(target, 0), dev.access.measurements)
                 devices.append(dev)
             timings.append(_timing(bench, opt, devices, budgets))

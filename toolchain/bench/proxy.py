@@ -29,6 +29,7 @@ from toolchain.bench.scores import (
     choose_direct,
     finite_or_none,
     held_out,
+    normal_cdf,
     outcome,
     spearman,
 )
@@ -297,16 +298,6 @@ def pareto_rows(latency: np.ndarray, objective: np.ndarray, usable: np.ndarray) 
     return np.sort(order[keep])
 
 
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF, vectorized (Abramowitz-Stegun 7.1.26 erf, error < 2e-7)."""
-    x = np.abs(z) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
-                                                                       + t * 1.061405429))))
-    erf = 1.0 - poly * np.exp(-x * x)
-    return 0.5 * (1.0 + np.sign(z) * erf)
-
-
 def _verified_choice(ctx: _Context, access: TargetAccess, model: _Model, rows: np.ndarray,
                      budget: float, verify: int) -> int:
     """Measure up to `verify` candidates, each the best expected improvement over the best
@@ -326,7 +317,7 @@ def _verified_choice(ctx: _Context, access: TargetAccess, model: _Model, rows: n
             break
         z = (math.log(budget) - np.log(np.maximum(model.pred[rows[live]], 1e-12))) \
             / max(model.sigma, 1e-3)
-        score = _normal_cdf(z) * gain[live]
+        score = normal_cdf(z) * gain[live]
         access.measure(rows[live][int(np.argmax(score))])
         seen, values = access.measured()
         model = ctx.fit(seen, values)

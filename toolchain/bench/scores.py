@@ -12,6 +12,7 @@ API (stable):
     tally = BudgetTally(); tally.add(target, q, met, regret)
     tally.regret(target) / .violation_rate(target)  # {"0.1": x, ...} (seed averages)
     tally.median_regret() / .overall_violation_rate() / .near_violation_rate(...)
+    normal_cdf(z)                         # standard normal CDF, vectorized
     budget_key(q) -> "0.1";  write_json(path, obj) (atomic)
 
 Regret is in objective points: (best objective among the target's rows with measured latency
@@ -33,7 +34,7 @@ import numpy as np
 
 __all__ = [
     "rankdata", "spearman", "acc10", "held_out", "budget_of", "choose_direct", "outcome",
-    "ceiling_spearman", "BudgetTally", "budget_key", "write_json", "finite_or_none",
+    "ceiling_spearman", "normal_cdf", "BudgetTally", "budget_key", "write_json", "finite_or_none",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,16 @@ def acc10(pred: np.ndarray, true: np.ndarray) -> float:
 def held_out(filled_rows: np.ndarray, sampled: np.ndarray) -> np.ndarray:
     """The filled rows of a target that were not among its samples (scored rows)."""
     return np.setdiff1d(filled_rows, sampled, assume_unique=False)
+
+
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, vectorized (Abramowitz-Stegun 7.1.26 erf, error < 2e-7)."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                       + t * 1.061405429))))
+    erf = 1.0 - poly * np.exp(-x * x)
+    return 0.5 * (1.0 + np.sign(z) * erf)
 
 
 def budget_of(true_filled: np.ndarray, q: float) -> float:
