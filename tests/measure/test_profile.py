@@ -99,3 +99,12 @@ def test_rounds_interleave_resume_and_merge(tmp_path):
         assert dict(row.extra)["repeats"] == "3"
     with pytest.raises(Exception, match="--rounds must be at least 1"):
         profile(target, designs, out, FAST, rounds=0)
+
+
+def test_rounds_with_nothing_left_to_measure(tmp_path):
+    target = load_target("host-ort-1t")
+    name = [p.name for p in probe_set(("fp32",), "fingerprint")][0]
+    out = tmp_path / "m.csv"
+    out.write_text(f"design,latency_ms\n{name},0.5\n")
+    result = profile(target, [(name, lambda: build_probe(name))], out, FAST, rounds=3)
+    assert (result.measured, result.already) == (0, 1)

@@ -75,6 +75,8 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
         raise BadInputError("--rounds must be at least 1")
     done = measured_designs(out)
     todo = [(n, b) for n, b in designs if n not in done]
+    if not todo:
+        return ProfileResult(0, len(done), ())
     if rounds == 1:
         failed = _measure_into(target, todo, out, config, tracker, progress, len(done))
         return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
@@ -122,7 +124,7 @@ def _rounds(side: Path) -> dict[str, list]:
     from toolchain.measure.records import read_measurements
 
     by_design: dict[str, list] = {}
-    for row in read_measurements(side) if side.is_file() else []:
+    for row in read_measurements(side) if measured_designs(side) else []:
         by_design.setdefault(row.design.rsplit("@", 1)[0], []).append(row)
     return by_design
 
