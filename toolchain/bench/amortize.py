@@ -13,7 +13,8 @@ chooses one design among the target's filled rows that have an objective:
   hill-climbing with the predictor refitted on every cell read so far, adds their
   single-column changes (the short list), and measures the candidate of the largest expected
   gain summed over the budgets: P(latency <= B) x (objective - best objective measured within
-  B), P from the refitted predictor with its leave-one-out log-latency spread. The choice
+  B), P from the refitted predictor with its leave-one-out log-latency spread (robust:
+  median absolute error). The choice
   per budget is the best objective among measured designs within B (fingerprint cells
   included), else the optimizer's design for 0.85 B.
 
@@ -152,13 +153,16 @@ class _Bench:
         return np.unique(self.rows_used[rows])
 
     def spread(self, seen: np.ndarray, values: np.ndarray, scale: float) -> float:
-        """Leave-one-out RMS error of log latency of the predictor on the cells read."""
+        """Spread of the predictor's log-latency error: leave-one-out errors on the cells read,
+        1.4826 x their median absolute value (robust: with the fingerprint alone a left-out
+        cell is often an extrapolation, and one near-zero or negative prediction would make
+        an RMS spread so wide that every candidate looks feasible)."""
         errors = []
         for i in range(len(seen)):
             keep = np.arange(len(seen)) != i
             w = self.ctx.adapt(seen[keep], values[keep], scale)
             errors.append(np.log(max(float(self.ctx.features[seen[i]] @ w), 1e-12) / values[i]))
-        return max(float(np.sqrt(np.mean(np.square(errors)))), MIN_SPREAD)
+        return max(1.4826 * float(np.median(np.abs(errors))), MIN_SPREAD)
 
     def verified(self, opt: AmortizedOptimizer, dev: _Device,
                  budgets: np.ndarray) -> list[int]:
