@@ -157,3 +157,21 @@ def test_probe_set_is_fixed_and_named():
     assert design_units("not-a-probe") is None
     with pytest.raises(BadInputError):
         probe_set(("fp32",), "huge")
+
+
+def test_weights_turn_cold_when_the_model_outgrows_the_cache():
+    from toolchain.predict.kernel import context_of, features
+
+    conv = Unit("c", "conv", "fp32", macs=1e6, in_elems=1e4, out_elems=1e4,
+                weight_elems=2e6, cin=512, cout=512, k_area=9, rows=512)   # 8 MB of fp32
+    int8 = Unit("q", "conv", "int8", weight_elems=2e6)                     # 2 MB
+    assert context_of([conv, int8]) == pytest.approx(10e6)
+    assert features(conv, context=4e6)["cold_weight_bytes"] == 0.0       # fits: stays cached
+    assert features(conv, context=64 << 20)["cold_weight_bytes"] == pytest.approx(8.0)  # MB
+    between = features(conv, context=20 << 20)["cold_weight_bytes"]
+    assert 0.0 < between < 8.0
+    # the prediction prices each kernel in the context of the whole list it is given
+    model = KernelPredictor({"conv/fp32": {"cold_weight_bytes": 1.0}}, {"model": 0.0})
+    alone = model.predict_units([conv]).latency_ms
+    crowded = model.predict_units([conv] + [conv] * 7).latency_ms / 8
+    assert alone == 0.0 and crowded == pytest.approx(8.0)

@@ -4,7 +4,11 @@ Each kernel (a `Unit`: a `group_kernels` kernel after fusion, with its precision
 the regressor of its kind (`conv/fp32`, `dwconv/int8`, `MaxPool/fp32`, `quantize/int8`, ...):
 a non-negative linear model on features of the kernel - a per-kernel constant (dispatch), MACs,
 MACs with channels padded to the 16-lane vector width, elements read and written, weight
-elements, output rows, window elements for pools - in millions.
+elements, output rows, window elements for pools - in millions; plus two memory-hierarchy
+features: activation bytes beyond the per-core L2 cache (`act_spill`), and the kernel's weight
+bytes scaled by the share of the whole model's weights that cannot stay in the last-level cache
+(`cold_weight_bytes`: a ResNet-18 at 45 MB of fp32 weights reads every weight from DRAM at every
+inference, the same convolution alone in a loop keeps them cached).
 
 Training needs only whole-model measurements (`design,latency_ms`): every measured design is an
 equation "latency = model constant + sum of its kernels' costs", linear in all regressors'
@@ -36,7 +40,7 @@ from toolchain.errors import BadInputError, UnsupportedKernelError
 from toolchain.predict.units import Unit
 
 __all__ = [
-    "KernelPredictor", "Prediction", "KernelCost", "features", "nnls", "spearman",
+    "KernelPredictor", "Prediction", "KernelCost", "features", "context_of", "nnls", "spearman",
     "FORMAT", "FORMAT_VERSION", "fit_rows",
 ]
 
@@ -48,27 +52,47 @@ _M = 1e-6   # features in millions: weights are then ms per million
 
 _EDGES = ("edge_in", "edge_out")
 _CONV = ("kernel", "macs", "macs_pad16", "macs_red_small", "macs_red_mid", "in_elems",
-         "out_elems", "weight_elems", "rows", "out_taps", "dram_weight_bytes", *_EDGES)
+         "out_elems", "weight_elems", "rows", "out_taps", "dram_weight_bytes", "act_spill",
+         "cold_weight_bytes", "macs_big_kernel", *_EDGES)
 _BASIS: dict[str, tuple[str, ...]] = {
     "conv": _CONV, "dwconv": _CONV,
     "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", "dram_weight_bytes",
-             *_EDGES),
-    "MaxPool": ("kernel", "in_elems", "window_elems", *_EDGES),
+             "cold_weight_bytes", *_EDGES),
+    "MaxPool": ("kernel", "in_elems", "window_elems", "act_spill", *_EDGES),
     "AveragePool": ("kernel", "in_elems", "window_elems", *_EDGES),
     "LRN": ("kernel", "out_elems", "window_elems", *_EDGES),
 }
-_DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", *_EDGES)
+_DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES)
 MODEL_BASIS = ("model",)
 _BYTES = {"int8": 1, "fp16": 2}
 _CACHE_BYTES = 16 << 20
+_L2_BYTES = 1 << 20
+# A model whose weights exceed the last-level cache reads them from DRAM at every inference
+# (each kernel's weights are evicted by the others' before its next run); between these two
+# sizes a growing share does. The CPU's nominal L3 is 32 MiB, shared with other tenants.
+_WARM_BYTES, _COLD_BYTES = 8 << 20, 32 << 20
+
+
+def weight_bytes(u: Unit) -> float:
+    return u.weight_elems * _BYTES.get(u.precision, 4 if u.precision != "int8w" else 1)
+
+
+def context_of(units: Iterable[Unit]) -> float:
+    """The model's weight bytes: what decides whether a kernel's weights stay cached."""
+    return float(sum(weight_bytes(u) for u in units))
+
+
+def _cold_share(context: float) -> float:
+    return min(1.0, max(0.0, (context - _WARM_BYTES) / (_COLD_BYTES - _WARM_BYTES)))
 
 
 def _pad(c: int, lanes: int = 16) -> float:
     return math.ceil(c / lanes) * lanes / c if c > 0 else 1.0
 
 
-def features(u: Unit) -> dict[str, float]:
-    """The named features of one unit (millions, except the per-kernel constant)."""
+def features(u: Unit, context: float = 0.0) -> dict[str, float]:
+    """The named features of one unit (millions, except the per-kernel constant) in a model
+    whose weights take `context` bytes (`context_of`)."""
     cin_pad = 1.0 if u.cls == "dwconv" else _pad(u.cin)
     return {
         "kernel": 1.0, "macs": u.macs * _M, "macs_pad16": u.macs * _pad(u.cout) * cin_pad * _M,
@@ -85,6 +109,14 @@ def features(u: Unit) -> dict[str, float]:
         # (AlexNet/VGG classifiers), far costlier per byte than cache-resident weights.
         "dram_weight_bytes": max(0.0, u.weight_elems * _BYTES.get(u.precision, 4)
                                  - _CACHE_BYTES) * _M,
+        # Activation bytes beyond the per-core L2 cache: read and written through L3 / DRAM
+        # (early, high-resolution layers), costlier per element than cache-resident ones.
+        "act_spill": max(0.0, (u.in_elems + u.out_elems) * _BYTES.get(u.precision, 4)
+                         - _L2_BYTES) * _M,
+        "cold_weight_bytes": weight_bytes(u) * _cold_share(context) * _M,
+        # 5x5 and larger windows take other code paths than 3x3 (onnxruntime's int8 depthwise
+        # 5x5 runs several times slower per MAC than its 3x3).
+        "macs_big_kernel": u.macs * _M if u.k_area > 9 else 0.0,
     }
 
 
@@ -92,8 +124,8 @@ def basis_of(cls: str) -> tuple[str, ...]:
     return _BASIS.get(cls, _DEFAULT_BASIS)
 
 
-def _vector(u: Unit) -> np.ndarray:
-    f = features(u)
+def _vector(u: Unit, context: float) -> np.ndarray:
+    f = features(u, context)
     return np.array([f[name] for name in basis_of(u.cls)])
 
 
@@ -144,17 +176,20 @@ class KernelPredictor:
         return sorted(self.weights)
 
     # ------------------------------------------------------------------ prediction
-    def kernel_ms(self, u: Unit) -> float | None:
+    def kernel_ms(self, u: Unit, context: float = 0.0) -> float | None:
+        """One kernel's cost inside a model of `context` weight bytes (`context_of`)."""
         w = self.weights.get(u.kind)
         if w is None:
             return None
-        f = features(u)
+        f = features(u, context)
         return float(sum(w[name] * f[name] for name in w))
 
     def predict_units(self, units: Iterable[Unit], strict: bool = False) -> Prediction:
         costs, unknown = [], []
+        units = list(units)
+        context = context_of(units)
         for u in units:
-            ms = self.kernel_ms(u)
+            ms = self.kernel_ms(u, context)
             if ms is None:
                 unknown.append(f"{u.name} ({u.kind})")
             else:
@@ -230,8 +265,9 @@ def _design_matrix(designs: Sequence[Sequence[Unit]], columns) -> np.ndarray:
     index = {c: i for i, c in enumerate(columns)}
     X = np.zeros((len(designs), len(columns)))
     for r, units in enumerate(designs):
+        context = context_of(units)
         for u in units:
-            for name, value in zip(basis_of(u.cls), _vector(u), strict=True):
+            for name, value in zip(basis_of(u.cls), _vector(u, context), strict=True):
                 X[r, index[(u.kind, name)]] += value
         for name in MODEL_BASIS:
             X[r, index[("", name)]] = 1.0
