@@ -53,6 +53,14 @@ def test_profile_model_cli_and_bad_input(tmp_path):
               "--repeats", "3", "--max-seconds", "0.5")
     assert ok.exit_code == 0, ok.output
     assert [r.design for r in read_measurements(out)] == ["tiny"]
+    rounds = _cli("profile", str(model), "--target", "host-ort-1t", "-o", str(tmp_path / "r.csv"),
+                  "--rounds", "2", "--repeats", "3", "--max-seconds", "0.3")
+    assert rounds.exit_code == 0, rounds.output
+    assert [r.design for r in read_measurements(tmp_path / "r.csv")] == ["tiny"]
+    assert "round 2/2" in rounds.output
+    zero = _cli("profile", str(model), "--target", "host-ort-1t", "-o", str(tmp_path / "z.csv"),
+                "--rounds", "0")
+    assert zero.exit_code == 2 and "--rounds must be at least 1" in zero.output
     both = _cli("profile", str(model), "--probe", "--target", "host-ort-1t", "-o", str(out))
     assert both.exit_code == 2 and "either MODEL or --probe" in both.output
     unknown = _cli("profile", str(model), "--target", "pi-zero", "-o", str(out))
