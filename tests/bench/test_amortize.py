@@ -14,7 +14,7 @@ from tests.bench.test_fewshot import (  # noqa: F401 (_one_blas_thread: autouse 
     _one_blas_thread,
     write_synthetic_table,
 )
-from toolchain.bench.amortize import AmortizeOptions, run_amortize
+from toolchain.bench.amortize import AmortizeOptions, robust_spread, run_amortize
 from toolchain.bench.fewshot import DeviceContext, single_thread
 from toolchain.bench.table import load_table
 from toolchain.cli import cli
@@ -147,3 +147,9 @@ def test_json_has_protocol_keys(table_path, tmp_path, monkeypatch):
     assert {"samples", "verify", "seeds", "targets", "median_regret", "violation_rate",
             "seconds_per_device", "search_seconds_per_device"} <= set(data)
     assert data["targets"][TEST[1]]["measurements"] <= 10
+
+
+def test_verification_spread_ignores_one_wild_prediction():
+    errors = np.array([0.05, -0.04, 0.06, -0.05, 0.03, -0.06, 0.04, 27.6])   # log(1 / 1e-12)
+    assert 0.05 <= robust_spread(errors) <= 0.1
+    assert robust_spread(np.zeros(5)) > 0   # floored: a perfect fit still has some spread

@@ -12,9 +12,10 @@ chooses one design among the target's filled rows that have an objective:
   optimizer for every budget times each factor of SHORT_LIST, refines those designs by
   hill-climbing with the predictor refitted on every cell read so far, adds their
   single-column changes (the short list), and measures the candidate of the largest expected
-  gain summed over the budgets: P(latency <= B) x (objective - best objective measured within
-  B), P from the refitted predictor with its leave-one-out log-latency spread (robust:
-  median absolute error). The choice
+  gain summed over the budgets: P(latency <= B) x gain, gain = objective - best objective
+  measured within B, divided by the largest such gain on the short list (so each budget
+  weighs alike), P from the refitted predictor with its leave-one-out log-latency spread
+  (robust: median absolute error). The choice
   per budget is the best objective among measured designs within B (fingerprint cells
   included), else the optimizer's design for 0.85 B.
 
@@ -52,7 +53,7 @@ from toolchain.optimize.amortized import (
     train_amortized,
 )
 
-__all__ = ["AmortizeOptions", "run_amortize"]
+__all__ = ["AmortizeOptions", "run_amortize", "robust_spread"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,15 @@ NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
 SHORT_LIST = np.geomspace(0.7, 1.05, 12)   # asked budgets of the short list, times B
 MIN_SPREAD = 0.01                           # floor of the predictor's log-latency spread
 FALLBACK = 0.85
-TIMING_REPEATS, TIMING_ROUNDS = 5, 3
+TIMING_REPEATS, TIMING_ROUNDS = 5, 7
+
+
+def robust_spread(errors: np.ndarray) -> float:
+    """1.4826 x the median absolute log error (the sd of a normal error), at least MIN_SPREAD.
+    Robust: with the fingerprint alone a left-out cell is often an extrapolation, and one
+    near-zero or negative prediction would make an RMS spread so wide that every candidate
+    looks feasible."""
+    return max(1.4826 * float(np.median(np.abs(errors))), MIN_SPREAD)
 
 
 @dataclass(frozen=True)
@@ -153,24 +162,23 @@ class _Bench:
         return np.unique(self.rows_used[rows])
 
     def spread(self, seen: np.ndarray, values: np.ndarray, scale: float) -> float:
-        """Spread of the predictor's log-latency error: leave-one-out errors on the cells read,
-        1.4826 x their median absolute value (robust: with the fingerprint alone a left-out
-        cell is often an extrapolation, and one near-zero or negative prediction would make
-        an RMS spread so wide that every candidate looks feasible)."""
+        """Spread of the predictor's log-latency error on the cells read (`robust_spread` of
+        the leave-one-out errors)."""
         errors = []
         for i in range(len(seen)):
             keep = np.arange(len(seen)) != i
             w = self.ctx.adapt(seen[keep], values[keep], scale)
             errors.append(np.log(max(float(self.ctx.features[seen[i]] @ w), 1e-12) / values[i]))
-        return max(1.4826 * float(np.median(np.abs(errors))), MIN_SPREAD)
+        return robust_spread(np.array(errors))
 
     def verified(self, opt: AmortizedOptimizer, dev: _Device,
                  budgets: np.ndarray) -> list[int]:
         """Spend the target's V cells on the optimizer's short list for its budgets: each time
         the candidate of the largest expected gain summed over the budgets, P(latency <= B) x
-        (objective - best objective measured within B), P from the refitted predictor and its
-        spread. Choice per budget: the best measured design within B (fingerprint cells
-        included), else the design for a budget well below B."""
+        (objective - best objective measured within B) / (the budget's largest such gain), P
+        from the refitted predictor and its spread. Choice per budget: the best measured
+        design within B (fingerprint cells included), else the design for a budget well
+        below B."""
         objective = self.objective
         while dev.access.remaining > 0:
             seen, values = dev.access.measured()
@@ -187,6 +195,8 @@ class _Bench:
                 best = float(np.max(objective[ok])) if len(ok) else \
                     float(np.min(objective[cands])) - 1.0
                 gain = np.maximum(objective[cands] - best, 0.0)
+                if gain.max() > 0:   # each budget's gains up to 1: no budget starves the others
+                    gain = gain / gain.max()
                 score += normal_cdf((np.log(budget) - np.log(pred)) / sd) * gain
             if score.max() <= 0:
                 break

@@ -16,8 +16,8 @@ with `choose_from_fingerprints` with the predictor's weights too, so a whole bat
 onnxruntime call. Candidates per (device, budget): the designs formed by the first or second
 most likely value of each head (at most MAX_FLIPS heads at their second), and a ladder of
 faster Pareto designs precomputed per network output (`candidate_table`); the choice is the
-best objective predicted within budget, else the fastest candidate; when no candidate is
-predicted within budget (rare), exhaustive scoring for that device.
+best objective predicted within budget; when no candidate is predicted within budget (rare),
+exhaustive scoring for that device.
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the faster fa
 MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value, at most this many
 LADDER = (0.7, 0.5, 0.35)   # faster fallbacks: front designs below these fractions of it
 REFINE_STEPS = 6           # hill-climbing steps of `refine`
+QUANTIZE = True           # int8 MLP in the chooser graph (`_quantized`)
 FORMAT_VERSION = 1
 
 
@@ -54,7 +55,7 @@ class TrainConfig:
     budgets_per_device: int = 6
     quantiles: tuple[float, float] = (0.03, 0.8)   # budget range, as quantiles of predictions
     fingerprint_noise: float = 0.03                # relative noise of a fingerprint cell
-    hidden: int = 128
+    hidden: tuple[int, ...] = (128, 128)           # widths of the hidden layers
     epochs: int = 30
     batch: int = 256
     learning_rate: float = 2e-3
@@ -227,7 +228,7 @@ def _fit_network(X: np.ndarray, Y: np.ndarray, offsets: np.ndarray,
     onehot = np.zeros((len(Y), offsets[-1]))
     for j in range(Y.shape[1]):
         onehot[np.arange(len(Y)), offsets[j] + Y[:, j]] = 1.0
-    params = _init([X.shape[1], cfg.hidden, cfg.hidden, int(offsets[-1])], rng)
+    params = _init([X.shape[1], *cfg.hidden, int(offsets[-1])], rng)
     moments = [[np.zeros_like(p) for p in layer] for layer in params]
     second = [[np.zeros_like(p) for p in layer] for layer in params]
     step = 0
@@ -338,8 +339,7 @@ class AmortizedOptimizer:
         with an objective allowed, all in the one onnxruntime call (float32)."""
         budgets = np.asarray(budgets, float)
         feeds = {"fp": np.asarray(fingerprints, np.float32),
-                 "budget": budgets.astype(np.float32)[:, None],
-                 "value": space.value32, "floor": space.floor32}
+                 "budget": budgets.astype(np.float32)[:, None], "floor": space.floor32}
         out = self.session(space, predictor).run(None, feeds)
         return self._finish(space, out, None, budgets, None, predictor, fingerprints)
 
@@ -434,36 +434,31 @@ def _flip_patterns(heads: int) -> np.ndarray:
 
 def _latency_basis(space: DesignSpace, predictor: ConditionedPredictor | None) -> np.ndarray:
     """Per design, what the graph's `w` multiplies: its features, or from fingerprints
-    (F mean, F gain_t^T) (see `_fingerprint_nodes`)."""
+    (F mean - G prior_fp, G) with G = F gain_t^T (see `_fingerprint_nodes`)."""
     if predictor is None:
         return space.features32
-    _, gain_t = predictor._fingerprint_map
-    return np.column_stack([space.features @ predictor.mean,
-                            space.features @ gain_t.T]).astype(np.float32)
+    prior_fp, gain_t = predictor._fingerprint_map
+    G = space.features @ gain_t.T
+    return np.column_stack([space.features @ predictor.mean - G @ prior_fp,
+                            G]).astype(np.float32)
 
 
 def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
-    """Nodes fp (n, R), budget (n, 1) -> w (n, R + 1, 1) (`device_weights` in the basis of
-    `_latency_basis`) and x
-    (`network_inputs`), with their constants added to `graph`."""
+    """Nodes fp (n, R), budget (n, 1) -> w (n, R + 2, 1) (`device_weights` in the basis of
+    `_latency_basis`, and 0 for the value column) and x (`network_inputs`), with their
+    constants added to `graph`."""
     from onnx import helper, numpy_helper
 
-    prior_fp, _ = predictor._fingerprint_map
-    consts = {"prior_fp": prior_fp, "tiny": np.array(1e-3)}
-    graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
-                             for k, v in consts.items())
-    graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), "w_axis")])
+    graph.initializer.extend([numpy_helper.from_array(np.array(1e-3, np.float32), "tiny"),
+                              numpy_helper.from_array(np.array([-1], np.int64), "w_axis")])
     N = helper.make_node
-    # latency = F w = scale (F mean + (F gain_t^T) . residual): the graph gathers these
-    # R + 1 columns per design instead of d (`_chooser_onnx` builds them)
+    # latency = F w = scale (F mean - G prior_fp) + G fp, G = F gain_t^T: the graph gathers
+    # these R + 1 columns per design instead of d (`_latency_basis`), w = (scale, fp)
     return [
         N("ReduceMean", ["fp"], ["fp_mean"], axes=[1], keepdims=1),
-        N("Div", ["fp", "fp_mean"], ["fp_rel"]),
-        N("Sub", ["fp_rel", "prior_fp"], ["fp_res"]),
-        N("Div", ["fp_mean", "fp_mean"], ["ones"]),
-        N("Concat", ["ones", "fp_res"], ["w_rel"], axis=1),
-        N("Mul", ["w_rel", "fp_mean"], ["w_2d"]),
-        N("Unsqueeze", ["w_2d", "w_axis"], ["w"]),                 # (n, R + 1, 1)
+        N("Sub", ["fp_mean", "fp_mean"], ["w_val"]),              # 0: the value column
+        N("Concat", ["fp_mean", "fp", "w_val"], ["w_2d"], axis=1),
+        N("Unsqueeze", ["w_2d", "w_axis"], ["w"]),                 # (n, R + 2, 1)
         # network_inputs: cells clamped at 1e-3 of the mean |cell| (imputed cells may dip)
         N("Abs", ["fp"], ["fp_abs"]),
         N("ReduceMean", ["fp_abs"], ["fp_abs_mean"], axes=[1], keepdims=1),
@@ -476,27 +471,42 @@ def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
     ]
 
 
+def _quantized(mlp: bytes) -> bytes:
+    """The MLP with int8 weights and dynamically quantized activations (onnxruntime's
+    quantize_dynamic): its GEMMs are most of the network's time at the bench's batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as folder:
+        src, dst = Path(folder) / "mlp.onnx", Path(folder) / "mlp_int8.onnx"
+        src.write_bytes(mlp)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
 def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                   predictor: ConditionedPredictor | None = None) -> bytes:
     """The MLP plus decoding and repair as one ONNX graph, so a batch is one onnxruntime call
-    of a few dozen nodes (per-node overhead, not arithmetic, is what costs at this size).
+    of a few dozen nodes. At the bench's batch (78) the MLP's GEMMs and the per-index work
+    of the candidates' Gather and batched MatMul are most of the time.
 
     Designs are indexed by key (`DesignSpace.keys`). Inputs: x (network inputs), w (n, d, 1)
     predictor weights in ms, budget (n, 1), value (keys,) objective of each design (-1e30
     where it may not be chosen or does not exist), floor (1,) below every allowed value.
     With `predictor`, inputs fp (n, R) fingerprints and budget instead of x and w: the
-    predictor's weights and the network inputs are computed in the graph too.
+    predictor's weights and the network inputs are computed in the graph too, and every
+    design with an objective may be chosen (its value is a last column of the gathered
+    table, so one Gather serves latency and value).
     Outputs choice (n, 1), a key, and choice_score (n, 1), at most floor when nothing was
     predicted within budget: among the
     designs formed by the first or second most likely value of each head (`_flip_patterns`)
     and the ladder of faster front designs of the most likely one (`candidate_table`), the
-    best value predicted within budget, else the fastest."""
+    best value predicted within budget."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if not space.dense:
         raise BadInputError("design space too large for the amortized optimizer's lookup")
-    model = onnx.load_from_string(mlp)
+    model = onnx.load_from_string(_quantized(mlp) if QUANTIZE else mlp)
     graph = model.graph
     heads, width = len(space.sizes), int(space.sizes.max())
     flips = _flip_patterns(heads)
@@ -514,7 +524,10 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
               "k2": np.array([2], np.int64), "grid_shape": np.array([0, heads, width]),
               "pair_shape": np.array([0, 2 * heads]), "zero": np.array([0], np.int64),
               "one": np.array([1], np.int64), "flat_shape": np.array([0, -1]),
-              "shave": np.array(1 - 4e-6)}
+              "shave": np.array(1 - 4e-6), "big": np.array(1e30)}
+    if predictor is not None:   # every design with an objective: values are a last column
+        consts["feats"] = np.column_stack([consts["feats"], space.value32])
+        consts["val_of"] = np.eye(consts["feats"].shape[1])[-1:].T
     consts = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64)
               for k, v in consts.items()}
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
@@ -551,15 +564,18 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         # elementwise work on (n, C): a trailing axis of 1 makes onnxruntime broadcast
         # element by element
         N("Reshape", ["lat3", "flat_shape"], ["lat"]),                      # (n, C)
-        N("Gather", ["value", "cand"], ["val"]),                            # (n, C)
-        # score: value if predicted within budget, else below every value, faster higher;
-        # Min keeps designs that may not be chosen at -1e30
-        # float32 rounding of the predicted latency must not break the budget
+        *([N("Gather", ["value", "cand"], ["val"])] if predictor is None else   # (n, C)
+          [N("MatMul", ["cf", "val_of"], ["val3"]),   # one GEMM: cheaper than Gather, Slice
+           N("Reshape", ["val3", "flat_shape"], ["val"])]),
+        # score: value if predicted within budget, else far below every value (-1e30 x the
+        # excess; arithmetic, cheaper than LessOrEqual + Where); designs that may not be
+        # chosen have value -1e30. Float32 rounding of the predicted latency must not break
+        # the budget: compare with a budget shaved by 4e-6.
         N("Mul", ["budget", "shave"], ["budget_cmp"]),
-        N("LessOrEqual", ["lat", "budget_cmp"], ["within"]),
-        N("Sub", ["floor", "lat"], ["slow"]),
-        N("Where", ["within", "val", "slow"], ["raw"]),
-        N("Min", ["raw", "val"], ["score"]),
+        N("Sub", ["lat", "budget_cmp"], ["over"]),
+        N("Relu", ["over"], ["excess"]),
+        N("Mul", ["excess", "big"], ["penalty"]),
+        N("Sub", ["val", "penalty"], ["score"]),
         N("ArgMax", ["score"], ["pick"], axis=1, keepdims=1),              # (n, 1)
         N("GatherElements", ["cand", "pick"], ["choice"], axis=1),
         N("GatherElements", ["score", "pick"], ["choice_score"], axis=1),
@@ -571,10 +587,11 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
     else:
         graph.input.extend([helper.make_tensor_value_info(
             "w", TensorProto.FLOAT, ["n", space.features.shape[1], 1])])
-    graph.input.extend([
-        helper.make_tensor_value_info("budget", TensorProto.FLOAT, ["n", 1]),
-        helper.make_tensor_value_info("value", TensorProto.FLOAT, [len(row)]),
-        helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
+    graph.input.extend([helper.make_tensor_value_info("budget", TensorProto.FLOAT, ["n", 1])])
+    if predictor is None:
+        graph.input.extend([helper.make_tensor_value_info("value", TensorProto.FLOAT,
+                                                          [len(row)])])
+    graph.input.extend([helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info("choice", TensorProto.INT64, ["n", 1]),
                          helper.make_tensor_value_info("choice_score", TensorProto.FLOAT,
