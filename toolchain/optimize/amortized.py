@@ -522,14 +522,15 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
               "ladder": np.where(exists[:, None], ladder, np.arange(len(row))[:, None]),
               "feats": np.where(exists[:, None], _latency_basis(space, predictor)[row], 0),
               "k2": np.array([2], np.int64), "grid_shape": np.array([0, heads, width]),
-              "pair_shape": np.array([0, 2 * heads]), "zero": np.array([0], np.int64),
-              "one": np.array([1], np.int64), "flat_shape": np.array([0, -1]),
+              "pair_shape": np.array([0, 2 * heads]), "zero_s": np.array(0, np.int64),
+              "flat_shape": np.array([0, -1]),
               "shave": np.array(1 - 4e-6), "big": np.array(1e30)}
     if predictor is not None:   # every design with an objective: values are a last column
         consts["feats"] = np.column_stack([consts["feats"], space.value32])
         consts["val_of"] = np.eye(consts["feats"].shape[1])[-1:].T
     consts = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64)
               for k, v in consts.items()}
+    consts["ladder"] = consts["ladder"].astype(np.int32)   # keys: half the table's bytes
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     N = helper.make_node
     if np.all(space.sizes == width):
@@ -539,6 +540,7 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         for h, (a, size) in enumerate(zip(space.head_offsets[:-1], space.sizes, strict=True)):
             index[h, :size] = a + np.arange(size)
         graph.initializer.extend([numpy_helper.from_array(index, "index"),
+                                  numpy_helper.from_array(np.array([1], np.int64), "one"),
                                   numpy_helper.from_array(np.full((1, 1), -1e9, np.float32),
                                                           "pad")])
         nodes = [N("Shape", ["logits"], ["shape"], start=0, end=1),
@@ -554,10 +556,9 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         N("Cast", ["best2"], ["best2_f"], to=TensorProto.FLOAT),
         N("Reshape", ["best2_f", "pair_shape"], ["pairs"]),                 # (n, 2H)
         N("MatMul", ["pairs", "keymat"], ["keys_f"]),                       # (n, K)
-        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT64),           # keys (n, K)
-        N("Gather", ["flipped", "zero"], ["decoded"], axis=1),              # (n, 1)
-        N("Gather", ["ladder", "decoded"], ["ladder_rows"]),                # (n, 1, L)
-        N("Squeeze", ["ladder_rows", "one"], ["ladder_2d"]),
+        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT32),           # keys (n, K)
+        N("Gather", ["flipped", "zero_s"], ["decoded"], axis=1),            # (n,)
+        N("Gather", ["ladder", "decoded"], ["ladder_2d"]),                  # (n, L)
         N("Concat", ["flipped", "ladder_2d"], ["cand"], axis=1),            # (n, C)
         N("Gather", ["feats", "cand"], ["cf"]),                             # (n, C, d)
         N("MatMul", ["cf", "w"], ["lat3"]),                                 # (n, C, 1)
@@ -593,7 +594,7 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                                                           [len(row)])])
     graph.input.extend([helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
     del graph.output[:]
-    graph.output.extend([helper.make_tensor_value_info("choice", TensorProto.INT64, ["n", 1]),
+    graph.output.extend([helper.make_tensor_value_info("choice", TensorProto.INT32, ["n", 1]),
                          helper.make_tensor_value_info("choice_score", TensorProto.FLOAT,
                                                        ["n", 1])])
     onnx.checker.check_model(model)
