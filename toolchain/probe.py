@@ -19,7 +19,7 @@ when the target has those precisions):
   their usual context; `mixed` variants quantize only some of their convolutions;
 - `net`: whole small MobileNetV2 / ResNet networks (other sizes than the benchmark's variants),
   some with more weights than the last-level cache holds; in the full set only, also stems
-  followed by a conv (`stemconv`: the max-pool then runs in int8).
+  followed by a 1x1 conv (`stemconv`: stem contexts at more sizes).
 
 `probe_set(precisions, subset)` lists the designs; `build_probe(name)` builds one model.
 """
@@ -260,8 +260,9 @@ def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLe
                                          pads=[1, 1, 1, 1])
 
 
-def _stemconv(p, net):  # (cout, k, hw): a stem with a 1x1 conv after its pool, so that the
-    # max-pool sits between two int8 convolutions (int8 pool) as inside a ResNet
+def _stemconv(p, net):  # (cout, k, hw): a stem with a 1x1 conv after its pool, as in a ResNet.
+    # Meant to put the max-pool between two int8 convolutions; onnxruntime still runs it in
+    # float here (units MaxPool/fp32), so these only add stem contexts at more sizes.
     cout, k, hw = p
     inputs, y = _stem((cout, k, hw), net)
     return inputs, net.conv(y, cout, cout, 1, 1)
@@ -360,8 +361,8 @@ def _grid() -> list[tuple[str, tuple]]:
 # set only: the quick and fingerprint subsets are kept as they were before these were added.
 _COLD_NETS = (("resnet", 64, 1.0, 18), ("resnet", 80, 0.9, 26), ("resnet", 112, 1.25, 10),
               ("mbv2", 112, 1.25, 3), ("mbv2", 144, 1.0, 3), ("mbv2", 96, 1.4, 5))
-# Stems (7x7/2 conv + 3x3/2 max-pool + 1x1 conv) at more sizes: between int8 convolutions the
-# max-pool runs in int8, a path no lone pool probe takes. Full set only, as _COLD_NETS.
+# Stems (7x7/2 conv + 3x3/2 max-pool + 1x1 conv) at more sizes (see `_stemconv`). Full set
+# only, as _COLD_NETS.
 _STEMS = (("stemconv", 64, 7, 160), ("stemconv", 48, 7, 192), ("stemconv", 32, 7, 128),
           ("stemconv", 96, 7, 96), ("stemconv", 24, 3, 224), ("stemconv", 64, 7, 112))
 

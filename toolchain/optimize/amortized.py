@@ -21,9 +21,9 @@ exhaustive scoring for that device.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,6 +33,7 @@ import numpy as np
 
 from toolchain.errors import BadInputError
 from toolchain.predict.conditioned import ConditionedPredictor
+from toolchain.space import atomic_write
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",
@@ -363,17 +364,13 @@ class AmortizedOptimizer:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, data in (("optimizer.onnx", self.onnx_model),
-                           ("meta.json", json.dumps({"kind": "amortized-optimizer",
-                                                     "version": FORMAT_VERSION,
-                                                     "sizes": list(self.sizes),
-                                                     **self.meta}, indent=2).encode())):
-            with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
-                tmp.write(data)
-            os.replace(tmp.name, folder / name)
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".npy") as tmp:
-            np.save(tmp, self.candidates)
-        os.replace(tmp.name, folder / "candidates.npy")
+        atomic_write(folder / "optimizer.onnx", self.onnx_model)
+        atomic_write(folder / "meta.json", json.dumps(
+            {"kind": "amortized-optimizer", "version": FORMAT_VERSION,
+             "sizes": list(self.sizes), **self.meta}, indent=2))
+        buffer = io.BytesIO()
+        np.save(buffer, self.candidates)
+        atomic_write(folder / "candidates.npy", buffer.getvalue())
 
     @staticmethod
     def load(folder: str | Path) -> AmortizedOptimizer:

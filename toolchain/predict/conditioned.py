@@ -28,10 +28,9 @@ Persisted as `meta.json` + `model.npz` (no pickles).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -241,9 +240,9 @@ class ConditionedPredictor:
                 "basis": self.basis.to_json(), "noise": self.noise,
                 "trained_on": list(self.trained_on), "n_reference": self.n_reference}
         atomic_write(folder / "meta.json", json.dumps(meta, indent=2).encode())
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, reference=self.reference, mean=self.mean, cov=self.cov)
-        os.replace(tmp.name, folder / "model.npz")
+        buffer = io.BytesIO()
+        np.savez(buffer, reference=self.reference, mean=self.mean, cov=self.cov)
+        atomic_write(folder / "model.npz", buffer.getvalue())
 
     @staticmethod
     def load(folder: str | Path) -> ConditionedPredictor:

@@ -74,7 +74,8 @@ _WARM_BYTES, _COLD_BYTES = 8 << 20, 32 << 20
 
 
 def weight_bytes(u: Unit) -> float:
-    return u.weight_elems * _BYTES.get(u.precision, 4 if u.precision != "int8w" else 1)
+    """Bytes of the kernel's weights as stored (int8w kernels keep int8 weights)."""
+    return u.weight_elems * (1 if u.precision == "int8w" else _BYTES.get(u.precision, 4))
 
 
 def context_of(units: Iterable[Unit]) -> float:
