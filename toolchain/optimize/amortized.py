@@ -47,6 +47,7 @@ MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value,
 LADDER = (0.7, 0.5, 0.35)   # faster fallbacks: front designs below these fractions of it
 REFINE_STEPS = 6           # hill-climbing steps of `refine`
 QUANTIZE = True           # int8 MLP in the chooser graph (`_quantized`)
+SLACK_SCALE = 2.0 ** 80   # scales the chooser's budget slack far above every value
 FORMAT_VERSION = 1
 
 
@@ -104,20 +105,19 @@ class DesignSpace:
 
     @cached_property
     def value32(self) -> np.ndarray:
-        """Objective by key (dense spaces) as float32, -1e30 where missing."""
-        return self.by_key(np.where(np.isfinite(self.objective), self.objective, -1e30))
+        """`values_by_key` with every design that has an objective allowed."""
+        return self.values_by_key(None)
 
-    def by_key(self, per_row: np.ndarray) -> np.ndarray:
-        """Per-row values laid out by key (float32), -1e30 for keys that are not designs."""
-        out = np.full(len(self.lookup), -1e30, np.float32)
-        out[self.keys] = per_row
+    def values_by_key(self, allowed: np.ndarray | None) -> np.ndarray:
+        """(keys, 1) float32 score values of the chooser graph: objective - lowest + 1 (so at
+        least 1) for designs that may be chosen (`allowed` mask over rows, default all with an
+        objective), -1 for the rest and for keys that are not designs."""
+        ok = np.isfinite(self.objective) if allowed is None else \
+            allowed & np.isfinite(self.objective)
+        out = np.full((len(self.lookup), 1), -1.0, np.float32)
+        if ok.any():
+            out[self.keys[ok], 0] = self.objective[ok] - self.objective[ok].min() + 1.0
         return out
-
-    @cached_property
-    def floor32(self) -> np.ndarray:
-        """(1,) below every objective value."""
-        finite = self.objective[np.isfinite(self.objective)]
-        return np.array([finite.min() - 1.0 if len(finite) else 0.0], np.float32)
 
     @property
     def head_offsets(self) -> np.ndarray:
@@ -296,11 +296,11 @@ class AmortizedOptimizer:
                 predictor: ConditionedPredictor | None = None):
         """onnxruntime session (1 thread) of the network, or with `space` of the network plus
         decoding and repair (`_chooser_onnx`, from fingerprints with `predictor`)."""
-        import onnxruntime as ort
-
         key = (id(self), id(space), id(predictor))
         cached = _SESSIONS.get(key)
         if cached is None:
+            import onnxruntime as ort  # here, not per call: the timed path is this lookup
+
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
@@ -322,44 +322,46 @@ class AmortizedOptimizer:
 
         `weights` (n, d): the predictor's device weights (ms) for each row of `fingerprints`;
         `allowed`: mask of rows that may be chosen (default: rows with an objective)."""
-        value = space.value32   # by key; -1e30: may not be chosen
-        if allowed is not None and not allowed.all():
-            value = space.by_key(np.where(allowed & np.isfinite(space.objective),
-                                          space.objective, -1e30))
+        value = space.value32 if allowed is None or allowed.all() else \
+            space.values_by_key(allowed)
         budgets = np.asarray(budgets, float)
         feeds = {"x": network_inputs(fingerprints, budgets),
-                 "w": np.asarray(weights, np.float32)[:, :, None],
-                 "budget": budgets.astype(np.float32)[:, None],
-                 "value": value, "floor": space.floor32}
-        return self._finish(space, self.session(space).run(None, feeds), weights, budgets,
-                            allowed)
+                 "w": np.asarray(weights, np.float32), "budgets": budgets.reshape(-1, 1),
+                 "value": value}
+        return self._finish(space, self.session(space).run(None, feeds)[0][0], weights,
+                            budgets, allowed)
 
     def choose_from_fingerprints(self, space: DesignSpace, predictor: ConditionedPredictor,
                                  fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
         """As `choose` with the predictor's weights from the fingerprints and every design
-        with an objective allowed, all in the one onnxruntime call (float32)."""
+        with an objective allowed, all in the one onnxruntime call (float32 inside). Kept
+        lean: the Python around the call is part of the timed cost, and after the call it runs
+        with cold caches (a few us per numpy operation)."""
         budgets = np.asarray(budgets, float)
-        feeds = {"fp": np.asarray(fingerprints, np.float32),
-                 "budget": budgets.astype(np.float32)[:, None], "floor": space.floor32}
-        out = self.session(space, predictor).run(None, feeds)
-        return self._finish(space, out, None, budgets, None, predictor, fingerprints)
+        # float64 in (the graph casts), budget (n, 1) by reshape: a [:, None] view has a zero
+        # stride, which costs onnxruntime a copy
+        rows = self.session(space, predictor).run(
+            None, {"fingerprints": np.asarray(fingerprints, float),
+                   "budgets": budgets.reshape(-1, 1)})[0][0]
+        return self._finish(space, rows, None, budgets, None, predictor, fingerprints)
 
     @staticmethod
-    def _finish(space: DesignSpace, out, weights, budgets, allowed, predictor=None,
+    def _finish(space: DesignSpace, rows, weights, budgets, allowed, predictor=None,
                 fingerprints=None) -> np.ndarray:
-        keys, score = out
-        chosen = space.lookup[keys[:, 0]]
-        missed = np.flatnonzero(score[:, 0] <= space.floor32[0])
-        if len(missed):   # rare: no candidate predicted within budget -> exhaustive scoring
-            if weights is None:
-                weights = predictor.device_weights(np.asarray(fingerprints)[missed])
-            else:
-                weights = np.asarray(weights)[missed]
-            value = np.where(allowed if allowed is not None else True, space.objective, -np.inf)
-            pred = weights @ space.features.T
-            pred[:, ~np.isfinite(value)] = np.inf
-            chosen[missed] = exhaustive_choice(pred, value, budgets[missed])
-        return chosen
+        """The graph's rows, with exhaustive scoring where it found none (-1: no candidate
+        predicted within budget; rare)."""
+        if rows.min() >= 0:
+            return rows
+        missed = np.flatnonzero(rows < 0)
+        if weights is None:
+            weights = predictor.device_weights(np.asarray(fingerprints)[missed])
+        else:
+            weights = np.asarray(weights)[missed]
+        value = np.where(allowed if allowed is not None else True, space.objective, -np.inf)
+        pred = weights @ space.features.T
+        pred[:, ~np.isfinite(value)] = np.inf
+        rows[missed] = exhaustive_choice(pred, value, budgets[missed])
+        return rows
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -441,25 +443,22 @@ def _latency_basis(space: DesignSpace, predictor: ConditionedPredictor | None) -
 
 
 def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
-    """Nodes fp (n, R), budget (n, 1) -> w (n, R + 2, 1) (`device_weights` in the basis of
-    `_latency_basis`, and 0 for the value column) and x (`network_inputs`), with their
-    constants added to `graph`."""
+    """Nodes fp (n, R), budget (n, 1) -> wb (n, R + 3): (fingerprint mean, fingerprint,
+    budget, budget), the weights of `_latency_basis` and the budget columns of the scoring
+    (see `_chooser_onnx`), and x (`network_inputs`), with their constants added to `graph`."""
     from onnx import helper, numpy_helper
 
-    graph.initializer.extend([numpy_helper.from_array(np.array(1e-3, np.float32), "tiny"),
-                              numpy_helper.from_array(np.array([-1], np.int64), "w_axis")])
+    graph.initializer.append(numpy_helper.from_array(
+        np.array(1e-3 / predictor.n_reference, np.float32), "tiny"))
     N = helper.make_node
     # latency = F w = scale (F mean - G prior_fp) + G fp, G = F gain_t^T: the graph gathers
     # these R + 1 columns per design instead of d (`_latency_basis`), w = (scale, fp)
     return [
         N("ReduceMean", ["fp"], ["fp_mean"], axes=[1], keepdims=1),
-        N("Sub", ["fp_mean", "fp_mean"], ["w_val"]),              # 0: the value column
-        N("Concat", ["fp_mean", "fp", "w_val"], ["w_2d"], axis=1),
-        N("Unsqueeze", ["w_2d", "w_axis"], ["w"]),                 # (n, R + 2, 1)
+        N("Concat", ["fp_mean", "fp", "budget", "budget"], ["wb"], axis=1),
         # network_inputs: cells clamped at 1e-3 of the mean |cell| (imputed cells may dip)
-        N("Abs", ["fp"], ["fp_abs"]),
-        N("ReduceMean", ["fp_abs"], ["fp_abs_mean"], axes=[1], keepdims=1),
-        N("Mul", ["fp_abs_mean", "tiny"], ["fp_low"]),
+        N("ReduceL1", ["fp"], ["fp_l1"], axes=[1], keepdims=1),
+        N("Mul", ["fp_l1", "tiny"], ["fp_low"]),
         N("Max", ["fp", "fp_low"], ["fp_c"]),
         N("ReduceMean", ["fp_c"], ["fp_c_mean"], axes=[1], keepdims=1),
         N("Concat", ["fp_c", "budget"], ["fp_b"], axis=1),
@@ -482,22 +481,31 @@ def _quantized(mlp: bytes) -> bytes:
 
 def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                   predictor: ConditionedPredictor | None = None) -> bytes:
-    """The MLP plus decoding and repair as one ONNX graph, so a batch is one onnxruntime call
-    of a few dozen nodes. At the bench's batch (78) the MLP's GEMMs and the per-index work
-    of the candidates' Gather and batched MatMul are most of the time.
+    """The MLP plus decoding and repair as one ONNX graph, so a batch is one onnxruntime call.
 
-    Designs are indexed by key (`DesignSpace.keys`). Inputs: x (network inputs), w (n, d, 1)
-    predictor weights in ms, budget (n, 1), value (keys,) objective of each design (-1e30
-    where it may not be chosen or does not exist), floor (1,) below every allowed value.
-    With `predictor`, inputs fp (n, R) fingerprints and budget instead of x and w: the
-    predictor's weights and the network inputs are computed in the graph too, and every
-    design with an objective may be chosen (its value is a last column of the gathered
-    table, so one Gather serves latency and value).
-    Outputs choice (n, 1), a key, and choice_score (n, 1), at most floor when nothing was
-    predicted within budget: among the
-    designs formed by the first or second most likely value of each head (`_flip_patterns`)
-    and the ladder of faster front designs of the most likely one (`candidate_table`), the
-    best value predicted within budget."""
+    Inputs: x (network inputs), w (n, d) predictor weights in ms, budgets (n, 1) float64,
+    value (keys, 1) (`DesignSpace.values_by_key`). With `predictor`: fingerprints (n, R)
+    float64 and budgets only; the predictor's weights and the network inputs are computed in
+    the graph (`_fingerprint_nodes`) and every design with an objective may be chosen.
+    Output rows (1, n): the chosen row of `space`, -1 where no candidate that may be chosen
+    is predicted within budget. Designs are addressed by key (`DesignSpace.keys`) inside.
+
+    Candidates per (device, budget): the designs formed by the first or second most likely
+    value of each head (`_flip_patterns`), keys from one Gemm, and the ladder of faster front
+    designs of the most likely one (`candidate_table`); the choice is the best value
+    predicted within budget. Each candidate gathers one row of a table by key, (latency
+    basis, 1, value), and its score is min(S (0.999996 budget - latency), budget x value),
+    S = 2^80 (a power of two: the sign of the slack is exact): the value when within budget
+    (float32 rounding of the latency must not break the budget, hence the shaved budget),
+    far below every value otherwise.
+
+    Laid out for onnxruntime at the bench's batch (78), where every node costs its fixed
+    overhead and a pass over the (candidates, n, columns) table about 8 us: candidates are
+    the leading axis, so scaling the gathered rows by each device's weights is one
+    broadcasting Mul; the two sums per candidate (scaled slack, scaled value) are then one
+    Gemm with a transposed operand, (2, cols) x (C n, cols)^T. Batched MatMuls of one
+    (candidates, cols) x (cols, 1) product per device cost about twice as much (one small
+    GEMM per device)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -507,27 +515,34 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
     graph = model.graph
     heads, width = len(space.sizes), int(space.sizes.max())
     flips = _flip_patterns(heads)
-    # keys of every flip pattern from the interleaved (first, second) indices, one MatMul
-    keymat = np.zeros((2 * heads, len(flips)), np.float32)
-    keymat[0::2] = (space.radix[:, None] * ~flips.T)
-    keymat[1::2] = (space.radix[:, None] * flips.T)
-    # tables indexed by key (designs not in the space: a zero-feature row of value -1e30)
+    # keys of every flip pattern from the interleaved (first, second) indices, one Gemm
+    keymat = np.zeros((len(flips), 2 * heads), np.float32)
+    keymat[:, 0::2] = space.radix * ~flips
+    keymat[:, 1::2] = space.radix * flips
+    # tables indexed by key (keys that are not designs: a zero basis row of value -1)
     exists = space.lookup >= 0
     row = np.maximum(space.lookup, 0)
-    ladder = space.keys[candidates[row]]
-    consts = {"keymat": keymat,
-              "ladder": np.where(exists[:, None], ladder, np.arange(len(row))[:, None]),
-              "feats": np.where(exists[:, None], _latency_basis(space, predictor)[row], 0),
-              "k2": np.array([2], np.int64), "grid_shape": np.array([0, heads, width]),
-              "pair_shape": np.array([0, 2 * heads]), "zero_s": np.array(0, np.int64),
-              "flat_shape": np.array([0, -1]),
-              "shave": np.array(1 - 4e-6), "big": np.array(1e30)}
-    if predictor is not None:   # every design with an objective: values are a last column
-        consts["feats"] = np.column_stack([consts["feats"], space.value32])
-        consts["val_of"] = np.eye(consts["feats"].shape[1])[-1:].T
-    consts = {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int64)
+    ladder = np.where(exists[:, None], space.keys[candidates[row]],
+                      np.arange(len(row))[:, None])
+    basis = np.where(exists[:, None], _latency_basis(space, predictor)[row], 0)
+    table = np.column_stack([basis, np.ones(len(row))])          # (basis, 1): value appended
+    cols = table.shape[1] + 1
+    coef = np.r_[np.full(cols - 2, -SLACK_SCALE), SLACK_SCALE * (1 - 4e-6), 1.0]
+    consts = {"keymat": keymat, "ladder": ladder.T, "coef": coef,
+              "sum_slack": (np.arange(cols) < cols - 1)[None],    # S (shaved budget - latency)
+              "sum_value": (np.arange(cols) == cols - 1)[None],   # budget x value
+              "k2": np.array([2]), "grid_shape": np.array([0, heads, width]),
+              "pair_shape": np.array([0, 2 * heads]), "zero_s": np.array(0),
+              "score_shape": np.array([len(flips) + ladder.shape[1], -1]),
+              "flat_shape": np.array([-1, cols]), "zero_f": np.array(0.0)}
+    if predictor is not None:
+        consts["table"] = np.column_stack([table, space.value32])
+    else:
+        consts["table_w"] = table
+    consts = {k: v.astype(np.float32 if v.dtype.kind in "fb" else np.int64)
               for k, v in consts.items()}
     consts["ladder"] = consts["ladder"].astype(np.int32)   # keys: half the table's bytes
+    consts["row_of_key"], consts["minus_one"] = space.lookup, np.array(-1, np.int64)
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     N = helper.make_node
     if np.all(space.sizes == width):
@@ -546,54 +561,51 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                  N("Concat", ["logits", "padcol"], ["padded"], axis=1),
                  N("Gather", ["padded", "index"], ["grid"], axis=1)]
     if predictor is not None:
-        nodes = _fingerprint_nodes(graph, predictor) + list(graph.node) + nodes
+        nodes = [N("Cast", ["fingerprints"], ["fp"], to=TensorProto.FLOAT),
+                 *_fingerprint_nodes(graph, predictor), *graph.node, *nodes]
         del graph.node[:]
+    else:
+        nodes += [N("Concat", ["w", "budget", "budget"], ["wb"], axis=1),
+                  N("Concat", ["table_w", "value"], ["table"], axis=1)]
+    nodes = [N("Cast", ["budgets"], ["budget"], to=TensorProto.FLOAT), *nodes]
     graph.node.extend(nodes + [
         N("TopK", ["grid", "k2"], ["_top", "best2"], axis=-1),             # (n, H, 2)
         N("Cast", ["best2"], ["best2_f"], to=TensorProto.FLOAT),
         N("Reshape", ["best2_f", "pair_shape"], ["pairs"]),                 # (n, 2H)
-        N("MatMul", ["pairs", "keymat"], ["keys_f"]),                       # (n, K)
-        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT32),           # keys (n, K)
-        N("Gather", ["flipped", "zero_s"], ["decoded"], axis=1),            # (n,)
-        N("Gather", ["ladder", "decoded"], ["ladder_2d"]),                  # (n, L)
-        N("Concat", ["flipped", "ladder_2d"], ["cand"], axis=1),            # (n, C)
-        N("Gather", ["feats", "cand"], ["cf"]),                             # (n, C, d)
-        N("MatMul", ["cf", "w"], ["lat3"]),                                 # (n, C, 1)
-        # elementwise work on (n, C): a trailing axis of 1 makes onnxruntime broadcast
-        # element by element
-        N("Reshape", ["lat3", "flat_shape"], ["lat"]),                      # (n, C)
-        *([N("Gather", ["value", "cand"], ["val"])] if predictor is None else   # (n, C)
-          [N("MatMul", ["cf", "val_of"], ["val3"]),   # one GEMM: cheaper than Gather, Slice
-           N("Reshape", ["val3", "flat_shape"], ["val"])]),
-        # score: value if predicted within budget, else far below every value (-1e30 x the
-        # excess; arithmetic, cheaper than LessOrEqual + Where); designs that may not be
-        # chosen have value -1e30. Float32 rounding of the predicted latency must not break
-        # the budget: compare with a budget shaved by 4e-6.
-        N("Mul", ["budget", "shave"], ["budget_cmp"]),
-        N("Sub", ["lat", "budget_cmp"], ["over"]),
-        N("Relu", ["over"], ["excess"]),
-        N("Mul", ["excess", "big"], ["penalty"]),
-        N("Sub", ["val", "penalty"], ["score"]),
-        N("ArgMax", ["score"], ["pick"], axis=1, keepdims=1),              # (n, 1)
-        N("GatherElements", ["cand", "pick"], ["choice"], axis=1),
-        N("GatherElements", ["score", "pick"], ["choice_score"], axis=1),
+        N("Gemm", ["keymat", "pairs"], ["keys_f"], transB=1),              # (K, n)
+        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT32),
+        N("Gather", ["flipped", "zero_s"], ["decoded"], axis=0),            # (n,)
+        N("Gather", ["ladder", "decoded"], ["ladder_keys"], axis=1),        # (L, n)
+        N("Concat", ["flipped", "ladder_keys"], ["cand"], axis=0),          # (C, n)
+        N("Gather", ["table", "cand"], ["cf"]),                             # (C, n, cols)
+        N("Mul", ["wb", "coef"], ["wb_coef"]),                              # (n, cols)
+        N("Mul", ["cf", "wb_coef"], ["terms"]),
+        N("Reshape", ["terms", "flat_shape"], ["terms_2d"]),                # (C n, cols)
+        N("Gemm", ["sum_slack", "terms_2d"], ["slack"], transB=1),         # (1, C n)
+        N("Gemm", ["sum_value", "terms_2d"], ["value_b"], transB=1),
+        N("Min", ["slack", "value_b"], ["score_flat"]),
+        N("Reshape", ["score_flat", "score_shape"], ["score"]),             # (C, n)
+        N("ArgMax", ["score"], ["pick"], axis=0, keepdims=1),              # (1, n)
+        N("GatherElements", ["cand", "pick"], ["choice"], axis=0),
+        N("GatherElements", ["score", "pick"], ["choice_score"], axis=0),
+        N("Gather", ["row_of_key", "choice"], ["choice_row"]),
+        N("Greater", ["choice_score", "zero_f"], ["found"]),
+        N("Where", ["found", "choice_row", "minus_one"], ["rows"]),
     ])
     if predictor is not None:
         del graph.input[:]
         graph.input.extend([helper.make_tensor_value_info(
-            "fp", TensorProto.FLOAT, ["n", predictor.n_reference])])
+            "fingerprints", TensorProto.DOUBLE, ["n", predictor.n_reference])])
     else:
         graph.input.extend([helper.make_tensor_value_info(
-            "w", TensorProto.FLOAT, ["n", space.features.shape[1], 1])])
-    graph.input.extend([helper.make_tensor_value_info("budget", TensorProto.FLOAT, ["n", 1])])
+            "w", TensorProto.FLOAT, ["n", space.features.shape[1]])])
+    graph.input.extend([helper.make_tensor_value_info("budgets", TensorProto.DOUBLE,
+                                                      ["n", 1])])
     if predictor is None:
         graph.input.extend([helper.make_tensor_value_info("value", TensorProto.FLOAT,
-                                                          [len(row)])])
-    graph.input.extend([helper.make_tensor_value_info("floor", TensorProto.FLOAT, [1])])
+                                                          [len(row), 1])])
     del graph.output[:]
-    graph.output.extend([helper.make_tensor_value_info("choice", TensorProto.INT32, ["n", 1]),
-                         helper.make_tensor_value_info("choice_score", TensorProto.FLOAT,
-                                                       ["n", 1])])
+    graph.output.extend([helper.make_tensor_value_info("rows", TensorProto.INT64, [1, "n"])])
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
