@@ -16,10 +16,16 @@ when the target has those precisions):
   BatchNormalization, Concat, LRN, Softmax, Reshape, Transpose, Dropout;
 - `block`: MobileNetV2 inverted residuals, ResNet basic and bottleneck blocks, DenseNet and
   Inception style concatenations, SqueezeNet fire modules and a classifier head - kernels in
-  their usual context; `mixed` variants quantize only some of their convolutions;
+  their usual context; `mixed` variants quantize only some of their convolutions (the even
+  ones, in graph order);
 - `net`: whole small MobileNetV2 / ResNet networks (other sizes than the benchmark's variants),
   some with more weights than the last-level cache holds; in the full set only, also stems
   followed by a 1x1 conv (`stemconv`: stem contexts at more sizes).
+
+In the full set only, the networks and the stems also come as `mixodd` (the odd convolutions
+int8): a float stem before int8 layers, whose max-pool onnxruntime then runs on uint8 in NCHW,
+and float convolutions between int8 ones, whose weights onnxruntime quantizes itself - two
+slow paths the `mixed` variants never take (`toolchain.predict.units`).
 
 `probe_set(precisions, subset)` lists the designs; `build_probe(name)` builds one model.
 """
@@ -261,8 +267,8 @@ def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLe
 
 
 def _stemconv(p, net):  # (cout, k, hw): a stem with a 1x1 conv after its pool, as in a ResNet.
-    # Meant to put the max-pool between two int8 convolutions; onnxruntime still runs it in
-    # float here (units MaxPool/fp32), so these only add stem contexts at more sizes.
+    # Between two int8 convolutions onnxruntime runs the max-pool in float (units
+    # MaxPool/fp32); after a float stem and before an int8 conv (`mixodd`), on uint8 in NCHW.
     cout, k, hw = p
     inputs, y = _stem((cout, k, hw), net)
     return inputs, net.conv(y, cout, cout, 1, 1)
@@ -362,7 +368,8 @@ def _grid() -> list[tuple[str, tuple]]:
 _COLD_NETS = (("resnet", 64, 1.0, 18), ("resnet", 80, 0.9, 26), ("resnet", 112, 1.25, 10),
               ("mbv2", 112, 1.25, 3), ("mbv2", 144, 1.0, 3), ("mbv2", 96, 1.4, 5))
 # Stems (7x7/2 conv + 3x3/2 max-pool + 1x1 conv) at more sizes (see `_stemconv`). Full set
-# only, as _COLD_NETS.
+# only, as _COLD_NETS; their `mixodd` variants (float stem, int8 1x1) put the max-pool on
+# onnxruntime's uint8 NCHW path.
 _STEMS = (("stemconv", 64, 7, 160), ("stemconv", 48, 7, 192), ("stemconv", 32, 7, 128),
           ("stemconv", 96, 7, 96), ("stemconv", 24, 3, 224), ("stemconv", 64, 7, 112))
 
@@ -383,8 +390,11 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
             if precision == "int8" and (family == "net" or family == "block" and
                                         zlib.crc32(str(params).encode()) % 2):
                 probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
+            if precision == "int8" and (family == "net" or params in _STEMS):
+                probes.append(Probe(_name(family, params, "mixodd"), family, "mixodd", params))
     if subset != "full":
-        probes = [p for p in probes if p.params not in _COLD_NETS + _STEMS]
+        probes = [p for p in probes if p.params not in _COLD_NETS + _STEMS
+                  and p.precision != "mixodd"]
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted, and
         # the whole networks in fp32 (context for every kernel kind at once).
@@ -433,7 +443,7 @@ def build_probe(name: str) -> onnx.ModelProto:
     data = model.SerializeToString()
     # Only quantized probes are worth caching (quantize_static is the slow part); big ones
     # are rebuilt rather than kept on disk.
-    if probe.precision in ("int8", "mixed") and len(data) < _CACHE_MAX_BYTES:
+    if probe.precision in ("int8", "mixed", "mixodd") and len(data) < _CACHE_MAX_BYTES:
         from toolchain.space import atomic_write
 
         atomic_write(path, data)
@@ -470,9 +480,9 @@ def _build(probe: Probe) -> onnx.ModelProto:
         model = net.model(inputs, y)
     if probe.precision == "int8":
         return quantize_qdq(model)
-    if probe.precision == "mixed":
+    if probe.precision in ("mixed", "mixodd"):
         convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-        return quantize_qdq(model, nodes=convs[::2])
+        return quantize_qdq(model, nodes=convs[::2] if probe.precision == "mixed" else convs[1::2])
     if probe.precision == "fp16":
         return to_fp16(model)
     return model

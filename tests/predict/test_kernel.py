@@ -165,7 +165,8 @@ def test_weights_turn_cold_when_the_model_outgrows_the_cache():
     conv = Unit("c", "conv", "fp32", macs=1e6, in_elems=1e4, out_elems=1e4,
                 weight_elems=2e6, cin=512, cout=512, k_area=9, rows=512)   # 8 MB of fp32
     int8 = Unit("q", "conv", "int8", weight_elems=2e6)                     # 2 MB
-    assert context_of([conv, int8]) == pytest.approx(10e6)
+    # the bytes one inference touches: weights plus activations written (4e4 + 0 bytes)
+    assert context_of([conv, int8]) == pytest.approx(10e6 + 4e4)
     assert features(conv, context=4e6)["cold_weight_bytes"] == 0.0       # fits: stays cached
     assert features(conv, context=64 << 20)["cold_weight_bytes"] == pytest.approx(8.0)  # MB
     between = features(conv, context=20 << 20)["cold_weight_bytes"]

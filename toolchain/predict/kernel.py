@@ -6,9 +6,10 @@ a non-negative linear model on features of the kernel - a per-kernel constant (d
 MACs with channels padded to the 16-lane vector width, elements read and written, weight
 elements, output rows, window elements for pools - in millions; plus two memory-hierarchy
 features: activation bytes beyond the per-core L2 cache (`act_spill`), and the kernel's weight
-bytes scaled by the share of the whole model's weights that cannot stay in the last-level cache
-(`cold_weight_bytes`: a ResNet-18 at 45 MB of fp32 weights reads every weight from DRAM at every
-inference, the same convolution alone in a loop keeps them cached).
+bytes scaled by how far the bytes one inference touches (weights + activations written)
+exceed the last-level cache (`cold_weight_bytes`: a ResNet-18 at 45 MB of fp32 weights reads
+every weight from DRAM at every inference, the same convolution alone in a loop keeps them
+cached).
 
 Training needs only whole-model measurements (`design,latency_ms`): every measured design is an
 equation "latency = model constant + sum of its kernels' costs", linear in all regressors'
@@ -64,12 +65,13 @@ _BASIS: dict[str, tuple[str, ...]] = {
 }
 _DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES)
 MODEL_BASIS = ("model",)
-_BYTES = {"int8": 1, "fp16": 2}
+_BYTES = {"int8": 1, "int8a": 1, "fp16": 2}
 _CACHE_BYTES = 16 << 20
 _L2_BYTES = 1 << 20
-# A model whose weights exceed the last-level cache reads them from DRAM at every inference
-# (each kernel's weights are evicted by the others' before its next run); between these two
-# sizes a growing share does. The CPU's nominal L3 is 32 MiB, shared with other tenants.
+# A model whose weights and activations exceed the last-level cache reads its weights from
+# DRAM at every inference (each kernel's weights are evicted by the other kernels' data before
+# its next run); between these two sizes a growing share does. The CPU's nominal L3 is 32 MiB,
+# shared with other tenants.
 _WARM_BYTES, _COLD_BYTES = 8 << 20, 32 << 20
 
 
@@ -79,8 +81,12 @@ def weight_bytes(u: Unit) -> float:
 
 
 def context_of(units: Iterable[Unit]) -> float:
-    """The model's weight bytes: what decides whether a kernel's weights stay cached."""
-    return float(sum(weight_bytes(u) for u in units))
+    """The bytes one inference touches, weights plus activations written: what decides
+    whether a kernel's weights are still cached at its next run (a MobileNetV2 at 224x224
+    writes about 24 MB of activations, so its 5 MB classifier is read from DRAM, while the
+    same layer timed alone stays in the last-level cache)."""
+    return float(sum(weight_bytes(u) + u.out_elems * _BYTES.get(u.precision, 4)
+                     for u in units))
 
 
 def _cold_share(context: float) -> float:
@@ -93,7 +99,7 @@ def _pad(c: int, lanes: int = 16) -> float:
 
 def features(u: Unit, context: float = 0.0) -> dict[str, float]:
     """The named features of one unit (millions, except the per-kernel constant) in a model
-    whose weights take `context` bytes (`context_of`)."""
+    whose inference touches `context` bytes (`context_of`)."""
     cin_pad = 1.0 if u.cls == "dwconv" else _pad(u.cin)
     return {
         "kernel": 1.0, "macs": u.macs * _M, "macs_pad16": u.macs * _pad(u.cout) * cin_pad * _M,
@@ -178,7 +184,7 @@ class KernelPredictor:
 
     # ------------------------------------------------------------------ prediction
     def kernel_ms(self, u: Unit, context: float = 0.0) -> float | None:
-        """One kernel's cost inside a model of `context` weight bytes (`context_of`)."""
+        """One kernel's cost inside a model touching `context` bytes (`context_of`)."""
         w = self.weights.get(u.kind)
         if w is None:
             return None

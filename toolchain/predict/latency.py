@@ -32,7 +32,7 @@ __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "pr
 
 logger = logging.getLogger(__name__)
 
-UNITS_VERSION = 5   # bump when Unit's fields or their computation change (cached probe units)
+UNITS_VERSION = 6   # bump when Unit's fields or their computation change (cached probe units)
 
 
 def builtin_predictors_dir() -> Path:

@@ -1,0 +1,47 @@
+"""Units of what onnxruntime really runs in mixed-precision models: the rewritten model's units
+(`model_units`, onnxruntime's own answer) and the plan's units (`units_under_plan`, no rewrite)
+must agree on the kernels onnxruntime runs otherwise than the plan says."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+
+from toolchain.analysis import kernels_of, load_and_analyze
+from toolchain.predict.latency import model_units
+from toolchain.predict.units import INT8_ASYM, INT8_NCHW, units_under_plan
+from toolchain.rewrite import apply_plan
+from toolchain.space import Choice, Plan
+from toolchain.zoo import mobilenet_v2, resnet
+
+
+def _kinds(units) -> Counter:
+    return Counter(u.kind for u in units)
+
+
+def _both(base, plan):
+    graph = load_and_analyze(base)
+    logging.getLogger("toolchain").setLevel(logging.ERROR)   # no calibration data: warns
+    rewritten = apply_plan(base, plan)
+    return _kinds(model_units(rewritten)), _kinds(units_under_plan(graph, plan))
+
+
+@pytest.mark.parametrize("stem_int8", [False, True])
+def test_stem_max_pool_runs_on_uint8_only_after_a_float_stem(stem_int8):
+    base = resnet(64, 10, 0.25)
+    compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
+    int8 = compute if stem_int8 else compute[1:]
+    direct, planned = _both(base, Plan(kernels={k: Choice("int8") for k in int8}))
+    kind = "MaxPool/fp32" if stem_int8 else f"MaxPool/{INT8_NCHW}"
+    assert direct[kind] == planned[kind] == 1
+
+
+def test_float_conv_between_int8_convs_runs_on_runtime_quantized_weights():
+    base = mobilenet_v2(64, 0.5)
+    compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
+    middle = next(k for k in compute if k.endswith("expand.conv"))   # int8 on both sides
+    plan = Plan(kernels={k: Choice("int8") for k in compute if k != middle})
+    direct, planned = _both(base, plan)
+    assert direct[f"conv/{INT8_ASYM}"] == planned[f"conv/{INT8_ASYM}"] == 1
+    assert direct["conv/fp32"] == planned["conv/fp32"] == 0
