@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the faster fallbacks
 MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value, at most this many
-LADDER = (0.7, 0.5, 0.35)   # faster fallbacks: front designs below these fractions of it
+LADDER = (0.5,)            # faster fallback: the front design below this fraction of it
 REFINE_STEPS = 6           # hill-climbing steps of `refine`
 QUANTIZE = True           # int8 MLP in the chooser graph (`_quantized`)
 SLACK_SCALE = 2.0 ** 80   # scales the chooser's budget slack far above every value
@@ -109,14 +109,15 @@ class DesignSpace:
         return self.values_by_key(None)
 
     def values_by_key(self, allowed: np.ndarray | None) -> np.ndarray:
-        """(keys, 1) float32 score values of the chooser graph: objective - lowest + 1 (so at
+        """(keys + 1, 1) float32 values of the chooser graph: objective - lowest + 1 (so at
         least 1) for designs that may be chosen (`allowed` mask over rows, default all with an
-        objective), -1 for the rest and for keys that are not designs."""
+        objective), -1 for the rest and for keys that are not designs, 0 for the sentinel."""
         ok = np.isfinite(self.objective) if allowed is None else \
             allowed & np.isfinite(self.objective)
-        out = np.full((len(self.lookup), 1), -1.0, np.float32)
+        out = np.full((len(self.lookup) + 1, 1), -1.0, np.float32)
         if ok.any():
             out[self.keys[ok], 0] = self.objective[ok] - self.objective[ok].min() + 1.0
+        out[-1] = 0.0   # the chooser's sentinel key (`_chooser_onnx`)
         return out
 
     @property
@@ -169,10 +170,11 @@ def synthetic_fingerprints(predictor: ConditionedPredictor, count: int, seed: in
 
 
 def network_inputs(fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-    """Scale-free inputs: log(fp / mean fp) and log(budget / mean fp)."""
+    """Scale-free inputs: log(fp / mean fp) and log(budget / mean fp); cells below 1e-3 of the
+    mean are raised to it (`_fingerprint_nodes` does the same in the chooser graph)."""
     fp = np.atleast_2d(np.asarray(fingerprints, float))
-    fp = np.maximum(fp, 1e-3 * np.abs(fp).mean(axis=1, keepdims=True))  # imputed cells may dip
     scale = fp.mean(axis=1, keepdims=True)
+    fp = np.maximum(fp, 1e-3 * scale)   # imputed cells may dip
     return np.column_stack([np.log(fp / scale), np.log(np.asarray(budgets, float)[:, None]
                                                         / scale)]).astype(np.float32)
 
@@ -341,7 +343,7 @@ class AmortizedOptimizer:
         # float64 in (the graph casts), budget (n, 1) by reshape: a [:, None] view has a zero
         # stride, which costs onnxruntime a copy
         rows = self.session(space, predictor).run(
-            None, {"fingerprints": np.asarray(fingerprints, float),
+            ["rows"], {"fingerprints": np.asarray(fingerprints, float),
                    "budgets": budgets.reshape(-1, 1)})[0][0]
         return self._finish(space, rows, None, budgets, None, predictor, fingerprints)
 
@@ -395,7 +397,7 @@ _SESSIONS: dict[tuple, tuple] = {}
 
 def candidate_table(space: DesignSpace, predictor: ConditionedPredictor, seed: int,
                     devices: int = CANDIDATE_DEVICES,
-                    ladder: tuple[float, ...] = LADDER) -> np.ndarray:
+                    ladder: tuple[float, ...] | None = None) -> np.ndarray:
     """(rows, len(ladder) + 1) faster fallbacks per network output, built once.
 
     Front = designs on the (objective, predicted latency) Pareto front of at least one of
@@ -403,6 +405,7 @@ def candidate_table(space: DesignSpace, predictor: ConditionedPredictor, seed: i
     mean weights. For design r and each ladder factor f: the front design just faster than f
     times r (for devices much faster or slower than the network expected on r's
     operations); last, the fastest front design. Uses no test device."""
+    ladder = LADDER if ladder is None else ladder
     usable = np.isfinite(space.objective)
     objective = np.where(usable, space.objective, -np.inf)
     order = np.argsort(-objective, kind="mergesort")
@@ -448,21 +451,18 @@ def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
     (see `_chooser_onnx`), and x (`network_inputs`), with their constants added to `graph`."""
     from onnx import helper, numpy_helper
 
-    graph.initializer.append(numpy_helper.from_array(
-        np.array(1e-3 / predictor.n_reference, np.float32), "tiny"))
+    graph.initializer.append(numpy_helper.from_array(np.array(1e-3, np.float32), "tiny"))
     N = helper.make_node
     # latency = F w = scale (F mean - G prior_fp) + G fp, G = F gain_t^T: the graph gathers
     # these R + 1 columns per design instead of d (`_latency_basis`), w = (scale, fp)
     return [
         N("ReduceMean", ["fp"], ["fp_mean"], axes=[1], keepdims=1),
         N("Concat", ["fp_mean", "fp", "budget", "budget"], ["wb"], axis=1),
-        # network_inputs: cells clamped at 1e-3 of the mean |cell| (imputed cells may dip)
-        N("ReduceL1", ["fp"], ["fp_l1"], axes=[1], keepdims=1),
-        N("Mul", ["fp_l1", "tiny"], ["fp_low"]),
+        # network_inputs: cells clamped at 1e-3 of the mean (imputed cells may dip)
+        N("Mul", ["fp_mean", "tiny"], ["fp_low"]),
         N("Max", ["fp", "fp_low"], ["fp_c"]),
-        N("ReduceMean", ["fp_c"], ["fp_c_mean"], axes=[1], keepdims=1),
         N("Concat", ["fp_c", "budget"], ["fp_b"], axis=1),
-        N("Div", ["fp_b", "fp_c_mean"], ["fp_b_rel"]),
+        N("Div", ["fp_b", "fp_mean"], ["fp_b_rel"]),
         N("Log", ["fp_b_rel"], ["x"]),
     ]
 
@@ -492,20 +492,24 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
 
     Candidates per (device, budget): the designs formed by the first or second most likely
     value of each head (`_flip_patterns`), keys from one Gemm, and the ladder of faster front
-    designs of the most likely one (`candidate_table`); the choice is the best value
-    predicted within budget. Each candidate gathers one row of a table by key, (latency
-    basis, 1, value), and its score is min(S (0.999996 budget - latency), budget x value),
-    S = 2^80 (a power of two: the sign of the slack is exact): the value when within budget
-    (float32 rounding of the latency must not break the budget, hence the shaved budget),
-    far below every value otherwise.
+    designs of the most likely one (`candidate_table`), then a sentinel; the choice is the
+    best value predicted within budget. Each candidate gathers one row of a table by key,
+    (-S latency basis, 0.999996 S, value) with S = 2^80; times (w, budget, budget) its terms
+    sum to S (0.999996 budget - latency) and budget x value, and its score is the smaller
+    of the two: budget x value (> 0) when predicted within budget, far below 0 otherwise
+    (S is a power of two, so the sign of the slack is that of the unscaled sum; the budget
+    is shaved so that float32 rounding of the latency cannot break it). Keys that are not
+    designs and designs that may not be chosen have value -1 (score < 0); the sentinel
+    scores 0 and maps to row -1, so it is picked exactly when nothing else is feasible.
 
-    Laid out for onnxruntime at the bench's batch (78), where every node costs its fixed
-    overhead and a pass over the (candidates, n, columns) table about 8 us: candidates are
-    the leading axis, so scaling the gathered rows by each device's weights is one
-    broadcasting Mul; the two sums per candidate (scaled slack, scaled value) are then one
-    Gemm with a transposed operand, (2, cols) x (C n, cols)^T. Batched MatMuls of one
-    (candidates, cols) x (cols, 1) product per device cost about twice as much (one small
-    GEMM per device)."""
+    Laid out for onnxruntime at the bench's batch (78), where each node costs a fixed
+    overhead, each gathered index about 8 ns and each pass over the (candidates, n, columns)
+    block a few us: candidates are the leading axis, so weighting the gathered rows by each
+    device's (w, budget) is one broadcasting Mul, and the two sums per candidate are two
+    Gemms with a transposed operand, (1, cols) x (C n, cols)^T. Batched MatMuls, one
+    (candidates, cols) x (cols, 1) product per device, cost about twice as much (one small
+    GEMM per device); one M = 2 Gemm and a ReduceMin over its two rows cost more than two
+    M = 1 Gemms and a Min."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -519,22 +523,26 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
     keymat = np.zeros((len(flips), 2 * heads), np.float32)
     keymat[:, 0::2] = space.radix * ~flips
     keymat[:, 1::2] = space.radix * flips
-    # tables indexed by key (keys that are not designs: a zero basis row of value -1)
+    # tables indexed by key; keys that are not designs: a zero basis row of value -1; last,
+    # the sentinel key (every design's last ladder entry): a zero row, score 0, row -1
+    keys = len(space.lookup)
     exists = space.lookup >= 0
     row = np.maximum(space.lookup, 0)
-    ladder = np.where(exists[:, None], space.keys[candidates[row]],
-                      np.arange(len(row))[:, None])
+    ladder = np.where(exists[:, None], space.keys[candidates[row]], np.arange(keys)[:, None])
+    ladder = np.column_stack([ladder, np.full(keys, keys)])
     basis = np.where(exists[:, None], _latency_basis(space, predictor)[row], 0)
-    table = np.column_stack([basis, np.ones(len(row))])          # (basis, 1): value appended
+    # (basis, 1) x (-S, 0.999996 S): the Mul by (w, budget) gives the slack's terms
+    table = np.vstack([np.column_stack([-SLACK_SCALE * basis,
+                                        np.full(keys, SLACK_SCALE * (1 - 4e-6))]),
+                       np.zeros(basis.shape[1] + 1)])
     cols = table.shape[1] + 1
-    coef = np.r_[np.full(cols - 2, -SLACK_SCALE), SLACK_SCALE * (1 - 4e-6), 1.0]
-    consts = {"keymat": keymat, "ladder": ladder.T, "coef": coef,
+    consts = {"keymat": keymat, "ladder": ladder.T,
               "sum_slack": (np.arange(cols) < cols - 1)[None],    # S (shaved budget - latency)
               "sum_value": (np.arange(cols) == cols - 1)[None],   # budget x value
               "k2": np.array([2]), "grid_shape": np.array([0, heads, width]),
               "pair_shape": np.array([0, 2 * heads]), "zero_s": np.array(0),
               "score_shape": np.array([len(flips) + ladder.shape[1], -1]),
-              "flat_shape": np.array([-1, cols]), "zero_f": np.array(0.0)}
+              "flat_shape": np.array([-1, cols])}
     if predictor is not None:
         consts["table"] = np.column_stack([table, space.value32])
     else:
@@ -542,7 +550,7 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
     consts = {k: v.astype(np.float32 if v.dtype.kind in "fb" else np.int64)
               for k, v in consts.items()}
     consts["ladder"] = consts["ladder"].astype(np.int32)   # keys: half the table's bytes
-    consts["row_of_key"], consts["minus_one"] = space.lookup, np.array(-1, np.int64)
+    consts["row_of_key"] = np.r_[space.lookup, -1]
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     N = helper.make_node
     if np.all(space.sizes == width):
@@ -578,19 +586,16 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         N("Gather", ["ladder", "decoded"], ["ladder_keys"], axis=1),        # (L, n)
         N("Concat", ["flipped", "ladder_keys"], ["cand"], axis=0),          # (C, n)
         N("Gather", ["table", "cand"], ["cf"]),                             # (C, n, cols)
-        N("Mul", ["wb", "coef"], ["wb_coef"]),                              # (n, cols)
-        N("Mul", ["cf", "wb_coef"], ["terms"]),
+        N("Mul", ["cf", "wb"], ["terms"]),
         N("Reshape", ["terms", "flat_shape"], ["terms_2d"]),                # (C n, cols)
         N("Gemm", ["sum_slack", "terms_2d"], ["slack"], transB=1),         # (1, C n)
         N("Gemm", ["sum_value", "terms_2d"], ["value_b"], transB=1),
         N("Min", ["slack", "value_b"], ["score_flat"]),
         N("Reshape", ["score_flat", "score_shape"], ["score"]),             # (C, n)
+        # the first best: a candidate predicted within budget if any, else the sentinel
         N("ArgMax", ["score"], ["pick"], axis=0, keepdims=1),              # (1, n)
         N("GatherElements", ["cand", "pick"], ["choice"], axis=0),
-        N("GatherElements", ["score", "pick"], ["choice_score"], axis=0),
-        N("Gather", ["row_of_key", "choice"], ["choice_row"]),
-        N("Greater", ["choice_score", "zero_f"], ["found"]),
-        N("Where", ["found", "choice_row", "minus_one"], ["rows"]),
+        N("Gather", ["row_of_key", "choice"], ["rows"]),
     ])
     if predictor is not None:
         del graph.input[:]
@@ -603,7 +608,7 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
                                                       ["n", 1])])
     if predictor is None:
         graph.input.extend([helper.make_tensor_value_info("value", TensorProto.FLOAT,
-                                                          [len(row), 1])])
+                                                          [keys + 1, 1])])
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info("rows", TensorProto.INT64, [1, "n"])])
     onnx.checker.check_model(model)
