@@ -1,12 +1,14 @@
 """Kernel-level latency predictor on models it never saw: accuracy per target.
 
 For each target (default: host-ort-1t and host-tvm):
-1. fit the predictor on the target's probe measurements (`--data-dir/<target>.csv`, profiled
-   with `fleetc profile --probe` first when missing - resumable);
-2. time unseen models on the target: the onnx package's light models (AlexNet, DenseNet-121,
-   Inception v1/v2, ResNet-50, ShuffleNet, SqueezeNet, VGG-19, ZFNet-512) and MobileNetV2- /
-   ResNet-style variants from `toolchain.zoo` (random resolution, width, kernel sizes) under
-   random plans (per-kernel int8/fp32, skipped residual blocks), rewritten for real;
+1. measure the target's probes and the unseen models together, in `--rounds` round-robin
+   passes over all of them (`fleetc profile --rounds`, resumable: `--data-dir/<target>.csv`,
+   the models' rows named `model-NAME`), so a drift of the machine's speed during the run
+   affects both alike, and fit the predictor on the probes;
+2. the unseen models: the onnx package's light models (AlexNet, DenseNet-121, Inception v1/v2,
+   ResNet-50, ShuffleNet, SqueezeNet, VGG-19, ZFNet-512) and MobileNetV2- / ResNet-style
+   variants from `toolchain.zoo` (random resolution, width, kernel sizes) under random plans
+   (per-kernel int8/fp32, skipped residual blocks), rewritten for real;
 3. predict each from its rewritten graph (`predict(rewritten.onnx)`) and, for the variants, from
    the original graph and the plan (`predict --plan`, no rewrite);
 4. print per-model rows and the figures of the issue: share within +/-10%, Spearman, and the
@@ -14,12 +16,12 @@ For each target (default: host-ort-1t and host-tvm):
 
 Run: .venv/bin/python benchmarks/bench_predictor.py [--targets host-ort-1t,host-tvm]
      [--variants 24] [--data-dir DIR] [--quick] [--rounds 3]
-Probes and models are measured in `--rounds` interleaved passes; the fastest sample is kept.
 Measured figures are printed, nothing is asserted.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -31,7 +33,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolchain.measure.profile import measure_model, profile  # noqa: E402
+from toolchain.measure.profile import profile  # noqa: E402
 from toolchain.measure.records import read_measurements  # noqa: E402
 from toolchain.measure.timing import TimingConfig  # noqa: E402
 from toolchain.predict.kernel import KernelPredictor, fit_rows, spearman  # noqa: E402
@@ -39,6 +41,8 @@ from toolchain.predict.latency import design_units, model_units, predict_plan  #
 from toolchain.probe import build_probe, probe_set, quantize_qdq  # noqa: E402
 from toolchain.space import Choice, Plan  # noqa: E402
 from toolchain.target import load_target  # noqa: E402
+
+MODEL_PREFIX = "model-"   # the unseen models' rows in the measurement CSV
 
 
 def light_models() -> list[tuple[str, onnx.ModelProto]]:
@@ -110,42 +114,36 @@ def variants(count: int, seed: int, precisions: tuple[str, ...]):
     return out
 
 
-def fit_target(target, data: Path, quick: bool, rounds: int = 1) -> KernelPredictor:
+def measure_and_fit(target, data: Path, quick: bool, cases, config: TimingConfig,
+                    rounds: int) -> tuple[KernelPredictor, list[float]]:
+    """Measure the probes and the unseen models together, `rounds` round-robin passes over
+    all of them (`fleetc profile --rounds`: the fastest sample of every round is kept), so a
+    drift of the machine's speed during the run affects both alike; then fit on the probes.
+    Returns the predictor and the models' measured latencies. Resumable (`data`)."""
     probes = probe_set(target.precisions, "quick" if quick else "full")
+    designs = [(p.name, lambda n=p.name: build_probe(n)) for p in probes]
+    designs += [(f"{MODEL_PREFIX}{name}", functools.cache(make)) for name, make, _, _ in cases]
     start = time.monotonic()
-    result = profile(target, [(p.name, lambda n=p.name: build_probe(n)) for p in probes], data,
-                     rounds=rounds)
-    print(f"# {target.name}: probes {result.measured} measured, {result.already} reused "
-          f"({time.monotonic() - start:.0f} s)")
-    names = {p.name for p in probes}
-    rows = [r for r in read_measurements(data) if r.design in names]
+    result = profile(target, designs, data, config, rounds=rounds,
+                     progress=lambda line: print(f"# {target.name}: {line}", flush=True))
+    print(f"# {target.name}: {len(probes)} probes and {len(cases)} models: {result.measured} "
+          f"measured, {result.already} reused ({time.monotonic() - start:.0f} s)")
+    rows = {r.design: r for r in read_measurements(data)}
     start = time.monotonic()
-    model = fit_rows(rows, design_units, {"name": target.predictor, "target": target.name})
+    model = fit_rows([rows[p.name] for p in probes if p.name in rows], design_units,
+                     {"name": target.predictor, "target": target.name})
     h = model.meta["held_out"]
-    print(f"# {target.name}: fitted on {len(rows)} probes in {time.monotonic() - start:.0f} s; "
-          f"held-out probes: median |err| {100 * h.get('median_abs_rel_err', float('nan')):.1f}%"
+    print(f"# {target.name}: fitted on {len(probes)} probes in {time.monotonic() - start:.0f} s;"
+          f" held-out probes: median |err| {100 * h.get('median_abs_rel_err', float('nan')):.1f}%"
           f", within 10% {100 * h.get('within_10pct', float('nan')):.0f}%, "
           f"Spearman {h.get('spearman', float('nan')):.3f}")
-    return model
+    return model, [rows[f"{MODEL_PREFIX}{name}"].latency_ms for name, _, _, _ in cases]
 
 
-def measure_rounds(target, models: list, config: TimingConfig, rounds: int) -> list[float]:
-    """The fastest sample over `rounds` round-robin passes, as `profile --rounds` measures
-    the probes (whole timing blocks on this VM sometimes run 1.5-2x slow)."""
-    runs = []
-    for r in range(rounds):
-        runs.append([measure_model(target, m, config).min_ms for m in models])
-        print(f"# {target.name}: measured round {r + 1}/{rounds}", flush=True)
-    return [float(v) for v in np.min(np.array(runs), axis=0)]
-
-
-def evaluate(target, model: KernelPredictor, cases, config: TimingConfig,
-             rounds: int = 1) -> dict:
+def evaluate(target, model: KernelPredictor, cases, truth: list[float]) -> dict:
     rows = []
-    built = [make() for _, make, _, _ in cases]
-    truth = measure_rounds(target, built, config, rounds)
-    for (name, _, graph, plan), truth_model, measured in zip(cases, built, truth, strict=True):
-        direct = model.predict_units(model_units(truth_model))
+    for (name, make, graph, plan), measured in zip(cases, truth, strict=True):
+        direct = model.predict_units(model_units(make()))
         planned = predict_plan(model, graph, plan) if plan is not None else None
         rows.append((name, measured, direct, planned))
         err = 100 * (direct.latency_ms / measured - 1)
@@ -229,12 +227,13 @@ def main() -> None:
     fitted = {}
     for name in args.targets.split(","):
         target = load_target(name)
-        model = fit_target(target, data_dir / f"{name}.csv", args.quick, args.rounds)
-        fitted[name] = model
         cases = [(n, lambda m=m: m, None, None) for n, m in lights]
-        cases += [(n, lambda b=b, p=p: rewrite(b, p), g, p)
+        cases += [(n, functools.cache(lambda b=b, p=p: rewrite(b, p)), g, p)
                   for n, b, g, p in variants(args.variants, args.seed, target.precisions)]
-        evaluate(target, model, cases, config, args.rounds)
+        model, truth = measure_and_fit(target, data_dir / f"{name}.csv", args.quick, cases,
+                                       config, args.rounds)
+        fitted[name] = model
+        evaluate(target, model, cases, truth)
     kernel_costs(fitted)
 
 
