@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 CANDIDATE_DEVICES = 300   # prior devices whose Pareto fronts give the faster fallbacks
 MAX_FLIPS = 3             # designs tried: heads at their 2nd most likely value, at most this many
-LADDER = (0.5,)            # faster fallback: the front design below this fraction of it
+LADDER = ()               # per-design faster fallbacks: front designs below these fractions
+                          # of it (the fastest front design is always a candidate)
 REFINE_STEPS = 6           # hill-climbing steps of `refine`
 QUANTIZE = True           # int8 MLP in the chooser graph (`_quantized`)
 SLACK_SCALE = 2.0 ** 80   # scales the chooser's budget slack far above every value
@@ -524,29 +525,34 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
     graph = model.graph
     heads, width = len(space.sizes), int(space.sizes.max())
     flips = _flip_patterns(heads)
-    # keys of every flip pattern from the interleaved (first, second) indices, one Gemm
-    keymat = np.zeros((len(flips), 2 * heads), np.float32)
-    keymat[:, 0::2] = space.radix * ~flips
-    keymat[:, 1::2] = space.radix * flips
-    # tables indexed by key; keys that are not designs: a zero basis row of value -1; last,
-    # the sentinel key (every design's last ladder entry): a zero row, score 0, row -1
     keys = len(space.lookup)
     exists = space.lookup >= 0
     row = np.maximum(space.lookup, 0)
-    ladder = np.where(exists[:, None], space.keys[candidates[row]], np.arange(keys)[:, None])
-    ladder = np.column_stack([ladder, np.full(keys, keys)])
+    # keys of every flip pattern from the interleaved (first, second) indices, one Gemm,
+    # whose bias adds two constant candidates: the fastest front design (`candidate_table`'s
+    # last column, the same for every design) and the sentinel key (a zero table row, so
+    # score 0, and row -1: chosen exactly when nothing else is feasible)
+    keymat = np.zeros((len(flips) + 2, 2 * heads))
+    keymat[:len(flips), 0::2] = space.radix * ~flips
+    keymat[:len(flips), 1::2] = space.radix * flips
+    key_bias = np.r_[np.zeros(len(flips)), space.keys[candidates[0, -1]], keys][:, None]
+    # per-design rungs of the ladder (LADDER): keys by the decoded design's key
+    rungs = np.where(exists[:, None], space.keys[candidates[row, :-1]],
+                     np.arange(keys)[:, None])
+    # table by key, (basis, 1) x (-S, 0.999996 S): the Mul by (w, budget) gives the slack's
+    # terms; keys that are not designs: a zero basis row (their value is -1); last, the
+    # sentinel's zero row
     basis = np.where(exists[:, None], _latency_basis(space, predictor)[row], 0)
-    # (basis, 1) x (-S, 0.999996 S): the Mul by (w, budget) gives the slack's terms
     table = np.vstack([np.column_stack([-SLACK_SCALE * basis,
                                         np.full(keys, SLACK_SCALE * (1 - 4e-6))]),
                        np.zeros(basis.shape[1] + 1)])
     cols = table.shape[1] + 1
-    consts = {"keymat": keymat, "ladder": ladder.T,
+    consts = {"keymat": keymat, "key_bias": key_bias,
               "sum_slack": (np.arange(cols) < cols - 1)[None],    # S (shaved budget - latency)
               "sum_value": (np.arange(cols) == cols - 1)[None],   # budget x value
               "k2": np.array([2]), "grid_shape": np.array([0, heads, width]),
-              "pair_shape": np.array([0, 2 * heads]), "zero_s": np.array(0),
-              "score_shape": np.array([len(flips) + ladder.shape[1], -1]),
+              "pair_shape": np.array([0, 2 * heads]),
+              "score_shape": np.array([len(keymat) + rungs.shape[1], -1]),
               "flat_shape": np.array([-1, cols])}
     if predictor is not None:
         consts["table"] = np.column_stack([table, space.value32])
@@ -554,7 +560,9 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         consts["table_w"] = table
     consts = {k: v.astype(np.float32 if v.dtype.kind in "fb" else np.int64)
               for k, v in consts.items()}
-    consts["ladder"] = consts["ladder"].astype(np.int32)   # keys: half the table's bytes
+    if rungs.shape[1]:
+        consts["rungs"] = rungs.T.astype(np.int32)   # keys: half the table's bytes
+        consts["zero_s"] = np.array(0, np.int64)
     consts["row_of_key"] = np.r_[space.lookup, -1]
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     N = helper.make_node
@@ -585,11 +593,12 @@ def _chooser_onnx(mlp: bytes, space: DesignSpace, candidates: np.ndarray,
         N("TopK", ["grid", "k2"], ["_top", "best2"], axis=-1),             # (n, H, 2)
         N("Cast", ["best2"], ["best2_f"], to=TensorProto.FLOAT),
         N("Reshape", ["best2_f", "pair_shape"], ["pairs"]),                 # (n, 2H)
-        N("Gemm", ["keymat", "pairs"], ["keys_f"], transB=1),              # (K, n)
-        N("Cast", ["keys_f"], ["flipped"], to=TensorProto.INT32),
-        N("Gather", ["flipped", "zero_s"], ["decoded"], axis=0),            # (n,)
-        N("Gather", ["ladder", "decoded"], ["ladder_keys"], axis=1),        # (L, n)
-        N("Concat", ["flipped", "ladder_keys"], ["cand"], axis=0),          # (C, n)
+        N("Gemm", ["keymat", "pairs", "key_bias"], ["keys_f"], transB=1),  # (K + 2, n)
+        N("Cast", ["keys_f"], ["fixed" if rungs.shape[1] else "cand"], to=TensorProto.INT32),
+        *([] if not rungs.shape[1] else [
+            N("Gather", ["fixed", "zero_s"], ["decoded"], axis=0),          # (n,)
+            N("Gather", ["rungs", "decoded"], ["rung_keys"], axis=1),       # (L, n)
+            N("Concat", ["fixed", "rung_keys"], ["cand"], axis=0)]),        # (C, n)
         N("Gather", ["table", "cand"], ["cf"]),                             # (C, n, cols)
         N("Mul", ["cf", "wb"], ["terms"]),
         N("Reshape", ["terms", "flat_shape"], ["terms_2d"]),                # (C n, cols)
