@@ -171,13 +171,11 @@ def synthetic_fingerprints(predictor: ConditionedPredictor, count: int, seed: in
 
 
 def network_inputs(fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-    """Scale-free inputs: log(fp / mean fp) and log(budget / mean fp); cells below 1e-3 of the
-    mean are raised to it (`_fingerprint_nodes` does the same in the chooser graph)."""
+    """Scale-free inputs: log(fp / mean fp) and log(budget / mean fp), each ratio at least
+    1e-3 (imputed cells may dip; `_fingerprint_nodes` does the same in the chooser graph)."""
     fp = np.atleast_2d(np.asarray(fingerprints, float))
-    scale = fp.mean(axis=1, keepdims=True)
-    fp = np.maximum(fp, 1e-3 * scale)   # imputed cells may dip
-    return np.column_stack([np.log(fp / scale), np.log(np.asarray(budgets, float)[:, None]
-                                                        / scale)]).astype(np.float32)
+    ratios = np.column_stack([fp, np.asarray(budgets, float)]) / fp.mean(axis=1, keepdims=True)
+    return np.log(np.maximum(ratios, 1e-3)).astype(np.float32)
 
 
 def _training_set(predictor: ConditionedPredictor, space: DesignSpace,
@@ -462,12 +460,11 @@ def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
     return [
         N("ReduceMean", ["fp"], ["fp_mean"], axes=[1], keepdims=1),
         N("Concat", ["fp_mean", "fp", "budget", "budget"], ["wb"], axis=1),
-        # network_inputs: cells clamped at 1e-3 of the mean (imputed cells may dip)
-        N("Mul", ["fp_mean", "tiny"], ["fp_low"]),
-        N("Max", ["fp", "fp_low"], ["fp_c"]),
-        N("Concat", ["fp_c", "budget"], ["fp_b"], axis=1),
+        # network_inputs: ratios to the mean, at least 1e-3 (imputed cells may dip)
+        N("Concat", ["fp", "budget"], ["fp_b"], axis=1),
         N("Div", ["fp_b", "fp_mean"], ["fp_b_rel"]),
-        N("Log", ["fp_b_rel"], ["x"]),
+        N("Max", ["fp_b_rel", "tiny"], ["fp_b_low"]),
+        N("Log", ["fp_b_low"], ["x"]),
     ]
 
 
