@@ -87,6 +87,23 @@ def test_fingerprint_path_matches_weights_path(trained):
     assert np.all((lat <= budgets * (1 + 1e-5)) | (fused == np.argmin(pred, axis=1)))
 
 
+def test_no_feasible_candidate_falls_back_to_the_fastest(trained):
+    """A budget below every predicted latency: the graph's sentinel wins (row -1) and the
+    device falls back to exhaustive scoring, whose answer is then the fastest design; the
+    other rows of the batch keep the graph's choice."""
+    ctx, space, opt = trained
+    fp = synthetic_fingerprints(ctx.predictor, 6, seed=8, features=space.features) * 2.0
+    weights = ctx.predictor.device_weights(fp)
+    pred = np.where(np.isfinite(space.objective), weights @ space.features.T, np.inf)
+    budgets = np.quantile(pred[np.isfinite(pred)].reshape(6, -1), 0.4, axis=1)
+    budgets[[1, 4]] = pred[[1, 4]].min(axis=1) * 0.5
+    for rows in (opt.choose(space, weights, fp, budgets),
+                 opt.choose_from_fingerprints(space, ctx.predictor, fp, budgets)):
+        assert rows[1] == np.argmin(pred[1]) and rows[4] == np.argmin(pred[4])
+        others = rows[[0, 2, 3, 5]]
+        assert np.all(pred[[0, 2, 3, 5], others] <= budgets[[0, 2, 3, 5]] * (1 + 1e-5))
+
+
 def test_onnx_export_round_trip(trained, tmp_path):
     ctx, space, opt = trained
     fp = synthetic_fingerprints(ctx.predictor, 5, seed=4, features=space.features)
