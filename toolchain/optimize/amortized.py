@@ -308,12 +308,7 @@ class AmortizedOptimizer:
             data = self.onnx_model if space is None else _chooser_onnx(
                 self.onnx_model, space, self.candidates, predictor)
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            # the binding's run(output names, feeds, run options) where exposed: the Python
-            # wrapper's checks of the feeds cost ~3 us of a 78-row call (cold caches after
-            # the graph), and the feeds built here are complete and of the graph's types
-            binding = getattr(session, "_sess", None)
-            run = binding.run if binding is not None else session.run
-            cached = (session, run, self, space, predictor)   # keeps them alive: ids unique
+            cached = (session, session.run, self, space, predictor)   # keeps them alive: ids unique
             _SESSIONS[key] = cached
         return cached[0]
 
