@@ -199,6 +199,10 @@ def units_of(graph: Graph, kernels: list[Kernel],
         ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t]
         return kernel.op_type in COMPUTE_OPS and len(ins) > 1 and ins[1] in weights
 
+    def float_weights(kernel: Kernel) -> bool:
+        ins = [t for t in graph.node(kernel.nodes[0])["inputs"] if t]
+        return kernel.op_type in COMPUTE_OPS and len(ins) > 1 and graph.is_weight(ins[1])
+
     def from_int8(kernel: Kernel) -> bool:
         """Its data input comes from an int8 kernel (through Q/DQ)."""
         t = graph.node(kernel.nodes[0])["inputs"][0]
@@ -214,7 +218,7 @@ def units_of(graph: Graph, kernels: list[Kernel],
             int8_here = k.name not in float_nodes   # the runtime's own answer
         else:
             int8_here = is_int8(k)
-        if int8_here and k.op_type in COMPUTE_OPS and not dequantized_weights(k):
+        if int8_here and float_weights(k):
             precision = INT8_ASYM
         elif int8_here and k.op_type == "MaxPool" and not from_int8(k):
             precision = INT8_NCHW
