@@ -20,28 +20,28 @@ def _kinds(units) -> Counter:
     return Counter(u.kind for u in units)
 
 
-def _both(base, plan):
+def _both(base, plan, caplog):
     graph = load_and_analyze(base)
-    logging.getLogger("toolchain").setLevel(logging.ERROR)   # no calibration data: warns
+    caplog.set_level(logging.ERROR, logger="toolchain")   # no calibration data: warns
     rewritten = apply_plan(base, plan)
     return _kinds(model_units(rewritten)), _kinds(units_under_plan(graph, plan))
 
 
 @pytest.mark.parametrize("stem_int8", [False, True])
-def test_stem_max_pool_runs_on_uint8_only_after_a_float_stem(stem_int8):
+def test_stem_max_pool_runs_on_uint8_only_after_a_float_stem(stem_int8, caplog):
     base = resnet(64, 10, 0.25)
     compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
     int8 = compute if stem_int8 else compute[1:]
-    direct, planned = _both(base, Plan(kernels={k: Choice("int8") for k in int8}))
+    direct, planned = _both(base, Plan(kernels={k: Choice("int8") for k in int8}), caplog)
     kind = "MaxPool/fp32" if stem_int8 else f"MaxPool/{INT8_NCHW}"
     assert direct[kind] == planned[kind] == 1
 
 
-def test_float_conv_between_int8_convs_runs_on_runtime_quantized_weights():
+def test_float_conv_between_int8_convs_runs_on_runtime_quantized_weights(caplog):
     base = mobilenet_v2(64, 0.5)
     compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
     middle = next(k for k in compute if k.endswith("expand.conv"))   # int8 on both sides
     plan = Plan(kernels={k: Choice("int8") for k in compute if k != middle})
-    direct, planned = _both(base, plan)
+    direct, planned = _both(base, plan, caplog)
     assert direct[f"conv/{INT8_ASYM}"] == planned[f"conv/{INT8_ASYM}"] == 1
     assert direct["conv/fp32"] == planned["conv/fp32"] == 0

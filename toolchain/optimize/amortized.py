@@ -307,18 +307,14 @@ class AmortizedOptimizer:
             opts.inter_op_num_threads = 1
             data = self.onnx_model if space is None else _chooser_onnx(
                 self.onnx_model, space, self.candidates, predictor)
-            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-            cached = (session, session.run, self, space, predictor)   # keeps them alive: ids unique
+            cached = (ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
+                      self, space, predictor)   # keeps them alive so their ids stay unique
             _SESSIONS[key] = cached
         return cached[0]
 
     def _run(self, space: DesignSpace, predictor: ConditionedPredictor | None, feeds: dict):
         """The chooser graph's outputs (rows, lowest) for `feeds`."""
-        cached = _SESSIONS.get((id(self), id(space), id(predictor)))
-        if cached is None:
-            self.session(space, predictor)
-            cached = _SESSIONS[(id(self), id(space), id(predictor))]
-        return cached[1](_OUTPUTS, feeds, None)
+        return self.session(space, predictor).run(_OUTPUTS, feeds)
 
     def logits(self, fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
         x = network_inputs(fingerprints, budgets)
