@@ -19,8 +19,9 @@ when the target has those precisions):
   their usual context; `mixed` variants quantize only some of their convolutions (the even
   ones, in graph order);
 - `net`: whole small MobileNetV2 / ResNet networks (other sizes than the benchmark's variants),
-  some with more weights than the last-level cache holds; in the full set only, also stems
-  followed by a 1x1 conv (`stemconv`: stem contexts at more sizes).
+  some with more weights than the last-level cache holds; in the full set only, also networks
+  at 176-240 px (large early activations: the layout changes around int8 layers there) and
+  stems followed by a 1x1 conv (`stemconv`: stem contexts at more sizes).
 
 In the full set only, the networks and the stems also come as `mixodd` (the odd convolutions
 int8): a float stem before int8 layers, whose max-pool onnxruntime then runs on uint8 in NCHW,
@@ -359,7 +360,7 @@ def _grid() -> list[tuple[str, tuple]]:
                                  ("mbv2", 64, 1.0, 3), ("mbv2", 80, 0.6, 3),
                                  ("resnet", 112, 0.25, 10), ("resnet", 80, 0.35, 18),
                                  ("resnet", 64, 0.6, 26), ("resnet", 128, 0.35, 10),
-                                 *_COLD_NETS)]
+                                 *_COLD_NETS, *_HIRES_NETS)]
     return out
 
 
@@ -367,6 +368,12 @@ def _grid() -> list[tuple[str, tuple]]:
 # set only: the quick and fingerprint subsets are kept as they were before these were added.
 _COLD_NETS = (("resnet", 64, 1.0, 18), ("resnet", 80, 0.9, 26), ("resnet", 112, 1.25, 10),
               ("mbv2", 112, 1.25, 3), ("mbv2", 144, 1.0, 3), ("mbv2", 96, 1.4, 5))
+# Networks at the input sizes of deployed models (176-240 px; the nets above stop at 144):
+# their early layers run at 88-120 px, where an int8 convolution between float ones costs
+# onnxruntime layout changes (NCHWc -> NCHW -> NHWC and back) on large activations. Full set
+# only, as _COLD_NETS.
+_HIRES_NETS = (("mbv2", 176, 0.5, 3), ("mbv2", 208, 0.75, 3), ("mbv2", 240, 0.35, 5),
+               ("resnet", 176, 0.5, 10), ("resnet", 208, 0.35, 18))
 # Stems (7x7/2 conv + 3x3/2 max-pool + 1x1 conv) at more sizes (see `_stemconv`). Full set
 # only, as _COLD_NETS; their `mixodd` variants (float stem, int8 1x1) put the max-pool on
 # onnxruntime's uint8 NCHW path.
@@ -393,7 +400,7 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
             if precision == "int8" and (family == "net" or params in _STEMS):
                 probes.append(Probe(_name(family, params, "mixodd"), family, "mixodd", params))
     if subset != "full":
-        probes = [p for p in probes if p.params not in _COLD_NETS + _STEMS
+        probes = [p for p in probes if p.params not in _COLD_NETS + _HIRES_NETS + _STEMS
                   and p.precision != "mixodd"]
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted, and
