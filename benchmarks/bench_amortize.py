@@ -22,8 +22,8 @@ from toolchain.bench.fewshot import DeviceContext, single_thread
 from toolchain.bench.table import load_table
 from toolchain.optimize.amortized import (
     DesignSpace,
+    ExhaustiveSearch,
     TrainConfig,
-    exhaustive_choice,
     synthetic_fingerprints,
     train_amortized,
 )
@@ -67,8 +67,7 @@ def main() -> None:
             ranked = np.sort(pred.device_weights(fp[part:part + 1000]) @ space.features.T, axis=1)
             pick = (quantiles[part:part + 1000] * (ranked.shape[1] - 1)).astype(int)
             budgets[part:part + 1000] = ranked[np.arange(len(ranked)), pick]
-        allowed = np.isfinite(space.objective)
-        objective = np.where(allowed, space.objective, -np.inf)
+        exhaustive = ExhaustiveSearch(space, predictor=pred)
 
         def amortized():
             return opt.choose_from_fingerprints(space, pred, fp, budgets)
@@ -76,8 +75,8 @@ def main() -> None:
         def search():
             chosen = []
             for part in range(0, len(fp), 1000):   # 1000 x 15,625 scores at a time
-                s = pred.device_weights(fp[part:part + 1000]) @ space.features.T
-                chosen.append(exhaustive_choice(s, objective, budgets[part:part + 1000]))
+                chosen.append(exhaustive.choose_from_fingerprints(fp[part:part + 1000],
+                                                                  budgets[part:part + 1000]))
             return np.concatenate(chosen)
 
         amortized()   # builds the onnxruntime session

@@ -21,6 +21,7 @@ from toolchain.cli import cli
 from toolchain.optimize.amortized import (
     AmortizedOptimizer,
     DesignSpace,
+    ExhaustiveSearch,
     TrainConfig,
     exhaustive_choice,
     synthetic_fingerprints,
@@ -52,6 +53,23 @@ def test_exhaustive_choice_is_best_within_budget_else_fastest():
     chosen = exhaustive_choice(pred, objective, np.array([2.5, 1.0]))
     assert chosen.tolist() == [1, 0]   # best within 2.5; nothing within 1.0 -> fastest
 
+
+
+def test_presorted_search_chooses_as_exhaustive_choice(trained):
+    """The bench's timed search (designs sorted once, fingerprint basis) must be the same
+    search as exhaustive_choice on the predictor's weights, allowed rows only."""
+    ctx, space, _ = trained
+    fp = synthetic_fingerprints(ctx.predictor, 50, seed=9, features=space.features) * 4.0
+    pred = ctx.predictor.device_weights(fp) @ space.features.T
+    budgets = np.quantile(pred, np.linspace(0.0, 0.7, len(fp)), axis=1).diagonal().copy()
+    budgets[:3] = pred[:3].min(axis=1) * 0.5   # nothing within budget: the fastest
+    allowed = np.isfinite(space.objective) & (np.arange(len(space.codes)) % 4 != 1)
+    expected = exhaustive_choice(np.where(allowed, pred, np.inf),
+                                 np.where(allowed, space.objective, -np.inf), budgets)
+    search = ExhaustiveSearch(space, allowed, ctx.predictor)
+    assert search.choose(ctx.predictor.device_weights(fp), budgets).tolist() == \
+        expected.tolist()
+    assert np.mean(search.choose_from_fingerprints(fp, budgets) == expected) >= 0.98
 
 def test_choices_are_allowed_and_predicted_within_budget(trained):
     ctx, space, opt = trained

@@ -47,8 +47,8 @@ from toolchain.errors import BadInputError
 from toolchain.optimize.amortized import (
     AmortizedOptimizer,
     DesignSpace,
+    ExhaustiveSearch,
     TrainConfig,
-    exhaustive_choice,
     refine,
     train_amortized,
 )
@@ -211,11 +211,8 @@ class _Bench:
         return chosen
 
     def search(self, dev: _Device, budget: float) -> int:
-        pred = self.space.features @ dev.weights
-        pred[~dev.allowed] = np.inf
-        objective = np.where(dev.allowed, self.space.objective, -np.inf)
-        return int(self.rows_used[exhaustive_choice(pred[None], objective,
-                                                    np.array([budget]))[0]])
+        search = ExhaustiveSearch(self.space, dev.allowed)
+        return int(self.rows_used[search.choose(dev.weights[None], np.array([budget]))[0]])
 
 
 def _timing(bench: _Bench, opt: AmortizedOptimizer, devices: list[_Device],
@@ -224,16 +221,15 @@ def _timing(bench: _Bench, opt: AmortizedOptimizer, devices: list[_Device],
     Both start from the fingerprints and include the predictor's weights."""
     fp = np.repeat(np.array([d.fingerprint for d in devices]), len(bench.opts.budgets), axis=0)
     B = np.concatenate([budgets[d.name] for d in devices])
-    allowed = np.isfinite(bench.space.objective)
     pred = bench.ctx.predictor
-    objective = np.where(allowed, bench.space.objective, -np.inf)
+    # built once, as the optimizer's tables: designs by objective, the R + 1 column basis
+    exhaustive = ExhaustiveSearch(bench.space, predictor=pred)
 
     def amortized() -> None:
         opt.choose_from_fingerprints(bench.space, pred, fp, B)
 
     def search() -> None:
-        scores = pred.device_weights(fp) @ bench.space.features.T
-        exhaustive_choice(scores, objective, B)
+        exhaustive.choose_from_fingerprints(fp, B)
 
     amortized()   # builds the onnxruntime session once
     # Rounds of a block of each (the median of a block is warm: a search right before would

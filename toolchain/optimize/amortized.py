@@ -37,7 +37,7 @@ from toolchain.space import atomic_write
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",
-    "exhaustive_choice", "TrainConfig", "candidate_table", "refine",
+    "exhaustive_choice", "ExhaustiveSearch", "TrainConfig", "candidate_table", "refine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,15 +138,57 @@ def exhaustive_choice(pred: np.ndarray, objective: np.ndarray, budgets: np.ndarr
     """Per device (row of `pred`, predicted latency of every design): the best objective among
     designs predicted within its budget, else its fastest predicted design."""
     order = np.argsort(-objective, kind="mergesort")
-    ok = pred[:, order] <= budgets[:, None]
+    return order[first_within(pred[:, order], budgets)]
+
+
+def first_within(pred: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """Per row of `pred` (designs in decreasing objective): the first column predicted within
+    the row's budget, else the fastest column."""
+    ok = pred <= budgets[:, None]
     first = np.argmax(ok, axis=1)
-    chosen = order[first]
     none = ~ok[np.arange(len(pred)), first]
-    chosen[none] = np.argmin(pred[none], axis=1)
-    return chosen
+    first[none] = np.argmin(pred[none], axis=1)
+    return first
 
 
-# ---------------------------------------------------------------- training data
+class ExhaustiveSearch:
+    """Per-device search with the linear predictor: every design that may be chosen is
+    scored and the best objective predicted within budget wins (`exhaustive_choice`). The
+    designs are stored once in decreasing objective (ties in table order), so a batch costs
+    one product and a scan for the first design within budget, with no sort or gather. From
+    fingerprints, the product is with the R + 1 columns of `fingerprint_basis` instead of
+    the d features (the same predictions, as the amortized optimizer's graph computes them)."""
+
+    def __init__(self, space: DesignSpace, allowed: np.ndarray | None = None,
+                 predictor: ConditionedPredictor | None = None) -> None:
+        allowed = np.isfinite(space.objective) if allowed is None else \
+            allowed & np.isfinite(space.objective)
+        rows = np.flatnonzero(allowed)
+        self.rows = rows[np.argsort(-space.objective[rows], kind="mergesort")]
+        features = space.features[self.rows]
+        self.features_t = np.ascontiguousarray(features.T)
+        self.basis_t = None if predictor is None else \
+            np.ascontiguousarray(fingerprint_basis(features, predictor).T)
+
+    def choose(self, weights: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        """Row of the space per (device weights, budget)."""
+        return self.rows[first_within(weights @ self.features_t, np.asarray(budgets, float))]
+
+    def choose_from_fingerprints(self, fingerprints: np.ndarray,
+                                 budgets: np.ndarray) -> np.ndarray:
+        """Row of the space per (fingerprint, budget); needs the predictor."""
+        fp = np.asarray(fingerprints, float)
+        pred = np.column_stack([fp.mean(axis=1), fp]) @ self.basis_t
+        return self.rows[first_within(pred, np.asarray(budgets, float))]
+
+
+def fingerprint_basis(features: np.ndarray, predictor: ConditionedPredictor) -> np.ndarray:
+    """(designs, R + 1) B with predicted latency = B (mean(fp), fp) for a fingerprint fp:
+    (F mean - G prior_fp, G), G = F gain_t^T (`ConditionedPredictor.device_weights`)."""
+    prior_fp, gain_t = predictor._fingerprint_map
+    G = features @ gain_t.T
+    return np.column_stack([features @ predictor.mean - G @ prior_fp, G])
+
 
 def synthetic_fingerprints(predictor: ConditionedPredictor, count: int, seed: int,
                            noise: float = 0.03, features: np.ndarray | None = None) -> np.ndarray:
@@ -181,18 +223,16 @@ def network_inputs(fingerprints: np.ndarray, budgets: np.ndarray) -> np.ndarray:
 def _training_set(predictor: ConditionedPredictor, space: DesignSpace,
                   fingerprints: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(cfg.seed + 1)
-    usable = np.isfinite(space.objective)
-    objective = np.where(usable, space.objective, -np.inf)
+    search = ExhaustiveSearch(space)
     X, Y = [], []
     for start in range(0, len(fingerprints), 256):
         fp = fingerprints[start:start + 256]
-        pred = predictor.device_weights(fp) @ space.features.T
-        pred[:, ~usable] = np.inf
-        ranked = np.sort(pred[:, usable], axis=1)
+        pred = predictor.device_weights(fp) @ search.features_t   # designs that may be chosen
+        ranked = np.sort(pred, axis=1)
         for _ in range(cfg.budgets_per_device):
             q = rng.uniform(*cfg.quantiles, size=len(fp))
             budgets = ranked[np.arange(len(fp)), (q * (ranked.shape[1] - 1)).astype(int)]
-            chosen = exhaustive_choice(pred, objective, budgets)
+            chosen = search.rows[first_within(pred, budgets)]
             X.append(network_inputs(fp, budgets))
             Y.append(space.digits[chosen])
     return np.vstack(X), np.vstack(Y)
@@ -443,10 +483,7 @@ def _latency_basis(space: DesignSpace, predictor: ConditionedPredictor | None) -
     (F mean - G prior_fp, G) with G = F gain_t^T (see `_fingerprint_nodes`)."""
     if predictor is None:
         return space.features32
-    prior_fp, gain_t = predictor._fingerprint_map
-    G = space.features @ gain_t.T
-    return np.column_stack([space.features @ predictor.mean - G @ prior_fp,
-                            G]).astype(np.float32)
+    return fingerprint_basis(space.features, predictor).astype(np.float32)
 
 
 def _fingerprint_nodes(graph, predictor: ConditionedPredictor) -> list:
