@@ -26,7 +26,12 @@ when the target has those precisions):
 In the full set only, the networks and the stems also come as `mixodd` (the odd convolutions
 int8): a float stem before int8 layers, whose max-pool onnxruntime then runs on uint8 in NCHW,
 and float convolutions between int8 ones, whose weights onnxruntime quantizes itself - two
-slow paths the `mixed` variants never take (`toolchain.predict.units`).
+slow paths the `mixed` variants never take (`toolchain.predict.units`). The networks also come
+as `mixsparse` (every fourth convolution int8, from the third): single int8 layers between
+float ones, as random plans with a few int8 layers make them - each such island costs
+onnxruntime a layout change and a conversion on both sides (with 2 threads about 20-70 us per
+island on a MobileNetV2 at 160 px, several times what the other probes taught), and the
+alternating `mixed` / `mixodd` patterns never make one.
 
 `probe_set(precisions, subset)` lists the designs; `build_probe(name)` builds one model.
 """
@@ -399,9 +404,12 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
                 probes.append(Probe(_name(family, params, "mixed"), family, "mixed", params))
             if precision == "int8" and (family == "net" or params in _STEMS):
                 probes.append(Probe(_name(family, params, "mixodd"), family, "mixodd", params))
+            if precision == "int8" and family == "net":
+                probes.append(Probe(_name(family, params, "mixsparse"), family, "mixsparse",
+                                    params))
     if subset != "full":
         probes = [p for p in probes if p.params not in _COLD_NETS + _HIRES_NETS + _STEMS
-                  and p.precision != "mixodd"]
+                  and p.precision not in ("mixodd", "mixsparse")]
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted, and
         # the whole networks in fp32 (context for every kernel kind at once).
@@ -429,6 +437,8 @@ def _name(family: str, params: tuple, precision: str) -> str:
 
 
 _CACHE_MAX_BYTES = 32 << 20
+# Mixed precisions: which convolutions (in graph order) are int8.
+_MIXES = {"mixed": slice(0, None, 2), "mixodd": slice(1, None, 2), "mixsparse": slice(2, None, 4)}
 PROBE_VERSION = 3   # bump when a family's models change: cached models are keyed by it
 
 
@@ -450,7 +460,7 @@ def build_probe(name: str) -> onnx.ModelProto:
     data = model.SerializeToString()
     # Only quantized probes are worth caching (quantize_static is the slow part); big ones
     # are rebuilt rather than kept on disk.
-    if probe.precision in ("int8", "mixed", "mixodd") and len(data) < _CACHE_MAX_BYTES:
+    if (probe.precision == "int8" or probe.precision in _MIXES) and len(data) < _CACHE_MAX_BYTES:
         from toolchain.space import atomic_write
 
         atomic_write(path, data)
@@ -487,9 +497,9 @@ def _build(probe: Probe) -> onnx.ModelProto:
         model = net.model(inputs, y)
     if probe.precision == "int8":
         return quantize_qdq(model)
-    if probe.precision in ("mixed", "mixodd"):
+    if probe.precision in _MIXES:
         convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-        return quantize_qdq(model, nodes=convs[::2] if probe.precision == "mixed" else convs[1::2])
+        return quantize_qdq(model, nodes=convs[_MIXES[probe.precision]])
     if probe.precision == "fp16":
         return to_fp16(model)
     return model

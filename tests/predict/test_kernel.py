@@ -88,7 +88,7 @@ def test_qdq_units_mark_precision_and_conversions():
     assert "conv/fp32" not in kinds
     assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
     q = next(u for u in units if u.cls == "quantize")
-    assert q.edge_in == 32 * 56 * 56
+    assert q.edge_in == 32 * 56 * 56 and q.inner == 0   # at the model's edge
     from toolchain.probe import quantize_qdq
 
     float_chain = build_probe("chain-32-3-56-1-fp32")
@@ -96,6 +96,11 @@ def test_qdq_units_mark_precision_and_conversions():
     mixed = [u.kind for u in model_units(quantize_qdq(float_chain, nodes=[first]))]
     assert mixed.count("conv/fp32") == 2 and mixed[:2] == ["quantize/int8", "conv/int8"]
     assert mixed.count("dequantize/int8") == 1
+    # an int8 layer between float ones: both conversions are inside the model
+    middle = [n.name for n in float_chain.graph.node if n.op_type == "Conv"][1]
+    island = [u for u in model_units(quantize_qdq(float_chain, nodes=[middle]))
+              if u.cls in ("quantize", "dequantize")]
+    assert len(island) == 2 and all(u.inner == 32 * 56 * 56 and not u.edge_in for u in island)
 
 
 def test_plan_units_follow_precision_width_and_resolution():
@@ -107,7 +112,7 @@ def test_plan_units_follow_precision_width_and_resolution():
     plan = Plan(kernels={u.name: Choice("int8") for u in convs})
     units = units_under_plan(graph, plan)
     kinds = [u.kind for u in units]
-    assert units[0].cls == "quantize"  # the graph input
+    assert units[0].cls == "quantize" and units[0].inner == 0  # the graph input
     stem = next(u for u in units if u.name == convs[0].name)
     assert stem.precision == "int8"
     # The quantize pass quantizes residual Adds with their int8 inputs: no conversions inside.
@@ -115,8 +120,11 @@ def test_plan_units_follow_precision_width_and_resolution():
     assert adds and all(a.precision == "int8" for a in adds)
     assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
     half = Plan(kernels={u.name: Choice("int8") for u in convs if "expand" in u.name})
-    mixed = [u.kind for u in units_under_plan(graph, half)]
+    mixed_units = units_under_plan(graph, half)
+    mixed = [u.kind for u in mixed_units]
     assert mixed.count("quantize/int8") == mixed.count("conv/int8") >= 5  # one per expand conv
+    assert all(u.inner == u.in_elems > 0 for u in mixed_units
+               if u.cls in ("quantize", "dequantize"))   # all between two kernels
     last = convs[-1]
     narrow = {u.name: u for u in units_under_plan(graph, Plan(
         kernels={last.name: Choice("fp32", 0.5)}))}

@@ -69,6 +69,9 @@ class Unit:
     rows: float = 0.0        # output rows (batch x channels x height): per-row overheads
     edge_in: float = 0.0     # input elements that are graph inputs (layout / format changes
     edge_out: float = 0.0    # at the model's edges), output elements that are graph outputs
+    inner: float = 0.0       # quantize / dequantize: elements converted between two kernels
+                             # inside the model (an int8 layer's border with a float one,
+                             # where onnxruntime also changes layout), not at its edges
     inputs: tuple[str, ...] = ()   # data input tensors, to follow widths through the graph
     output: str = ""
 
@@ -251,15 +254,18 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
                 elems = _numel(graph.shape(node["inputs"][0]))
                 out.append(Unit(k.name, "quantize", "int8", in_elems=elems, out_elems=elems,
                                 rows=elems, inputs=(node["inputs"][0],), output=node["outputs"][0],
+                                inner=elems if producer is not None else 0.0,
                                 **_edges(graph, (node["inputs"][0],), node["outputs"][0])))
         elif k.op_type == "DequantizeLinear" and k.name not in weight_dq:
             t = node["outputs"][0]
             readers = [by_node[c] for c in graph.consumers(t) if c in by_node]
-            if t in graph.outputs or any(r.name not in int8 and r.op_type not in _QUANT_OPS
-                                         for r in readers):
+            float_readers = any(r.name not in int8 and r.op_type not in _QUANT_OPS
+                                for r in readers)
+            if t in graph.outputs or float_readers:
                 elems = _numel(graph.shape(t))
                 out.append(Unit(k.name, "dequantize", "int8", in_elems=elems, out_elems=elems,
                                 rows=elems, inputs=(node["inputs"][0],), output=t,
+                                inner=elems if float_readers else 0.0,
                                 **_edges(graph, (node["inputs"][0],), t)))
     return out
 
@@ -439,12 +445,13 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
                 quantized.add(t)
                 out.append(Unit(f"{t}:quantize", "quantize", "int8", in_elems=elems,
                                 out_elems=elems, rows=elems, inputs=(t,), output=t,
-                                edge_in=elems if t in graph.inputs else 0.0))
+                                edge_in=elems if t in graph.inputs else 0.0,
+                                inner=0.0 if t in graph.inputs else elems))
             elif not int8_here and src == "int8" and t not in dequantized:
                 dequantized.add(t)
                 out.append(Unit(f"{t}:dequantize", "dequantize", "int8", in_elems=elems,
                                 out_elems=elems, rows=elems, inputs=(t,), output=t,
-                                edge_out=elems if t in graph.outputs else 0.0))
+                                edge_out=elems if t in graph.outputs else 0.0, inner=elems))
         out.append(u)
     for u in fixed:
         if u.precision in _INT8_LIKE and u.output in graph.outputs and \
