@@ -7,7 +7,6 @@ Predictor packages are looked up by the target's `predictor` name, first under
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -35,11 +34,10 @@ __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "pr
 logger = logging.getLogger(__name__)
 
 
-@functools.cache
 def _units_key() -> str:
     """Key of the cached probe units: a hash of the code that computes them (units, kernel
     grouping, the IR), so a change there can never reuse stale units (a manual version number
-    was once left unbumped)."""
+    was once left unbumped). Read when this module is imported, with that code."""
     import toolchain.analysis
     import toolchain.ir
     import toolchain.predict.units
@@ -48,6 +46,9 @@ def _units_key() -> str:
     sources = b"".join(Path(m.__file__).read_bytes() for m in (
         toolchain.predict.units, toolchain.analysis, toolchain.space, toolchain.ir))
     return hashlib.sha256(sources).hexdigest()[:10]
+
+
+_UNITS_KEY = _units_key()
 
 
 def builtin_predictors_dir() -> Path:
@@ -101,7 +102,7 @@ def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
     from toolchain.probe import build_probe, probe_cache_dir, probe_names
 
     if design in probe_names():
-        cache = probe_cache_dir() / f"units-{_units_key()}" / f"{design}.json"
+        cache = probe_cache_dir() / f"units-{_UNITS_KEY}" / f"{design}.json"
         if cache.is_file():
             return [_unit_from_json(d) for d in json.loads(cache.read_text())]
         units = model_units(build_probe(design))

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 _QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Float kernels onnxruntime runs in its blocked NCHWc layout: a conversion next to one also
+# changes layout (ReorderOutput / ReorderInput and a Transpose to the int8 kernels' NHWC).
+_LAYOUT_OPS = ("Conv",)
 # Ops that cost the same under another name.
 _ALIASES = {"Sum": "Add", "Flatten": "Reshape", "Squeeze": "Reshape", "Unsqueeze": "Reshape",
             "Identity": "Reshape", "GlobalMaxPool": "GlobalAveragePool",
@@ -254,18 +257,20 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
                 elems = _numel(graph.shape(node["inputs"][0]))
                 out.append(Unit(k.name, "quantize", "int8", in_elems=elems, out_elems=elems,
                                 rows=elems, inputs=(node["inputs"][0],), output=node["outputs"][0],
-                                inner=elems if producer is not None else 0.0,
+                                inner=elems if producer is not None and
+                                producer.op_type in _LAYOUT_OPS else 0.0,
                                 **_edges(graph, (node["inputs"][0],), node["outputs"][0])))
         elif k.op_type == "DequantizeLinear" and k.name not in weight_dq:
             t = node["outputs"][0]
             readers = [by_node[c] for c in graph.consumers(t) if c in by_node]
-            float_readers = any(r.name not in int8 and r.op_type not in _QUANT_OPS
-                                for r in readers)
+            float_readers = [r for r in readers if r.name not in int8
+                             and r.op_type not in _QUANT_OPS]
             if t in graph.outputs or float_readers:
                 elems = _numel(graph.shape(t))
                 out.append(Unit(k.name, "dequantize", "int8", in_elems=elems, out_elems=elems,
                                 rows=elems, inputs=(node["inputs"][0],), output=t,
-                                inner=elems if float_readers else 0.0,
+                                inner=elems if any(r.op_type in _LAYOUT_OPS
+                                                   for r in float_readers) else 0.0,
                                 **_edges(graph, (node["inputs"][0],), t)))
     return out
 
@@ -436,6 +441,10 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
     for out, src in folded.items():
         prec[out] = prec.get(src, "fp32")
     out, quantized, dequantized = [], set(), set()
+    # float convs (onnxruntime's NCHWc layout) on either side: conversions `inner`
+    convs = {u.output for u in fixed if u.cls in ("conv", "dwconv") and u.precision == "fp32"}
+    conv_read = {t for u in fixed if u.cls in ("conv", "dwconv") and u.precision == "fp32"
+                 for t in u.inputs}
     for u in fixed:
         int8_here = u.precision in _INT8_LIKE
         for t in u.inputs:
@@ -446,12 +455,13 @@ def _plan_conversions(units: list[Unit], graph: Graph, int8_ops: tuple[str, ...]
                 out.append(Unit(f"{t}:quantize", "quantize", "int8", in_elems=elems,
                                 out_elems=elems, rows=elems, inputs=(t,), output=t,
                                 edge_in=elems if t in graph.inputs else 0.0,
-                                inner=0.0 if t in graph.inputs else elems))
+                                inner=elems if t in convs else 0.0))
             elif not int8_here and src == "int8" and t not in dequantized:
                 dequantized.add(t)
                 out.append(Unit(f"{t}:dequantize", "dequantize", "int8", in_elems=elems,
                                 out_elems=elems, rows=elems, inputs=(t,), output=t,
-                                edge_out=elems if t in graph.outputs else 0.0, inner=elems))
+                                edge_out=elems if t in graph.outputs else 0.0,
+                                inner=elems if t in conv_read else 0.0))
         out.append(u)
     for u in fixed:
         if u.precision in _INT8_LIKE and u.output in graph.outputs and \
