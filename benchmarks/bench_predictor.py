@@ -110,7 +110,10 @@ def variants(count: int, seed: int, precisions: tuple[str, ...]):
         blocks = sorted(space.blocks)
         skips = [b for b in blocks if rng.random() < 0.25]
         plan = Plan(kernels=chosen, skip_blocks=skips)
-        out.append((f"{label}-q{p_int8}-s{len(skips)}", base, graph, plan))
+        name = f"{label}-q{p_int8}-s{len(skips)}"
+        while name in {n for n, _, _, _ in out}:   # the same label, another plan: unique names
+            name += "-b"
+        out.append((name, base, graph, plan))
     return out
 
 
