@@ -29,9 +29,9 @@ and float convolutions between int8 ones, whose weights onnxruntime quantizes it
 slow paths the `mixed` variants never take (`toolchain.predict.units`). The networks also come
 as `mixsparse` (every fourth convolution int8, from the third): single int8 layers between
 float ones, as random plans with a few int8 layers make them - each such island costs
-onnxruntime a layout change and a conversion on both sides (with 2 threads about 20-70 us per
-island on a MobileNetV2 at 160 px, several times what the other probes taught), and the
-alternating `mixed` / `mixodd` patterns never make one.
+onnxruntime a layout change and a conversion on both sides (with 2 threads, ten of them in a
+MobileNetV2 at 160 px added 307-413 us, where fits on the other probes predicted 90-137 us),
+and the alternating `mixed` / `mixodd` patterns never make one.
 
 `probe_set(precisions, subset)` lists the designs; `build_probe(name)` builds one model.
 """

@@ -54,7 +54,6 @@ def test_exhaustive_choice_is_best_within_budget_else_fastest():
     assert chosen.tolist() == [1, 0]   # best within 2.5; nothing within 1.0 -> fastest
 
 
-
 def test_presorted_search_chooses_as_exhaustive_choice(trained):
     """The bench's timed search (designs sorted once, fingerprint basis) must be the same
     search as exhaustive_choice on the predictor's weights, allowed rows only."""
@@ -70,6 +69,7 @@ def test_presorted_search_chooses_as_exhaustive_choice(trained):
     assert search.choose(ctx.predictor.device_weights(fp), budgets).tolist() == \
         expected.tolist()
     assert np.mean(search.choose_from_fingerprints(fp, budgets) == expected) >= 0.98
+
 
 def test_choices_are_allowed_and_predicted_within_budget(trained):
     ctx, space, opt = trained

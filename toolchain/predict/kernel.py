@@ -63,12 +63,9 @@ _BASIS: dict[str, tuple[str, ...]] = {
     "MaxPool": ("kernel", "in_elems", "window_elems", "act_spill", *_EDGES),
     "AveragePool": ("kernel", "in_elems", "window_elems", *_EDGES),
     "LRN": ("kernel", "out_elems", "window_elems", *_EDGES),
-    "quantize": ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES, "inner",
-                 "inner_elems"),
-    "dequantize": ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES, "inner",
-                   "inner_elems"),
 }
 _DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES)
+_BASIS["quantize"] = _BASIS["dequantize"] = (*_DEFAULT_BASIS, "inner", "inner_elems")
 MODEL_BASIS = ("model",)
 _BYTES = {"int8": 1, "int8a": 1, "fp16": 2}
 _CACHE_BYTES = 16 << 20
@@ -133,10 +130,11 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
         # 5x5 and larger windows take other code paths than 3x3 (onnxruntime's int8 depthwise
         # 5x5 runs several times slower per MAC than its 3x3).
         "macs_big_kernel": u.macs * _M if u.k_area > 9 else 0.0,
-        # A conversion between two kernels inside the model, where onnxruntime also changes
-        # layout (blocked NCHWc float <-> NCHW <-> NHWC int8: three nodes per border, each a
+        # A conversion next to a float convolution, where onnxruntime also changes layout
+        # (blocked NCHWc float <-> NCHW <-> NHWC int8: three nodes per border, each a
         # thread-pool dispatch), costs more than one at the model's edges, which most int8
-        # probes have (a single int8 layer between float ones: 20-70 us with 2 threads).
+        # probes have (ten single int8 layers in a float MobileNetV2 at 160 px added 307-413
+        # us with 2 threads; fits without this feature predicted 90-137 us).
         "inner": 1.0 if u.inner else 0.0, "inner_elems": u.inner * _M,
     }
 

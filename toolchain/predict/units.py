@@ -72,9 +72,9 @@ class Unit:
     rows: float = 0.0        # output rows (batch x channels x height): per-row overheads
     edge_in: float = 0.0     # input elements that are graph inputs (layout / format changes
     edge_out: float = 0.0    # at the model's edges), output elements that are graph outputs
-    inner: float = 0.0       # quantize / dequantize: elements converted between two kernels
-                             # inside the model (an int8 layer's border with a float one,
-                             # where onnxruntime also changes layout), not at its edges
+    inner: float = 0.0       # quantize / dequantize: elements converted next to a float
+                             # convolution (an int8 layer's border with it, where onnxruntime
+                             # also changes layout), not at the model's edges
     inputs: tuple[str, ...] = ()   # data input tensors, to follow widths through the graph
     output: str = ""
 
