@@ -110,6 +110,13 @@ class _Net:
                                               self.weight(np.zeros(c)), self.weight(np.ones(c))],
                        epsilon=1e-5)
 
+    def shuffle(self, x: str, c: int, hw: int, groups: int) -> str:
+        """ShuffleNet's channel shuffle: reshape to (groups, c / groups), transpose, reshape."""
+        y = self.op("Reshape", [x, self.weight(np.array([1, groups, c // groups, hw, hw]),
+                                               np.int64)])
+        y = self.op("Transpose", [y], perm=[0, 2, 1, 3, 4])
+        return self.op("Reshape", [y, self.weight(np.array([1, c, hw, hw]), np.int64)])
+
     def gemm(self, x: str, k: int, n: int, act: str | None = None) -> str:
         w = self.rng.normal(0, np.sqrt(1.0 / k), (n, k))
         return self.act(self.op("Gemm", [x, self.weight(w), self.weight(np.zeros(n))],
@@ -153,8 +160,8 @@ def _pool(p, net):  # (op, c, hw, k, stride)
                                          pads=[k // 2] * 4 if s == 1 else [0] * 4)
 
 
-def _elementwise(p, net):  # (op, c, hw)
-    op, c, hw = p
+def _elementwise(p, net):  # (op, c, hw), Shuffle: (op, c, hw, groups)
+    op, c, hw = p[:3]
     shape = (1, c, hw, hw)
     if op == "Add":
         return {"x": shape, "z": shape}, net.op("Add", ["x", "z"])
@@ -168,10 +175,9 @@ def _elementwise(p, net):  # (op, c, hw)
     if op == "LRN":
         return {"x": shape}, net.op("LRN", ["x"], size=5, alpha=1e-4, beta=0.75, bias=1.0)
     if op == "Transpose":  # the channel shuffle of ShuffleNet: reshape, transpose, reshape
-        shape5 = net.weight(np.array([1, 2, c // 2, hw, hw]), np.int64)
-        y = net.op("Reshape", ["x", shape5])
-        y = net.op("Transpose", [y], perm=[0, 2, 1, 3, 4])
-        return {"x": shape}, net.op("Reshape", [y, net.weight(np.array([1, c, hw, hw]), np.int64)])
+        return {"x": shape}, net.shuffle("x", c, hw, 2)
+    if op == "Shuffle":   # (channels, hw, groups)
+        return {"x": (1, c, hw, hw)}, net.shuffle("x", c, hw, p[3])
     if op in ("Softmax", "Reshape", "Dropout"):
         x = net.op("Flatten", ["x"], axis=1)
         return {"x": shape}, net.op(op, [x]) if op != "Reshape" else x
@@ -255,6 +261,19 @@ def _convhead(p, net):  # (cin, cout, hw, classes): last 1x1 conv + pool + class
     return {"x": (1, cin, hw, hw)}, net.gemm(net.op("Flatten", [y], axis=1), cout, n)
 
 
+def _shuffle_unit(p, net):  # (cin, cout, stride, hw, groups)
+    cin, cout, s, hw, g = p
+    branch = cout - cin if s == 2 else cout   # stride 2: the pooled shortcut is concatenated
+    mid = branch // 4 // g * g
+    h = net.conv("x", cin, mid, 1, 1, g)
+    h = net.conv(net.shuffle(h, mid, hw, g), mid, mid, 3, s, mid, None)
+    h = net.conv(h, mid, branch, 1, 1, g, None)
+    if s == 1:
+        return {"x": (1, cin, hw, hw)}, net.act(net.op("Add", ["x", h]), "Relu")
+    short = net.op("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    return {"x": (1, cin, hw, hw)}, net.act(net.op("Concat", [short, h], axis=1), "Relu")
+
+
 def _zoo_net(p) -> onnx.ModelProto:
     """(kind, resolution, width, k or depth): a whole small network from toolchain.zoo."""
     from toolchain.zoo import mobilenet_v2, resnet
@@ -282,7 +301,7 @@ def _stemconv(p, net):  # (cout, k, hw): a stem with a 1x1 conv after its pool, 
 
 _BLOCKS = {"mbv2": _mbv2, "basic": _basic, "bottleneck": _bottleneck, "dense": _dense,
            "convhead": _convhead, "inception": _inception, "fire": _fire, "head": _head,
-           "stem": _stem, "stemconv": _stemconv}
+           "stem": _stem, "stemconv": _stemconv, "shuffle": _shuffle_unit}
 _FAMILIES: dict[str, Callable] = {"conv": _conv, "chain": _chain, "gemm": _gemm, "pool": _pool,
                                   "op": _elementwise, "block": _block}
 
@@ -366,6 +385,8 @@ def _grid() -> list[tuple[str, tuple]]:
                                  ("resnet", 112, 0.25, 10), ("resnet", 80, 0.35, 18),
                                  ("resnet", 64, 0.6, 26), ("resnet", 128, 0.35, 10),
                                  *_COLD_NETS, *_HIRES_NETS)]
+    out += [("conv", c) for c in _GROUPED] + [("op", p) for p in _FULL_ONLY_OPS]
+    out += [("block", b) for b in _SHUFFLE_BLOCKS]
     return out
 
 
@@ -384,6 +405,32 @@ _HIRES_NETS = (("mbv2", 176, 0.5, 3), ("mbv2", 208, 0.75, 3), ("mbv2", 240, 0.35
 # onnxruntime's uint8 NCHW path.
 _STEMS = (("stemconv", 64, 7, 160), ("stemconv", 48, 7, 192), ("stemconv", 32, 7, 128),
           ("stemconv", 96, 7, 96), ("stemconv", 24, 3, 224), ("stemconv", 64, 7, 112))
+
+# Grouped (not depthwise) convolutions, ShuffleNet's and AlexNet's / ResNeXt's kind: onnxruntime
+# runs them per group in plain NCHW (its blocked layout takes only dense and depthwise convs).
+# (cin, cout, k, stride, hw, group, act); channels per group 8-160, some not a multiple of 16.
+# Full set only, as _COLD_NETS (session 6).
+_GROUPED = ((96, 96, 1, 1, 28, 4, "Relu"), (192, 192, 1, 1, 14, 4, "Relu"),
+            (384, 384, 1, 1, 7, 4, "Relu"), (128, 256, 1, 1, 28, 8, "Relu"),
+            (256, 256, 1, 1, 28, 2, "Relu"), (64, 64, 1, 1, 56, 4, "Relu"),
+            (480, 480, 1, 1, 14, 8, None), (200, 200, 1, 1, 28, 4, None),
+            (120, 240, 1, 1, 28, 3, "Relu"), (288, 288, 1, 1, 14, 3, None),
+            (64, 192, 5, 1, 28, 2, "Relu"), (256, 256, 3, 1, 14, 2, "Relu"),
+            (320, 320, 3, 1, 14, 2, "Relu"), (128, 128, 3, 2, 56, 32, "Relu"),
+            (64, 64, 3, 1, 56, 8, "Relu"), (512, 512, 3, 1, 7, 32, "Relu"),
+            (192, 384, 3, 1, 13, 2, "Relu"), (96, 96, 3, 1, 28, 3, "Relu"))
+# Single ops, full set only: channel shuffles (reshape, transpose, reshape) with 2-8 groups,
+# (Shuffle, channels, hw, groups); local response normalization at more sizes (AlexNet /
+# GoogLeNet: a costly op, two probes before session 6).
+_FULL_ONLY_OPS = tuple(("Shuffle", *p) for p in (
+    (96, 28, 4), (240, 28, 3), (384, 14, 8), (64, 56, 2), (512, 7, 4), (192, 56, 4),
+    (160, 28, 2), (576, 7, 3))) + (("LRN", 96, 55), ("LRN", 192, 28), ("LRN", 128, 27),
+                                   ("LRN", 32, 112), ("LRN", 480, 7))
+# ShuffleNet units: grouped 1x1, shuffle, depthwise 3x3, grouped 1x1; a residual add (stride
+# 1) or an average-pooled shortcut concatenated (stride 2). (cin, cout, stride, hw, groups)
+_SHUFFLE_BLOCKS = (("shuffle", 96, 96, 1, 28, 4), ("shuffle", 192, 192, 1, 14, 8),
+                   ("shuffle", 120, 240, 2, 56, 3), ("shuffle", 128, 128, 1, 56, 2),
+                   ("shuffle", 240, 480, 2, 28, 4), ("shuffle", 480, 480, 1, 7, 4))
 
 # Families measured in int8: everything with arithmetic worth quantizing (the pure data-movement
 # ops are run in int8 inside blocks).
@@ -408,7 +455,9 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
                 probes.append(Probe(_name(family, params, "mixsparse"), family, "mixsparse",
                                     params))
     if subset != "full":
-        probes = [p for p in probes if p.params not in _COLD_NETS + _HIRES_NETS + _STEMS
+        full_only = _COLD_NETS + _HIRES_NETS + _STEMS + _GROUPED + _SHUFFLE_BLOCKS
+        probes = [p for p in probes if p.params not in full_only
+                  and not (p.family == "op" and p.params in _FULL_ONLY_OPS)
                   and p.precision not in ("mixodd", "mixsparse")]
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted, and

@@ -191,3 +191,60 @@ def test_weights_turn_cold_when_the_model_outgrows_the_cache():
     alone = model.predict_units([conv]).latency_ms
     crowded = model.predict_units([conv] + [conv] * 7).latency_ms / 8
     assert alone == 0.0 and crowded == pytest.approx(8.0)
+
+
+def test_grouped_convs_are_priced_apart_from_dense_and_depthwise():
+    """A grouped (not depthwise) conv carries its group count and the grouped features; dense
+    and depthwise convs have them at zero. The new probes are in the full set only, so the
+    quick and fingerprint subsets (and measurements made with them) stay as they were."""
+    from toolchain.predict.kernel import features
+
+    def conv_unit(name):
+        [u] = [u for u in design_units(name) if u.cls in ("conv", "dwconv")]
+        return u
+
+    grouped = conv_unit("conv-96-96-1-1-28-4-relu-fp32")
+    dense = conv_unit("conv-64-64-3-1-56-1-relu-fp32")
+    depthwise = conv_unit("conv-144-144-3-1-56-144-clip-fp32")
+    assert (grouped.cls, grouped.groups, grouped.cin, grouped.cout) == ("conv", 4, 24, 96)
+    assert dense.groups == 1 and depthwise.cls == "dwconv" and depthwise.groups == 1
+    f = features(grouped)
+    assert f["grouped"] == 1.0 and f["macs_grouped"] == pytest.approx(grouped.macs * 1e-6)
+    # alone in a model its input and output are the model's edges, NCHW already: no layout
+    # change there, unlike a dense conv's
+    assert f["edge_in"] == f["edge_out"] == 0.0 and grouped.edge_in == grouped.in_elems
+    assert features(dense)["edge_in"] > 0
+    assert f["im2col_elems"] == 0.0 and f["group_calls"] == pytest.approx(4e-6)
+    [g3x3] = [u for u in design_units("conv-64-64-3-1-56-8-relu-fp32") if u.cls == "conv"]
+    assert features(g3x3)["im2col_elems"] == pytest.approx(56 * 56 * 9 * 64 * 1e-6)
+    assert all(features(u)[k] == 0.0 for u in (dense, depthwise)
+               for k in ("grouped", "macs_grouped", "group_calls", "im2col_elems"))
+    full = {p.name for p in probe_set(("fp32", "int8"))}
+    assert {"block-shuffle-96-96-1-28-4-int8", "op-shuffle-96-28-4-fp32",
+            "op-lrn-96-55-fp32"} <= full
+    for subset, count in (("quick", 88), ("fingerprint", 17)):   # as before session 6
+        names = [p.name for p in probe_set(("fp32", "int8"), subset)]
+        assert len(names) == count and not any("shuffle" in n for n in names)
+
+
+def test_layout_changes_where_blocked_and_plain_float_units_meet():
+    """onnxruntime runs dense and depthwise float convs in its blocked NCHWc layout and grouped
+    convs, reshapes and transposes in NCHW; where the two meet inside a model it reorders
+    (ReorderInput / ReorderOutput in its optimized graph), once per tensor and direction."""
+    def reorders(name):
+        return sorted((u.cls, u.in_elems) for u in design_units(name)
+                      if u.cls.startswith("Reorder"))
+
+    # grouped 1x1 -> shuffle -> depthwise 3x3 (blocked) -> grouped 1x1, 24 channels at 28x28
+    assert reorders("block-shuffle-96-96-1-28-4-fp32") == [("ReorderInput", 24 * 28 * 28),
+                                                          ("ReorderOutput", 24 * 28 * 28)]
+    # a global pool (blocked) read by Flatten -> Gemm (plain): one ReorderOutput
+    assert reorders("block-head-1280-7-1000-globalaveragepool-fp32") == [
+        ("ReorderOutput", 1280.0)]
+    # dense convs only, and the model's own edges (priced by edge features): none
+    assert reorders("chain-64-3-28-1-fp32") == [] and reorders("op-lrn-96-55-fp32") == []
+    # int8 units are in neither float layout (their conversions are priced instead)
+    units = design_units("net-mbv2-64-1.0-3-mixed")
+    made_by = {u.output: u for u in units}
+    layout = [u for u in units if u.cls.startswith("Reorder")]
+    assert layout and all(made_by[u.inputs[0]].precision == "fp32" for u in layout)

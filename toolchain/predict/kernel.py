@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError, UnsupportedKernelError
-from toolchain.predict.units import Unit
+from toolchain.predict.units import FLOAT, Unit
 
 __all__ = [
     "KernelPredictor", "Prediction", "KernelCost", "features", "context_of", "nnls", "spearman",
@@ -55,7 +55,8 @@ _M = 1e-6   # features in millions: weights are then ms per million
 _EDGES = ("edge_in", "edge_out")
 _CONV = ("kernel", "macs", "macs_pad16", "macs_red_small", "macs_red_mid", "in_elems",
          "out_elems", "weight_elems", "rows", "out_taps", "dram_weight_bytes", "act_spill",
-         "cold_weight_bytes", "macs_big_kernel", "tail_out", *_EDGES)
+         "cold_weight_bytes", "macs_big_kernel", "tail_out", "grouped", "macs_grouped",
+         "group_calls", "im2col_elems", *_EDGES)
 _BASIS: dict[str, tuple[str, ...]] = {
     "conv": _CONV, "dwconv": _CONV,
     "gemm": ("kernel", "macs", "in_elems", "out_elems", "weight_elems", "dram_weight_bytes",
@@ -103,6 +104,7 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
     """The named features of one unit (millions, except the per-kernel constant) in a model
     whose inference touches `context` bytes (`context_of`)."""
     cin_pad = 1.0 if u.cls == "dwconv" else _pad(u.cin)
+    nchw = u.groups > 1 and u.precision in FLOAT
     return {
         "kernel": 1.0, "macs": u.macs * _M, "macs_pad16": u.macs * _pad(u.cout) * cin_pad * _M,
         "in_elems": u.in_elems * _M, "out_elems": u.out_elems * _M,
@@ -113,7 +115,8 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
         # switch schedules with it (untuned TVM: 10-20 GMAC/s below 64, ~1 GMAC/s above 512).
         "macs_red_small": u.macs * _M if u.cin * u.k_area <= 64 else 0.0,
         "macs_red_mid": u.macs * _M if 64 < u.cin * u.k_area <= 512 else 0.0,
-        "edge_in": u.edge_in * _M, "edge_out": u.edge_out * _M,
+        # Layout changes at the model's edges; a float grouped conv needs none there (below).
+        "edge_in": 0.0 if nchw else u.edge_in * _M, "edge_out": 0.0 if nchw else u.edge_out * _M,
         # Weight bytes beyond what last-level caches hold: streamed from DRAM at every run
         # (AlexNet/VGG classifiers), far costlier per byte than cache-resident weights.
         "dram_weight_bytes": max(0.0, u.weight_elems * _BYTES.get(u.precision, 4)
@@ -136,6 +139,18 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
         # probes have (ten single int8 layers in a float MobileNetV2 at 160 px added 307-413
         # us with 2 threads; fits without this feature predicted 90-137 us).
         "inner": 1.0 if u.inner else 0.0, "inner_elems": u.inner * _M,
+        # Grouped (not depthwise) convolutions run on other code paths than dense ones:
+        # onnxruntime's blocked NCHWc layout takes only dense and depthwise float convs, so a
+        # float grouped one runs in plain NCHW (layout changes where it meets blocked units
+        # inside a model are units of their own, `units.layout_changes`) ...
+        "grouped": 1.0 if u.groups > 1 else 0.0,
+        "macs_grouped": u.macs * _M if u.groups > 1 else 0.0,
+        # ... one small matrix product per group, each after an im2col copy of its input
+        # windows when the kernel is larger than 1x1 (3x3 convs of 32 groups ran 2-5x slower
+        # than fits without these two predicted, session 6).
+        "group_calls": u.groups * _M if u.groups > 1 else 0.0,
+        "im2col_elems": u.out_elems / u.cout * u.k_area * u.cin * u.groups * _M
+        if u.groups > 1 and u.k_area > 1 and u.cout else 0.0,
     }
 
 

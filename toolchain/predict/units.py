@@ -68,6 +68,7 @@ class Unit:
     weight_elems: float = 0.0
     k_area: int = 1          # kernel height x width (pooling window for pools)
     cin: int = 0             # input channels per group (compute units)
+    groups: int = 1          # convolution groups, > 1 for grouped (not depthwise) convs
     cout: int = 0
     rows: float = 0.0        # output rows (batch x channels x height): per-row overheads
     edge_in: float = 0.0     # input elements that are graph inputs (layout / format changes
@@ -140,9 +141,11 @@ def _unit(graph: Graph, kernel: Kernel, precision: str, skip: set[str]) -> Unit:
     macs = float(kernel.macs)
     if cls in ("conv", "dwconv", "gemm") and macs == 0 and w is not None:
         macs = out_elems * _numel(w[1:])
+    groups = kernel.group if cls == "conv" else 1
     return Unit(name=kernel.name, cls=cls, precision=precision, macs=macs, in_elems=in_elems,
                 out_elems=out_elems, weight_elems=_numel(w) if w is not None else 0.0,
-                k_area=k_area, cin=cin, cout=cout, rows=rows, inputs=inputs, output=out,
+                k_area=k_area, cin=cin, groups=groups, cout=cout, rows=rows, inputs=inputs,
+                output=out,
                 **_edges(graph, inputs, out))
 
 
@@ -240,8 +243,60 @@ def units_of(graph: Graph, kernels: list[Kernel],
             int8.add(k.name)
         units.append(_unit(graph, k, precision, skip=weights))
     units += _conversions(graph, kernels, by_node, int8, weight_dq)
+    units += layout_changes(units)
     order = {k.name: i for i, k in enumerate(kernels)}
     return sorted(units, key=lambda u: order.get(u.name, len(order)))
+
+
+# Float units onnxruntime runs in its blocked NCHWc layout (its NchwcTransformer, as its
+# optimized graphs show): dense and depthwise convolutions always (channels padded to blocks
+# of 16); pools and concatenations of blocked inputs whose channels fill whole blocks; an Add
+# of two blocked inputs (not of a constant); Relu / Clip, and Dropout / Identity (which it
+# removes), as their input. Everything else - grouped convs, reshapes, transposes, LRN, Gemm,
+# batch norms - runs in plain NCHW. A model input is reordered at the model's edge to what its
+# reader wants (priced by the edge features), so it does not decide a unit's layout.
+_BLOCK = 16
+FLOAT = ("fp32", "fp16", "int8w")
+LAYOUT_CLASSES = ("ReorderInput", "ReorderOutput")
+_POOLS = ("MaxPool", "AveragePool", "GlobalAveragePool", "Concat")
+_AS_INPUT = ("Relu", "Clip", "Dropout", "Identity")
+
+
+def layout_changes(units: list[Unit]) -> list[Unit]:
+    """`ReorderInput` / `ReorderOutput` units where a float NCHWc unit and a float NCHW unit
+    meet inside the model (once per tensor and direction), as onnxruntime inserts them: around
+    ShuffleNet's grouped convs and channel shuffles, AlexNet's LRN, DenseNet's batch norms."""
+    blocked: dict[str, bool] = {}
+    channels: dict[str, int] = {}
+    elems: dict[str, float] = {}
+    for u in units:
+        if u.precision not in FLOAT or u.cls in ("quantize", "dequantize"):
+            continue
+        ins = [t for t in u.inputs if t in blocked]   # inputs made by float units
+        if u.cls in ("conv", "dwconv"):
+            blocked[u.output] = u.groups == 1
+        elif u.cls in _POOLS:
+            blocked[u.output] = all(blocked[t] and channels[t] % _BLOCK == 0 for t in ins)
+        elif u.cls == "Add":
+            blocked[u.output] = len(u.inputs) == 2 and all(blocked[t] for t in ins)
+        else:
+            blocked[u.output] = u.cls in _AS_INPUT and bool(ins) and blocked[ins[0]]
+        if u.cls in ("conv", "dwconv"):
+            channels[u.output] = u.cout
+        else:
+            channels[u.output] = sum(channels[t] for t in ins[:None if u.cls == "Concat" else 1])
+        elems[u.output] = u.out_elems
+    out, seen = [], set()
+    for u in units:
+        wants = blocked.get(u.output)   # the layout a unit reads is the one it writes
+        for t in u.inputs if wants is not None else ():
+            if t in blocked and blocked[t] != wants and (t, wants) not in seen:
+                seen.add((t, wants))
+                cls = "ReorderInput" if wants else "ReorderOutput"
+                out.append(Unit(f"{t}:{cls}", cls, "fp32", in_elems=elems[t],
+                                out_elems=elems[t], rows=elems[t], inputs=(t,),
+                                output=f"{t}:{cls}"))
+    return out
 
 
 def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel],
@@ -340,10 +395,11 @@ def units_under_plan(graph: Graph, plan: Plan,
     `int8_ops`: unit classes that run in int8 when every input is int8, as the quantize pass
     quantizes them (default); the plan's compute kernels are int8 as it says.
     """
-    base = _structural(graph, plan)
+    base = [u for u in _structural(graph, plan) if u.cls not in LAYOUT_CLASSES]
     units = [_with_precision(u, plan) for u in base]
     units = _apply_widths(units, plan)
-    return _plan_conversions(units, graph, int8_ops)
+    units = _plan_conversions(units, graph, int8_ops)
+    return units + layout_changes(units)
 
 
 def _with_precision(u: Unit, plan: Plan) -> Unit:
