@@ -177,7 +177,7 @@ def _elementwise(p, net):  # (op, c, hw), Shuffle: (op, c, hw, groups)
     if op == "Transpose":  # the channel shuffle of ShuffleNet: reshape, transpose, reshape
         return {"x": shape}, net.shuffle("x", c, hw, 2)
     if op == "Shuffle":   # (channels, hw, groups)
-        return {"x": (1, c, hw, hw)}, net.shuffle("x", c, hw, p[3])
+        return {"x": shape}, net.shuffle("x", c, hw, p[3])
     if op in ("Softmax", "Reshape", "Dropout"):
         x = net.op("Flatten", ["x"], axis=1)
         return {"x": shape}, net.op(op, [x]) if op != "Reshape" else x
@@ -455,9 +455,9 @@ def probe_set(precisions: tuple[str, ...] = ("fp32", "int8"), subset: str = "ful
                 probes.append(Probe(_name(family, params, "mixsparse"), family, "mixsparse",
                                     params))
     if subset != "full":
-        full_only = _COLD_NETS + _HIRES_NETS + _STEMS + _GROUPED + _SHUFFLE_BLOCKS
+        full_only = (_COLD_NETS + _HIRES_NETS + _STEMS + _GROUPED + _FULL_ONLY_OPS
+                     + _SHUFFLE_BLOCKS)
         probes = [p for p in probes if p.params not in full_only
-                  and not (p.family == "op" and p.params in _FULL_ONLY_OPS)
                   and p.precision not in ("mixodd", "mixsparse")]
     if subset == "quick":
         # One in six, plus the first design of every op kind so no kind is left unfitted, and
