@@ -292,8 +292,9 @@ def _stem(p, net):  # (cout, k, hw): stem conv + max pool, as in ResNet / GoogLe
 
 
 def _stemconv(p, net):  # (cout, k, hw): a stem with a 1x1 conv after its pool, as in a ResNet.
-    # Between two int8 convolutions onnxruntime runs the max-pool in float (units
-    # MaxPool/fp32); after a float stem and before an int8 conv (`mixodd`), on uint8 in NCHW.
+    # Between two int8 convolutions the units price the max-pool as float (MaxPool/fp32;
+    # onnxruntime runs NhwcMaxPool on uint8, see `units._runtime_int8`); after a float stem
+    # and before an int8 conv (`mixodd`) it runs on uint8 in NCHW.
     cout, k, hw = p
     inputs, y = _stem((cout, k, hw), net)
     return inputs, net.conv(y, cout, cout, 1, 1)

@@ -28,7 +28,9 @@ def _both(base, plan, caplog):
 
 
 @pytest.mark.parametrize("stem_int8", [False, True])
-def test_stem_max_pool_runs_on_uint8_only_after_a_float_stem(stem_int8, caplog):
+def test_stem_max_pool_priced_alike_by_model_and_plan_paths(stem_int8, caplog):
+    # after a float stem onnxruntime runs the pool on uint8 in NCHW; after an int8 stem it
+    # runs NhwcMaxPool on uint8, priced as float (see units._runtime_int8)
     base = resnet(64, 10, 0.25)
     compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
     int8 = compute if stem_int8 else compute[1:]

@@ -532,7 +532,9 @@ def _runtime_int8(units: list[Unit], prec: dict[str, str], graph: Graph) -> list
     """What onnxruntime runs otherwise than the plan says, as `units_of` finds it in the
     rewritten model. A float unit with an int8 reader (the rewrite then quantizes its output,
     and every reader reads it dequantized): a conv whose inputs are int8 too becomes
-    INT8_ASYM, a max-pool INT8_NCHW. A max-pool after an int8 kernel stays float."""
+    INT8_ASYM, a max-pool INT8_NCHW. A max-pool after an int8 kernel is priced as float, as
+    `ort_float_nodes` reads it (onnxruntime 1.32 runs it as NhwcMaxPool on uint8; pricing it so
+    made the fits worse on two dev sets, docs/measure.md session 7)."""
     readers: dict[str, list[Unit]] = {}
     for u in units:
         for t in u.inputs:
