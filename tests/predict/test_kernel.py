@@ -227,6 +227,27 @@ def test_grouped_convs_are_priced_apart_from_dense_and_depthwise():
         assert len(names) == count and not any("shuffle" in n for n in names)
 
 
+def test_big_gemms_are_probed_in_a_row_never_alone():
+    """Gemms whose weights come from DRAM are measured as `mlp` probes, three in a row, whose
+    every gemm counts as cold in that context; no probe is such a gemm alone. The `mlp` probes
+    hold the places of the two big gemms of earlier versions, so the fingerprint subset is
+    unchanged and the quick one keeps its size."""
+    from toolchain.predict.kernel import context_of, features
+
+    units = design_units("mlp-4608-4096-1000-fp32")
+    gemms = [u for u in units if u.cls == "gemm"]
+    assert [u.weight_elems for u in gemms] == [4608 * 4096, 4096 * 4096, 4096 * 1000]
+    context = context_of(units)
+    assert context > 150e6
+    assert all(features(u, context)["cold_weight_bytes"]
+               == pytest.approx(4 * u.weight_elems * 1e-6) for u in gemms)
+    full = probe_set(("fp32", "int8"))
+    assert {"mlp-4608-4096-1000-int8", "mlp-2048-4096-512-fp32"} <= {p.name for p in full}
+    assert all(p.params[0] * p.params[1] < 8e6 for p in full if p.family == "gemm")
+    quick = [p.name for p in probe_set(("fp32", "int8"), "quick")]
+    assert "mlp-4608-4096-1000-fp32" in quick and "mlp-2048-4096-512-fp32" not in quick
+
+
 def test_layout_changes_where_blocked_and_plain_float_units_meet():
     """onnxruntime runs dense and depthwise float convs in its blocked NCHWc layout and grouped
     convs, reshapes and transposes in NCHW; where the two meet inside a model it reorders
