@@ -110,19 +110,34 @@ def _held_out(profiled: list, designs: list[str]) -> dict:
             continue
         rows = {r.design: r.latency_ms for r in read_measurements(csv)}
         fp = [d for d in designs if d in rows]
-        rest = [d for d in rows if d not in set(designs)][:200]
+        rest = _scored_designs(rows, set(designs), 200)
         if len(fp) < 3 or not rest:
             continue
         others = [p for j, (_, p, _) in enumerate(profiled) if j != i]
         alpha = _mix(others, [design_units(d) for d in fp], np.array([rows[d] for d in fp]))
         mixed = _combine(others, alpha, {})
-        pred = np.array([mixed.predict_units(design_units(d)).latency_ms for d in rest])
+        pred = np.array([mixed.predict_units(units).latency_ms for units in rest.values()])
         truth = np.array([rows[d] for d in rest])
         errors[tgt.name] = float(np.median(np.abs(pred - truth) / truth))
     if not errors:
         return {"note": "no profiled device has measurements of the fingerprint designs"}
     return {"leave_one_device_out_median_abs_rel_err": errors,
             "median_abs_rel_err": float(np.median(list(errors.values())))}
+
+
+def _scored_designs(rows: dict, skip: set, count: int) -> dict:
+    """Units of the first `count` measured designs outside `skip` that are still probes (a
+    package's measurements may name probes that later versions of the set retired)."""
+    from toolchain.predict.latency import design_units
+
+    out = {}
+    for design in rows:
+        if len(out) == count:
+            break
+        units = design_units(design) if design not in skip else None
+        if units is not None:
+            out[design] = units
+    return out
 
 
 def conditioned_predictor(target, path: Path):

@@ -1,0 +1,33 @@
+"""The device-conditioned predictor of a fleet device known only by a fingerprint, with the
+shipped predictor packages of the profiled targets."""
+import math
+
+import pytest
+
+from toolchain.predict.fleet_costs import conditioned_predictor
+from toolchain.predict.latency import design_units, load_predictor, predictor_dir
+from toolchain.probe import probe_set
+from toolchain.target import load_target
+
+
+def test_fingerprint_device_gets_a_mix_and_a_held_out_error(tmp_path):
+    """A device 1.7x slower than host-ort on the fingerprint designs is explained by host-ort
+    alone, and the leave-one-device-out error is computed over the profiled devices' stored
+    measurements, including packages measured with probes the set has since retired."""
+    host = load_predictor(load_target("host-ort"))
+    names = [p.name for p in probe_set(("fp32", "int8"), "fingerprint")]
+    csv = tmp_path / "fp.csv"
+    csv.write_text("design,latency_ms\n" + "".join(
+        f"{n},{1.7 * host.predict_units(design_units(n)).latency_ms:.6f}\n" for n in names))
+    retired = "gemm-9216-4096-relu-fp32"   # an `mlp` probe took its place in session 8
+    assert design_units(retired) is None
+    shipped = predictor_dir(load_target("host-ort")) / "measurements.csv"
+    assert f"{retired}," in shipped.read_text()
+    model = conditioned_predictor(load_target("jetson-nano"), csv)
+    meta = model.meta
+    mix = dict(zip(meta["conditioned"]["devices"], meta["conditioned"]["mix"], strict=True))
+    assert mix["host-ort"] == pytest.approx(1.7, rel=0.01) and mix["host-ort-1t"] < 0.01
+    held = meta["held_out"]["leave_one_device_out_median_abs_rel_err"]
+    assert set(held) == {"host-ort", "host-ort-1t"}
+    assert all(0 < e < 0.5 and math.isfinite(e) for e in held.values())
+    assert meta["training_fit"]["median_abs_rel_err"] < 0.01
