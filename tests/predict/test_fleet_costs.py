@@ -1,11 +1,19 @@
 """The device-conditioned predictor of a fleet device known only by a fingerprint, with the
 shipped predictor packages of the profiled targets."""
 import math
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
 from toolchain.predict.fleet_costs import conditioned_predictor
-from toolchain.predict.latency import design_units, load_predictor, predictor_dir
+from toolchain.predict.latency import (
+    builtin_predictors_dir,
+    design_units,
+    load_predictor,
+    predictors_dir,
+)
 from toolchain.probe import probe_set
 from toolchain.target import load_target
 
@@ -21,8 +29,14 @@ def test_fingerprint_device_gets_a_mix_and_a_held_out_error(tmp_path):
         f"{n},{1.7 * host.predict_units(design_units(n)).latency_ms:.6f}\n" for n in names))
     retired = "gemm-9216-4096-relu-fp32"   # an `mlp` probe took its place in session 8
     assert design_units(retired) is None
-    shipped = predictor_dir(load_target("host-ort")) / "measurements.csv"
-    assert f"{retired}," in shipped.read_text()
+    # a user's copy of the host-ort package (it takes precedence) measured before that change
+    user = predictors_dir() / "host-ort"
+    assert Path(os.environ["FLEETC_HOME"]) in user.parents
+    shutil.copytree(builtin_predictors_dir() / "host-ort", user)
+    csv_path = user / "measurements.csv"
+    header, rest = csv_path.read_text().split("\n", 1)
+    csv_path.write_text(f"{header}\n{retired},4.1,,2.0,4.1,4,1,0,wall,host-ort,onnxruntime,0,"
+                        f"2026-12-01T00:00:00Z\n{rest}")   # first: among the designs scored
     model = conditioned_predictor(load_target("jetson-nano"), csv)
     meta = model.meta
     mix = dict(zip(meta["conditioned"]["devices"], meta["conditioned"]["mix"], strict=True))
