@@ -16,32 +16,9 @@ from dataclasses import replace
 from toolchain.compile_costs import PlanCosts
 from toolchain.space import Plan
 
-__all__ = ["predictor_cost", "structural_graph"]
+__all__ = ["predictor_cost"]
 
 logger = logging.getLogger(__name__)
-
-
-def structural_graph(graph, plan: Plan):
-    """A copy of the analyzed `graph` with the plan's input size, skipped blocks and kernel
-    sizes applied (the graph passes the rewrite uses), analyzed again."""
-    from passes.resize_input import ResizeInputPass
-    from passes.shrink_kernels import ShrinkKernelsPass
-    from passes.skip_blocks import SkipBlocksPass
-    from toolchain.analysis import analyze
-    from toolchain.pipeline import PassContext, Pipeline
-
-    g = graph.copy()
-    sizes = {k: c.kernel_size for k, c in plan.kernels.items() if c.kernel_size is not None}
-    passes = []
-    if plan.input_shape:
-        passes.append(ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}))
-    if plan.skip_blocks:
-        passes.append(SkipBlocksPass(blocks=tuple(sorted(plan.skip_blocks))))
-    if sizes:
-        passes.append(ShrinkKernelsPass(sizes=sizes))
-    Pipeline(passes).run(g, PassContext(facts={"shapes"}))
-    analyze(g)
-    return g
 
 
 def _split(plan: Plan) -> tuple[tuple, Plan]:
@@ -58,6 +35,7 @@ def predictor_cost(target, prep, predictor=None) -> tuple:
     """(cost function, predictor name, warnings) for `target` on the prepared model; with
     `predictor` (a KernelPredictor) that one prices the plans instead of the target's own."""
     from toolchain.predict.latency import load_predictor, predict_plan
+    from toolchain.predict.units import structural_graph
 
     predictor = predictor or load_predictor(target)
     warnings = []

@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 from toolchain.ir import Graph
 from toolchain.space import Kernel, Plan, pruned_channels
 
 __all__ = ["Unit", "units_of", "units_under_plan", "graph_units", "COMPUTE_OPS", "op_class",
-           "QDQ_FOLLOWERS", "ort_float_nodes"]
+           "QDQ_FOLLOWERS", "ort_float_nodes", "structural_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -408,42 +407,33 @@ def _with_precision(u: Unit, plan: Plan) -> Unit:
 
 
 def _structural(graph: Graph, plan: Plan) -> list[Unit]:
-    sizes = tuple(sorted((k, c.kernel_size) for k, c in plan.kernels.items()
-                         if c.kernel_size is not None))
-    shapes = tuple(sorted((k, tuple(v)) for k, v in plan.input_shape.items()))
-    key = (shapes, tuple(sorted(plan.skip_blocks)), sizes)
-    if key == ((), (), ()):
+    if not (plan.input_shape or plan.skip_blocks
+            or any(c.kernel_size is not None for c in plan.kernels.values())):
         return graph_units(graph)
-    return list(_structural_cached(_GraphKey(graph), key))
+    return graph_units(structural_graph(graph, plan))
 
 
-@dataclass(frozen=True, eq=False)
-class _GraphKey:
-    """Identity-hashed wrapper so a graph can key the structural cache."""
-
-    graph: Graph
-
-
-@lru_cache(maxsize=64)
-def _structural_cached(gk: _GraphKey, key: tuple) -> tuple[Unit, ...]:
+def structural_graph(graph: Graph, plan: Plan) -> Graph:
+    """A copy of the analyzed `graph` with the plan's input size, skipped blocks and kernel
+    sizes applied (the graph passes the rewrite uses), analyzed again."""
     from passes.resize_input import ResizeInputPass
     from passes.shrink_kernels import ShrinkKernelsPass
     from passes.skip_blocks import SkipBlocksPass
     from toolchain.analysis import analyze
     from toolchain.pipeline import PassContext, Pipeline
 
-    shapes, blocks, sizes = key
-    g = gk.graph.copy()
+    g = graph.copy()
+    sizes = {k: c.kernel_size for k, c in plan.kernels.items() if c.kernel_size is not None}
     passes = []
-    if shapes:
-        passes.append(ResizeInputPass(shapes=dict(shapes)))
-    if blocks:
-        passes.append(SkipBlocksPass(blocks=blocks))
+    if plan.input_shape:
+        passes.append(ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}))
+    if plan.skip_blocks:
+        passes.append(SkipBlocksPass(blocks=tuple(sorted(plan.skip_blocks))))
     if sizes:
-        passes.append(ShrinkKernelsPass(sizes=dict(sizes)))
+        passes.append(ShrinkKernelsPass(sizes=sizes))
     Pipeline(passes).run(g, PassContext(facts={"shapes"}))
     analyze(g)
-    return tuple(graph_units(g))
+    return g
 
 
 def _apply_widths(units: list[Unit], plan: Plan) -> list[Unit]:
