@@ -175,9 +175,8 @@ def build_tables(ctx: Context, progress: Callable[[int, int, str], None] | None 
         if progress:
             progress(i + 1, len(rs), f"cost table at resolution {r}")
         tables[r] = build_table(ctx, r, unpriced=unpriced)
-    if unpriced:
-        logger.warning("%d option(s) not offered: the predictor cannot price them",
-                       len(unpriced))
+    if unpriced:   # info: compile puts them in its warnings (manifest; `compile` prints them)
+        logger.info("%d option(s) not offered: the predictor cannot price them", len(unpriced))
     return TableSet(tables, ctx.space.input_name, ctx.input_shape, tuple(sorted(unpriced)))
 
 
