@@ -23,7 +23,7 @@ def _echo_err(text: str) -> None:
 
 
 @cli.command("probe")
-@click.option("--target", "target_name", required=True, help="Target name (fleetc targets).")
+@click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the probe models (<name>.onnx and probes.txt).")
 @click.option("--subset", type=click.Choice(["full", "quick", "fingerprint"]), default="full",
@@ -45,7 +45,7 @@ def probe_cmd(target_name: str, out: str, subset: str) -> None:
 @click.option("--probe", "use_probe", is_flag=True, help="Measure the probe set.")
 @click.option("--subset", type=click.Choice(["full", "quick", "fingerprint"]), default="full",
               show_default=True, help="Which probes (with --probe).")
-@click.option("--target", "target_name", required=True, help="Target name (fleetc targets).")
+@click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Measurement CSV; rows already in it are not measured again.")
 @click.option("--tracker", default=None, help="RPC tracker HOST:PORT (rpc targets).")

@@ -22,7 +22,7 @@ def predictor() -> None:
 
 
 @predictor.command("fit")
-@click.option("--target", "target_name", required=True, help="Target name (fleetc targets).")
+@click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("--data", "data", required=True, type=click.Path(dir_okay=False),
               help="Measurement CSV (design,latency_ms); designs are probe names or model "
                    "files next to the CSV.")
@@ -65,7 +65,7 @@ def _summary(meta: dict) -> str:
 
 
 @predictor.command("show")
-@click.option("--target", "target_name", required=True, help="Target name.")
+@click.option("--target", "-t", "target_name", required=True, help="Target name.")
 def show_cmd(target_name: str) -> None:
     """Print where a target's predictor is and its metadata."""
     from toolchain.predict.latency import load_predictor, predictor_dir
@@ -78,7 +78,7 @@ def show_cmd(target_name: str) -> None:
 
 @cli.command("predict")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--target", "target_name", required=True, help="Target name (fleetc targets).")
+@click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
               help="Predict the model rewritten by this plan (plan.json).")
 @click.option("--predictor", "package", default=None, type=click.Path(file_okay=False),

@@ -49,7 +49,7 @@ def format_costs(result: RewriteResult) -> str:
               help="Where to write the rewritten ONNX model (written atomically).")
 @click.option("--calib", type=click.Path(path_type=str), default=None,
               help="Calibration data (.npz: 'inputs' or one key per input, optional 'labels').")
-@click.option("--target", default=None, help="Target whose precisions the plan must respect "
+@click.option("--target", "-t", default=None, help="Target whose precisions the plan must respect "
               "(default: the plan's own 'target').")
 def rewrite_command(model: str, plan_path: str, output: str, calib: str | None,
                     target: str | None) -> None:
