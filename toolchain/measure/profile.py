@@ -66,7 +66,9 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
     is involved), so the median of one block is bimodal, while the fastest sample, over rounds
     spread across the run, is the undisturbed speed within a few percent (`spread_pct` is then
     the spread of the rounds' medians). The rounds so far are kept in `<out>.rounds.csv`
-    (design names `NAME@r`), so an interrupted run resumes mid-round.
+    (design names `NAME@r`), so an interrupted run resumes mid-round. On this machine each
+    round runs in a new process (`toolchain.measure.worker`: some slow states belong to a
+    process).
 
     A design that fails (bad model, device error) is reported and skipped; an unreachable
     device stops the run (the rows so far are kept).
@@ -78,7 +80,7 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
     if not todo:
         return ProfileResult(0, len(done), ())
     if rounds == 1:
-        failed = _measure_into(target, todo, out, config, tracker, progress, len(done))
+        failed = _measure_round(target, todo, out, config, tracker, progress, len(done))
         return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
     side = Path(str(out) + ".rounds.csv")
     failed: list[str] = []
@@ -86,7 +88,7 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
         have = measured_designs(side)
         pending = [(f"{n}@{r}", b) for n, b in todo
                    if f"{n}@{r}" not in have and n not in failed]
-        failed += [n.rsplit("@", 1)[0] for n in _measure_into(
+        failed += [n.rsplit("@", 1)[0] for n in _measure_round(
             target, pending, side, config, tracker,
             progress and (lambda line, r=r: progress(f"round {r}/{rounds} {line}")), 0)]
     rounds_of = _rounds(side)
@@ -97,7 +99,23 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
     return ProfileResult(len(todo) - len(failed), len(done), tuple(failed))
 
 
-def _measure_into(target, todo, out, config, tracker, progress, offset: int) -> list[str]:
+def _measure_round(target, todo, out, config, tracker, progress, offset: int) -> list[str]:
+    """Measure `todo` into `out`: on this machine in a new process, remote devices from here.
+    Returns the designs that failed."""
+    if not todo:
+        return []
+    if target.measure.kind == "rpc":
+        return _measure_into(todo, out, lambda model: measure_model(target, model, config,
+                                                                     tracker), target, progress,
+                             offset)
+    from toolchain.measure.worker import MeasureProcess
+
+    with MeasureProcess() as worker:
+        return _measure_into(todo, out, lambda model: worker.measure(target, model, config),
+                             target, progress, offset)
+
+
+def _measure_into(todo, out, measure, target, progress, offset: int) -> list[str]:
     from toolchain.measure.rpc import DeviceUnreachableError
 
     failed = []
@@ -105,7 +123,7 @@ def _measure_into(target, todo, out, config, tracker, progress, offset: int) -> 
         for i, (name, build) in enumerate(todo, start=1):
             start = time.perf_counter()
             try:
-                timing = measure_model(target, build(), config, tracker)
+                timing = measure(build())
             except DeviceUnreachableError:
                 raise
             except BadInputError as err:
