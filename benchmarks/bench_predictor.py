@@ -38,7 +38,7 @@ from toolchain.measure.records import read_measurements  # noqa: E402
 from toolchain.measure.timing import TimingConfig  # noqa: E402
 from toolchain.predict.kernel import KernelPredictor, fit_rows, spearman  # noqa: E402
 from toolchain.predict.latency import design_units, model_units, predict_plan  # noqa: E402
-from toolchain.probe import build_probe, probe_set, quantize_qdq  # noqa: E402
+from toolchain.probe import build_probe, probe_set  # noqa: E402
 from toolchain.space import Choice, Plan  # noqa: E402
 from toolchain.target import load_target  # noqa: E402
 
@@ -50,40 +50,16 @@ def light_models() -> list[tuple[str, onnx.ModelProto]]:
     return [(p.stem, onnx.load(str(p))) for p in sorted(folder.glob("light_*.onnx"))]
 
 
-def fold_bn(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxruntime's basic graph optimizations (Conv+BN folding), as quantization pre-processing
-    does; the result is plain ONNX."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.optimized_model_filepath = str(Path(tmp, "opt.onnx"))
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return onnx.load(opts.optimized_model_filepath)
-
-
 def rewrite(base: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """The rewritten model: the project's rewrite when present, else skip_blocks + QDQ of the
-    plan's int8 kernels (BN folded first)."""
-    try:
-        from toolchain.rewrite import apply_plan  # issue 3
-    except ImportError:
-        apply_plan = None
-    if apply_plan is not None:
-        return apply_plan(base, plan)
-    from passes.export_onnx import export_onnx
+    """The model rewritten by `plan` (`toolchain.rewrite.apply_plan`). Its int8 ranges come
+    from the seeded random inputs `apply_plan` would use without --calib, passed explicitly so
+    its warning is not printed once per model: the benchmark times the models, it does not
+    score their accuracy."""
     from passes.import_onnx import import_onnx
-    from passes.skip_blocks import skip_block
+    from toolchain.calib import synthetic_calib
+    from toolchain.rewrite import apply_plan
 
-    graph = import_onnx(base)
-    for block in plan.skip_blocks:
-        skip_block(graph, block)
-    model = fold_bn(export_onnx(graph))
-    int8 = [k for k, c in plan.kernels.items() if c.precision == "int8"]
-    return quantize_qdq(model, nodes=int8) if int8 else model
+    return apply_plan(base, plan, synthetic_calib(import_onnx(base), warn=False))
 
 
 def variants(count: int, seed: int, precisions: tuple[str, ...]):
