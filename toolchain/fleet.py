@@ -10,7 +10,7 @@ reported and the others are still built (exit 4).
 Build cache: `$FLEETC_HOME/cache/fleet/<key>/` holds one device's finished output folder. The
 key is a SHA-256 over the model bytes, the calibration bytes, the device's entry (name,
 target, budgets, how it is known, the bytes of its measurements / fingerprint), its target
-file, its predictor package files and the versions of fleetc and every tool a build uses -
+file, its predictor package files (with a fingerprint: every profiled target's) and the versions of fleetc and every tool a build uses -
 so a changed input always rebuilds, an unchanged one never does.
 """
 from __future__ import annotations
@@ -75,24 +75,26 @@ def _versions() -> dict[str, str]:
 
 
 def _files_digest(paths: list[Path]) -> dict[str, str]:
+    """sha256 of each file (of each file below a folder), keyed by its full path: a user's
+    package and the built-in one of the same name are both in it."""
     out = {}
     for p in paths:
-        if p.is_file():
-            out[p.name] = sha256_file(p)
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file():
-                    out[str(f.relative_to(p.parent))] = sha256_file(f)
+        for f in [p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []:
+            if f.is_file():
+                out[str(f.resolve())] = sha256_file(f)
     return out
 
 
 def _target_digest(device: Device) -> dict:
-    """The target file and the predictor package(s) the device's build reads."""
+    """The target file and the predictor package(s) the device's build reads: with a
+    fingerprint, those of every profiled target too (`fleet_costs` mixes them all)."""
     from toolchain.home import predictors_dir
     from toolchain.predict.latency import builtin_predictors_dir
-    from toolchain.target import load_target
+    from toolchain.target import list_targets, load_target
 
     names = [device.target] + ([device.proxy] if device.proxy else [])
+    if device.known_by == "fingerprint":
+        names += [n for n in list_targets() if load_target(n).measurable_here]
     files: list[Path] = []
     for name in names:
         tgt = load_target(name)

@@ -1,0 +1,61 @@
+"""The fleet's build cache key covers every predictor package a device's build reads."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from toolchain.fleet import device_key
+from toolchain.fleet_spec import load_fleet
+from toolchain.home import predictors_dir
+from toolchain.predict.latency import builtin_predictors_dir
+
+FLEET = '''
+model = "m.onnx"
+
+[[device]]
+name = "nano"
+target = "jetson-nano"
+latency_ms = 2.0
+fingerprint = "fp.csv"
+
+[[device]]
+name = "host"
+target = "host-ort-1t"
+latency_ms = 2.0
+'''
+
+
+def _keys(folder: Path) -> dict[str, str]:
+    fleet = load_fleet(folder / "fleet.toml")
+    return {d.name: device_key(fleet, d, "model-sha", None) for d in fleet.devices}
+
+
+def test_a_refitted_profiled_package_rebuilds_the_fingerprint_devices(tmp_path):
+    """A device known by a fingerprint is priced by a mix of every profiled device's package
+    (toolchain.predict.fleet_costs), so a refit of any of them changes its key."""
+    (tmp_path / "m.onnx").write_bytes(b"not read by the key")
+    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fleet.toml").write_text(FLEET)
+    before = _keys(tmp_path)
+    assert before == _keys(tmp_path)   # stable
+    user = predictors_dir() / "host-ort"   # the 2-thread package: not host's own predictor
+    shutil.copytree(builtin_predictors_dir() / "host-ort", user)
+    (user / "model.json").write_text((user / "model.json").read_text() + "\n")
+    after = _keys(tmp_path)
+    assert after["nano"] != before["nano"]
+    assert after["host"] == before["host"]   # host-ort-1t's own package is unchanged
+
+
+def test_a_user_package_beside_the_built_in_one_counts(tmp_path):
+    """A package under $FLEETC_HOME takes precedence over the built-in one of the same name;
+    the key covers both (they once shared file names in the digest, and the built-in won)."""
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fleet.toml").write_text(FLEET)
+    before = _keys(tmp_path)
+    user = predictors_dir() / "host-ort-1t"
+    shutil.copytree(builtin_predictors_dir() / "host-ort-1t", user)
+    copied = _keys(tmp_path)
+    assert copied["host"] != before["host"]   # a user package now exists
+    (user / "model.json").write_text((user / "model.json").read_text() + "\n")
+    assert _keys(tmp_path)["host"] != copied["host"]
