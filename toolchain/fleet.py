@@ -10,8 +10,9 @@ reported and the others are still built (exit 4).
 Build cache: `$FLEETC_HOME/cache/fleet/<key>/` holds one device's finished output folder. The
 key is a SHA-256 over the model bytes, the calibration bytes, the device's entry (name,
 target, budgets, how it is known, the bytes of its measurements / fingerprint), its target
-file, its predictor package files (with a fingerprint: every profiled target's) and the versions of fleetc and every tool a build uses -
-so a changed input always rebuilds, an unchanged one never does.
+file, its predictor package files (with a fingerprint: every profiled target's) and the
+versions of fleetc and every tool a build uses - so a changed input always rebuilds, an
+unchanged one never does.
 """
 from __future__ import annotations
 
