@@ -59,3 +59,19 @@ def test_a_user_package_beside_the_built_in_one_counts(tmp_path):
     assert copied["host"] != before["host"]   # a user package now exists
     (user / "model.json").write_text((user / "model.json").read_text() + "\n")
     assert _keys(tmp_path)["host"] != copied["host"]
+
+
+def test_fleetc_sources_are_in_the_key(tmp_path, monkeypatch):
+    """An editable checkout keeps its version while its code changes: the key covers the
+    sources themselves (their digest is stable while they are unchanged)."""
+    import toolchain.fleet as fleet_module
+
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fleet.toml").write_text(FLEET)
+    before = _keys(tmp_path)
+    fleet_module._source_digest.cache_clear()
+    assert _keys(tmp_path) == before
+    monkeypatch.setattr(fleet_module, "_source_digest", lambda: "edited sources")
+    after = _keys(tmp_path)
+    assert all(after[name] != before[name] for name in before)

@@ -10,13 +10,14 @@ reported and the others are still built (exit 4).
 Build cache: `$FLEETC_HOME/cache/fleet/<key>/` holds one device's finished output folder. The
 key is a SHA-256 over the model bytes, the calibration bytes, the device's entry (name,
 target, budgets, how it is known, the bytes of its measurements / fingerprint), its target
-file, its predictor package files (with a fingerprint: every profiled target's) and the
-versions of fleetc and every tool a build uses - so a changed input always rebuilds, an
-unchanged one never does.
+file, its predictor package files (with a fingerprint: every profiled target's), fleetc's own
+sources and the versions of fleetc and every tool a build uses - so a changed input always
+rebuilds, an unchanged one never does.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import importlib.metadata as md
 import json
@@ -75,6 +76,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """sha256 of fleetc's own Python sources (toolchain/, passes/): in an editable checkout
+    a code change rebuilds too, not only a new version."""
+    import passes
+    import toolchain
+
+    digest = hashlib.sha256()
+    for package in (toolchain, passes):
+        root = Path(package.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            digest.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:32]
+
+
 def _files_digest(paths: list[Path]) -> dict[str, str]:
     """sha256 of each file (of each file below a folder), keyed by its full path: a user's
     package and the built-in one of the same name are both in it."""
@@ -106,7 +122,8 @@ def _target_digest(device: Device) -> dict:
 
 def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None) -> str:
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(), "target": _target_digest(device), "tools": _versions()}
+           "device": device.entry(), "target": _target_digest(device), "tools": _versions(),
+           "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 
