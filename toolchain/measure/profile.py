@@ -68,7 +68,7 @@ def profile(target: Target, designs: Sequence[tuple[str, Callable[[], onnx.Model
     the spread of the rounds' medians). The rounds so far are kept in `<out>.rounds.csv`
     (design names `NAME@r`), so an interrupted run resumes mid-round. On this machine each
     round runs in a new process (`toolchain.measure.worker`: some slow states belong to a
-    process).
+    process); a script calling this must do so under `if __name__ == "__main__":` (spawn).
 
     A design that fails (bad model, device error) is reported and skipped; an unreachable
     device stops the run (the rows so far are kept).
