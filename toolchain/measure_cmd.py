@@ -52,8 +52,9 @@ def probe_cmd(target_name: str, out: str, subset: str) -> None:
 @click.option("--repeats", default=15, show_default=True, help="Timed samples per design.")
 @click.option("--max-seconds", default=8.0, show_default=True, help="Time budget per design.")
 @click.option("--rounds", default=1, show_default=True,
-              help="Measure the designs round-robin this many times; a row keeps the fastest "
-                   "sample of its rounds (steadier on machines whose speed drifts).")
+              help="Measure the designs round-robin this many times, each round in a new "
+                   "process; a row keeps the fastest sample of its rounds (steadier on "
+                   "machines whose speed drifts).")
 def profile_cmd(model: str | None, use_probe: bool, subset: str, target_name: str, out: str,
                 tracker: str | None, repeats: int, max_seconds: float, rounds: int) -> None:
     """Measure MODEL or the probe set on a target; append design,latency_ms rows to OUT."""
