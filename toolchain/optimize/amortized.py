@@ -517,11 +517,12 @@ def _quantized(mlp: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         src, dst = Path(folder) / "mlp.onnx", Path(folder) / "mlp_int8.onnx"
         src.write_bytes(mlp)
+        before = logging.root.manager.disable   # restored after, whatever it was
         logging.disable(logging.WARNING)   # its advice to pre-process: nothing to do on an MLP
         try:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         finally:
-            logging.disable(logging.NOTSET)
+            logging.disable(before)
         return dst.read_bytes()
 
 
