@@ -7,7 +7,7 @@ evolutionary search alone, the greedy baseline and uniform int8 / uniform prunin
 prunable kernel at width 0.75 and 0.5) give. Accuracy: top-1 on the calibration set (what the
 optimizer sees) and on the held-out test set.
 
-Part 2 - MobileNetV2-style 224x224 (toolchain.zoo, seeded weights, synthetic calibration):
+Part 2 - MobileNetV2-style 224x224 (toolchain.measure.zoo, seeded weights, synthetic calibration):
 compile for host-ort-1t (model.so for this CPU, run against onnxruntime by emit_tvm) and rpi4
 (cross artifact architecture; the host predictor stands in, labelled), report with the Pareto
 front and the chosen point.
@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolchain.compile import compile_model, prepare  # noqa: E402
+from toolchain.compile.driver import compile_model, prepare  # noqa: E402
 from toolchain.measure.ort_backend import time_ort  # noqa: E402
 from toolchain.measure.timing import TimingConfig  # noqa: E402
 from toolchain.space import Choice, Plan  # noqa: E402
@@ -50,7 +50,7 @@ def _latency(model) -> tuple[float, float]:
 
 
 def _test_accuracy(model, test) -> float:
-    from toolchain.accuracy import AccuracyEstimator
+    from toolchain.predict.accuracy import AccuracyEstimator
 
     est = AccuracyEstimator(model, {"input": test["inputs"]}, test["labels"])
     return est.baseline.top1
@@ -120,7 +120,7 @@ def part1(outdir: Path) -> None:
 
 
 def part2(outdir: Path) -> None:
-    from toolchain.zoo import mobilenet_v2
+    from toolchain.measure.zoo import mobilenet_v2
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mbv2_224.onnx"
@@ -129,7 +129,7 @@ def part2(outdir: Path) -> None:
         prep = prepare(path, None, progress=say)
         prep.sensitivity(("fp32", "int8"), say)
         print(f"\nMobileNetV2 224: shared work {time.perf_counter() - t0:.1f} s")
-        from toolchain.compile_predict import predictor_cost
+        from toolchain.compile.pricing import predictor_cost
         from toolchain.target import load_target
 
         host_cost, host_name, _ = predictor_cost(load_target("host-ort-1t"), prep)

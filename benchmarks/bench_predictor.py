@@ -7,7 +7,7 @@ For each target (default: host-ort-1t and host-tvm):
    affects both alike, and fit the predictor on the probes;
 2. the unseen models: the onnx package's light models (AlexNet, DenseNet-121, Inception v1/v2,
    ResNet-50, ShuffleNet, SqueezeNet, VGG-19, ZFNet-512) and MobileNetV2- / ResNet-style
-   variants from `toolchain.zoo` (random resolution, width, kernel sizes) under random plans
+   variants from `toolchain.measure.zoo` (random resolution, width, kernel sizes) under random plans
    (per-kernel int8/fp32, skipped residual blocks), rewritten for real;
 3. predict each from its rewritten graph (`predict(rewritten.onnx)`) and, for the variants, from
    the original graph and the plan (`predict --plan`, no rewrite);
@@ -33,12 +33,12 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from toolchain.measure.probe import build_probe, probe_set  # noqa: E402
 from toolchain.measure.profile import profile  # noqa: E402
 from toolchain.measure.records import read_measurements  # noqa: E402
 from toolchain.measure.timing import TimingConfig  # noqa: E402
 from toolchain.predict.kernel import KernelPredictor, fit_rows, spearman  # noqa: E402
 from toolchain.predict.latency import design_units, model_units, predict_plan  # noqa: E402
-from toolchain.probe import build_probe, probe_set  # noqa: E402
 from toolchain.space import Choice, Plan  # noqa: E402
 from toolchain.target import load_target  # noqa: E402
 
@@ -51,21 +51,21 @@ def light_models() -> list[tuple[str, onnx.ModelProto]]:
 
 
 def rewrite(base: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
-    """The model rewritten by `plan` (`toolchain.rewrite.apply_plan`). Its int8 ranges come
+    """The model rewritten by `plan` (`toolchain.compile.rewrite.apply_plan`). Its int8 ranges come
     from the seeded random inputs `apply_plan` would use without --calib, passed explicitly so
     its warning is not printed once per model: the benchmark times the models, it does not
     score their accuracy."""
     from passes.import_onnx import import_onnx
     from toolchain.calib import synthetic_calib
-    from toolchain.rewrite import apply_plan
+    from toolchain.compile.rewrite import apply_plan
 
     return apply_plan(base, plan, synthetic_calib(import_onnx(base), warn=False))
 
 
 def variants(count: int, seed: int, precisions: tuple[str, ...]):
     """(name, base model, plan) for random zoo variants under random plans."""
-    from toolchain.analysis import kernels_of, load_and_analyze, space_of
-    from toolchain.zoo import mobilenet_v2, resnet
+    from passes import load_and_analyze
+    from toolchain.measure.zoo import mobilenet_v2, resnet
 
     rng = np.random.default_rng(seed)
     out = []
@@ -79,7 +79,7 @@ def variants(count: int, seed: int, precisions: tuple[str, ...]):
             depth = int(rng.choice([10, 18, 26]))
             base, label = resnet(res, depth, width), f"resnet{depth}-r{res}-w{width}"
         graph = load_and_analyze(base)
-        space, kernels = space_of(graph), kernels_of(graph)
+        space, kernels = graph.space, graph.kernels
         p_int8 = float(rng.choice([0.0, 0.3, 0.7, 1.0])) if "int8" in precisions else 0.0
         chosen = {k.name: Choice("int8") for k in kernels
                   if k.is_compute and rng.random() < p_int8}
@@ -172,7 +172,7 @@ def kernel_costs(models: dict[str, KernelPredictor]) -> None:
 
 
 def _kernel_ms(model: KernelPredictor, design: str) -> float | None:
-    from toolchain.probe import probe_names
+    from toolchain.measure.probe import probe_names
 
     if design not in probe_names():
         return None

@@ -20,10 +20,10 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from toolchain import zoo
-from toolchain.analysis import load_and_analyze, space_of
+from passes import load_and_analyze
 from toolchain.calib import synthetic_calib
-from toolchain.rewrite import rewrite
+from toolchain.compile.rewrite import rewrite
+from toolchain.measure import zoo
 
 
 def _plans(space) -> dict[str, dict]:
@@ -62,7 +62,7 @@ def main() -> None:
     graph = load_and_analyze(model)
     calib = synthetic_calib(graph, n=16, warn=False)
     sessions, macs = {}, {}
-    for name, plan in _plans(space_of(graph)).items():
+    for name, plan in _plans(graph.space).items():
         start = time.perf_counter()
         result = rewrite(model, plan, calib=calib)
         macs[name] = sum(c.macs for c in result.after.values())

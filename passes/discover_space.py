@@ -14,13 +14,14 @@ Rules (each option also needs the target to support it; the target filters preci
   x, weights and each other and nothing outside reads them; the block takes the Add's name.
 - resolution: a single NCHW input with H == W, spatial dims pooled away by a global pooling
   before any reshape or matrix product; sizes H x (1, 7/8, 3/4, 5/8, 1/2), multiples of 8.
-Requires "kernels"; produces "space" (graph.meta["space"]).
+Requires "kernels"; produces "space" (graph.space).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
+from passes.common import PER_CHANNEL_OPS
 from toolchain.ir import Graph
 from toolchain.pipeline import Pass, PassContext, PassResult
 from toolchain.space import PRECISIONS, WIDTHS, Kernel, Space, pruned_channels
@@ -30,9 +31,6 @@ __all__ = ["DiscoverSpacePass", "discover_space", "skippable_blocks", "prunable"
 
 logger = logging.getLogger(__name__)
 
-_PER_CHANNEL = {"BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid",
-                "LeakyRelu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
-                "GlobalMaxPool", "Dropout", "Identity"}
 _MAX_BLOCK_NODES = 64
 
 
@@ -65,7 +63,7 @@ def _reaches_only_consumers(graph: Graph, tensor: str, channels: int) -> bool:
             if op == "Conv" and ins[0] == t and _is_depthwise(graph, user):
                 stack.extend(o for o in d["outputs"] if o)
                 continue
-            if op in _PER_CHANNEL and ins[0] == t:
+            if op in PER_CHANNEL_OPS and ins[0] == t:
                 stack.extend(o for o in d["outputs"][:1] if o)
                 continue
             if op in ("Add", "Mul") and ins.count(t) == 1 and \
@@ -213,7 +211,7 @@ def discover_space(graph: Graph, kernels: list[Kernel]) -> Space:
         space.options[k.name] = options
     space.blocks = skippable_blocks(graph)
     space.input_name, space.resolutions = input_resolutions(graph)
-    graph.meta["space"] = space
+    graph.space = space
     return space
 
 
@@ -226,7 +224,7 @@ class DiscoverSpacePass(Pass):
     produces = frozenset({"space"})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        space = discover_space(graph, graph.meta["kernels"])
+        space = discover_space(graph, graph.kernels)
         return PassResult(changed=False, stats={"kernels_with_choices": len(space.options),
                                                 "skippable_blocks": len(space.blocks),
                                                 "design_space_log10": space.size_log10()})

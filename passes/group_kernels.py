@@ -6,7 +6,7 @@ a graph output, and the node is a BatchNormalization, a bias or scale (Add / Mul
 weight), or an activation (Relu, Clip, HardSwish, HardSigmoid, Sigmoid, LeakyRelu, Tanh) -
 as onnxruntime and TVM fuse them. Every other node is a kernel of its own. The kernel takes the
 anchor's name. Requires "shapes" and "costs"; produces "kernels" (node meta
-"group_kernels.kernel"; the list in graph.meta["kernels"]).
+"group_kernels.kernel"; the list in graph.kernels).
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def group_kernels(graph: Graph) -> list[Kernel]:
         for n in nodes:
             graph.node(n)["meta"]["group_kernels.kernel"] = kernel.name
         kernels.append(kernel)
-    graph.meta["kernels"] = kernels
+    graph.kernels = kernels
     return kernels
 
 

@@ -195,8 +195,8 @@ def import_onnx(source: str | os.PathLike | onnx.ModelProto,
     notes: list[str] = []
     shapes = _fixed_input_shapes(model, dict(input_shapes or {}), notes)
     graph = _build(model, shapes)
-    graph.meta["notes"] = notes
-    graph.meta["source"] = "<model>" if isinstance(source, onnx.ModelProto) else str(source)
+    graph.notes = notes
+    graph.source = "<model>" if isinstance(source, onnx.ModelProto) else str(source)
     infer_shapes(graph)
     if fold_constants(graph):
         infer_shapes(graph)

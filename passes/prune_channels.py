@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from passes.common import PER_CHANNEL_OPS, run_collect
 from passes.infer_shapes import infer_shapes
-from toolchain.calib import CalibData, run_collect, synthetic_calib
+from toolchain.calib import CalibData, synthetic_calib
 from toolchain.errors import BadInputError
 from toolchain.ir import Graph, TensorInfo
 from toolchain.pipeline import Pass, PassContext, PassResult
@@ -33,9 +34,6 @@ __all__ = ["PruneChannelsPass", "PruneSite", "prune_site", "prune_channels"]
 
 logger = logging.getLogger(__name__)
 
-_PER_CHANNEL = {"BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid",
-                "LeakyRelu", "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool",
-                "GlobalMaxPool", "Dropout", "Identity"}
 # Calibration rows (positions) per consumer: a few per regression feature, capped for speed;
 # consumers with more features (e.g. a 3x3 Conv over 256 channels) are sliced, not refit.
 _ROWS_PER_FEATURE, _MIN_ROWS, _MAX_ROWS = 4, 4096, 24_000
@@ -87,7 +85,7 @@ def _step(graph: Graph, kernel: str, t: str, channels: int) -> tuple[list, list,
             consumers.append(user)
         elif op == "Gemm" and ins[0] == t and not d["attrs"].get("transA", 0):
             consumers.append(user)
-        elif (op in _PER_CHANNEL and ins[0] == t) or _per_channel_weight(graph, d, t, channels) \
+        elif (op in PER_CHANNEL_OPS and ins[0] == t) or _per_channel_weight(graph, d, t, channels) \
                 or (op == "Flatten" and all(s == 1 for s in (graph.shape(t) or (0, 0, 0))[2:])):
             path.append(user)
             nxt.append(d["outputs"][0])
@@ -356,7 +354,7 @@ class PruneChannelsPass(Pass):
     seed: int = 0  # sampling of calibration positions
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        calib = ctx.calib if isinstance(ctx.calib, CalibData) else None
+        calib = ctx.calib
         kept = prune_channels(graph, self.widths, calib, self.reconstruct, self.seed)
         return PassResult(changed=bool(kept), stats={"kernels_pruned": len(kept),
                                                      "channels_kept": kept})

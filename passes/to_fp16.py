@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from passes.common import kernel_nodes
 from passes.export_onnx import export_onnx
-from passes.quantize import kernel_nodes, replace_graph
 from toolchain.errors import BadInputError
 from toolchain.ir import Graph
 from toolchain.pipeline import Pass, PassContext, PassResult
@@ -51,7 +51,7 @@ def to_fp16(graph: Graph, kernels: list[str]) -> list[str]:
     _sort_nodes(converted)
     new = import_onnx(converted, {t: tuple(graph.shape(t)) for t in graph.inputs})
     _drop_round_trips(new)
-    replace_graph(graph, new)
+    graph.assign(new)
     return nodes
 
 

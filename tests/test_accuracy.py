@@ -1,4 +1,4 @@
-"""toolchain.accuracy: scores against fp32 and labels, batching, resizing, sensitivity cache."""
+"""toolchain.predict.accuracy: scores vs fp32 and labels, batching, resizing, sensitivity cache."""
 from __future__ import annotations
 
 import json
@@ -9,14 +9,14 @@ import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from toolchain.accuracy import (
+from toolchain.errors import BadInputError
+from toolchain.predict.accuracy import (
     AccuracyEstimator,
     choice_key,
     effective_drop,
     measure_sensitivity,
     resize_nchw,
 )
-from toolchain.errors import BadInputError
 from toolchain.space import Choice, Plan
 
 

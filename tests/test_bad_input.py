@@ -9,7 +9,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import LIGHT_MODELS
 from toolchain.cli import cli
-from toolchain.commands import __name__ as _registered  # noqa: F401
 
 
 def _conv_model(batch="N", h=8):

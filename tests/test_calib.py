@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from passes.import_onnx import import_onnx
-from toolchain import zoo
 from toolchain.calib import feeds, load_calib, synthetic_calib
 from toolchain.errors import BadInputError
+from toolchain.measure import zoo
 
 
 @pytest.fixture(scope="module")

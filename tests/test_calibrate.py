@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from toolchain.cli import _register, cli
+from toolchain.cli import cli
+from toolchain.measure.probe import probe_set, write_probes
 from toolchain.predict.kernel import features
 from toolchain.predict.latency import design_units, load_predictor
-from toolchain.probe import probe_set, write_probes
 from toolchain.target import load_target
-
-_register()
 
 
 def _cost(units, conv_scale: float = 1.0, other_scale: float = 1.0, model: float = 0.05):

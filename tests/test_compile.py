@@ -15,11 +15,10 @@ from click.testing import CliRunner
 from passes.emit_tvm import EmitError, elf_arch
 from tests.test_compile_costs import fake_cost
 from toolchain.cli import cli
-from toolchain.commands import __name__ as _registered  # noqa: F401
-from toolchain.compile import compile_model, prepare
+from toolchain.compile.driver import compile_model, prepare
 from toolchain.errors import InfeasibleError
+from toolchain.measure.zoo import resnet
 from toolchain.space import Plan
-from toolchain.zoo import resnet
 
 pytestmark = pytest.mark.xdist_group("tvm_build")
 

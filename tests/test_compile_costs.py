@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolchain.accuracy import Score, SensitivityTable, atomic_changes, choice_key
-from toolchain.analysis import kernels_of, load_and_analyze, space_of
-from toolchain.compile_costs import (
+from passes import load_and_analyze
+from toolchain.compile.report import Point, svg_plot
+from toolchain.compile.tables import (
     Context,
     PlanCosts,
     build_table,
@@ -13,11 +13,11 @@ from toolchain.compile_costs import (
     plan_metrics,
     plan_of,
 )
-from toolchain.compile_report import Point, svg_plot
+from toolchain.measure.zoo import mobilenet_v2
 from toolchain.optimize.costs import Budget, metrics_of
 from toolchain.optimize.exact import solve_exact
+from toolchain.predict.accuracy import Score, SensitivityTable, atomic_changes, choice_key
 from toolchain.space import Plan
-from toolchain.zoo import mobilenet_v2
 
 SPEED = {"fp32": 1.0, "fp16": 1.3, "int8": 0.5}
 
@@ -25,7 +25,7 @@ SPEED = {"fp32": 1.0, "fp16": 1.3, "int8": 0.5}
 @pytest.fixture(scope="module")
 def analyzed():
     graph = load_and_analyze(mobilenet_v2(32, width=0.35, num_classes=10))
-    return graph, kernels_of(graph), space_of(graph)
+    return graph, graph.kernels, graph.space
 
 
 def fake_cost(kernels, space):

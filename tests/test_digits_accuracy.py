@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from toolchain.analysis import load_and_analyze, space_of
+from passes import load_and_analyze
 from toolchain.calib import load_calib
-from toolchain.rewrite import apply_plan, rewrite
+from toolchain.compile.rewrite import apply_plan, rewrite
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODEL = FIXTURES / "digits_mbv2.onnx"
@@ -38,7 +38,7 @@ def digits():
     calib = load_calib(FIXTURES / "digits_calib.npz", graph)
     test = np.load(FIXTURES / "digits_test.npz")
     x, y = test["inputs"], test["labels"]
-    return model, space_of(graph), calib, x, y, _accuracy(model, x, y)
+    return model, graph.space, calib, x, y, _accuracy(model, x, y)
 
 
 def _plan(kernels):

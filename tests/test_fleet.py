@@ -19,7 +19,6 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import cli
-from toolchain.commands import __name__ as _registered  # noqa: F401
 
 FIXTURES = Path(__file__).parent / "fixtures"
 pytestmark = pytest.mark.xdist_group("fleet")

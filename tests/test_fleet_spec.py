@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from toolchain.errors import BadInputError
-from toolchain.fleet import write_depfile
-from toolchain.fleet_spec import load_fleet
+from toolchain.fleet.run import write_depfile
+from toolchain.fleet.spec import load_fleet
 
 GOOD = '''
 model = "m.onnx"

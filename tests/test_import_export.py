@@ -9,8 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from tests.helpers import LIGHT_MODELS, random_feeds, randomize_weights, run_ort
-from toolchain import zoo
-from toolchain.inspection import inspect
+from toolchain.compile.inspection import inspect
+from toolchain.measure import zoo
 
 
 def test_light_models_are_there():
@@ -59,7 +59,7 @@ def test_symbolic_batch_taken_as_one_with_a_note():
     graph = import_onnx(_tiny([helper.make_node("Conv", ["x", "w"], ["y"])], [w]))
     assert graph.shape("x") == (1, 3, 8, 8)
     assert graph.shape("y") == (1, 3, 8, 8)
-    assert any("batch" in n for n in graph.meta["notes"])
+    assert any("batch" in n for n in graph.notes)
 
 
 def test_constant_subgraphs_are_folded():

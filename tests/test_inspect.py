@@ -10,10 +10,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 import toolchain
-import toolchain.inspection as ti
+import toolchain.compile.inspection as ti
 from tests.helpers import LIGHT_MODELS
 from toolchain.cli import cli
-from toolchain.commands import __name__ as _registered  # noqa: F401  (registers commands)
 
 RESNET50 = next(p for p in LIGHT_MODELS if p.stem == "light_resnet50")
 

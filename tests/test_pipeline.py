@@ -80,10 +80,10 @@ def test_skippable_block_and_kernel_grouping():
     graph = _graph()
     Pipeline([CountCostsPass(), GroupKernelsPass(), DiscoverSpacePass()]).run(
         graph, PassContext(facts={"shapes"}))
-    kernels = graph.meta["kernels"]
+    kernels = graph.kernels
     assert [k.name for k in kernels] == ["conv", "add"]
     assert kernels[0].fused == ("Relu",) and kernels[0].nodes == ("conv", "relu")
-    space = graph.meta["space"]
+    space = graph.space
     assert space.blocks == {"add": ("conv", "relu", "add")}
     assert "width" not in space.options["conv"]  # tied to the residual add
     assert graph.node("relu")["meta"]["group_kernels.kernel"] == "conv"
@@ -104,4 +104,4 @@ def test_kernel_shrink_offered_only_when_pads_allow(pads, sizes):
     graph = _conv5(pads)
     Pipeline([CountCostsPass(), GroupKernelsPass(), DiscoverSpacePass()]).run(
         graph, PassContext(facts={"shapes"}))
-    assert graph.meta["space"].options["c"].get("kernel_size") == sizes
+    assert graph.space.options["c"].get("kernel_size") == sizes

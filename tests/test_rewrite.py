@@ -8,12 +8,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from passes import load_and_analyze
 from tests.helpers import random_feeds, run_ort
-from toolchain import zoo
-from toolchain.analysis import load_and_analyze, space_of
-from toolchain.cli import _register, cli
+from toolchain.cli import cli
+from toolchain.compile.rewrite import apply_plan, rewrite
 from toolchain.errors import BadInputError
-from toolchain.rewrite import apply_plan, rewrite
+from toolchain.measure import zoo
 
 
 def _plan(kernels=None, skip=(), shape=None, target=None):
@@ -28,7 +28,7 @@ def mbv2():
 
 
 def test_all_fp32_plan_reproduces_outputs(mbv2):
-    space = space_of(load_and_analyze(mbv2))
+    space = load_and_analyze(mbv2).space
     plan = _plan({k: {"precision": "fp32"} for k in space.options})
     out = apply_plan(mbv2, plan)
     feeds = random_feeds(mbv2)
@@ -96,7 +96,6 @@ def files(tmp_path_factory):
 
 
 def _invoke(*args):
-    _register()
     return CliRunner().invoke(cli, list(map(str, args)))
 
 

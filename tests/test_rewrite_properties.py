@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolchain import zoo
-from toolchain.analysis import load_and_analyze, space_of
+from passes import load_and_analyze
 from toolchain.calib import synthetic_calib
-from toolchain.rewrite import apply_plan
+from toolchain.compile.rewrite import apply_plan
+from toolchain.measure import zoo
 
 MODELS = {
     "mbv2": lambda: zoo.mobilenet_v2(32, 0.25, 10, se=True, hard_swish=True,
@@ -24,7 +24,7 @@ def _prepared(name):
     if name not in _CACHE:
         model = MODELS[name]()
         graph = load_and_analyze(model)
-        _CACHE[name] = (model, space_of(graph), synthetic_calib(graph, n=8, warn=False))
+        _CACHE[name] = (model, graph.space, synthetic_calib(graph, n=8, warn=False))
     return _CACHE[name]
 
 

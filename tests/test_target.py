@@ -16,9 +16,9 @@ BUILTINS = ["host-ort-1t", "host-ort", "host-tvm", "rpi4", "rpi5", "jetson-nano"
 
 
 def _cli(*args):
-    import toolchain.measure_cmd  # noqa: F401
-    import toolchain.predict_cmd  # noqa: F401
-    import toolchain.targets_cmd  # noqa: F401
+    import toolchain.cli.measure  # noqa: F401
+    import toolchain.cli.predict  # noqa: F401
+    import toolchain.cli.targets  # noqa: F401
     return CliRunner().invoke(cli, list(args))
 
 

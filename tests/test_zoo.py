@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from toolchain import zoo
+from toolchain.measure import zoo
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -142,30 +142,3 @@ def feeds(calib: CalibData, graph: Graph) -> Iterator[dict[str, np.ndarray]]:
     batch = max(1, int((graph.shape(graph.inputs[0]) or (1,))[0]))
     for start in range(0, len(calib) - batch + 1, batch):
         yield {k: v[start:start + batch] for k, v in calib.inputs.items()}
-
-
-def run_collect(graph: Graph, calib: CalibData, tensors: list[str]
-                ) -> Iterator[dict[str, np.ndarray]]:
-    """Run the graph in onnxruntime over the calibration samples, yielding, per run, the values
-    of `tensors` (any intermediate tensor names). One thread, no graph optimisation, so the
-    values are exactly the IR's tensors."""
-    import onnxruntime as ort
-    from onnx import helper
-
-    from passes.export_onnx import export_onnx, to_value_info
-
-    model = export_onnx(graph)
-    known = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in known:
-            info = graph.tensors.get(t)
-            model.graph.output.append(to_value_info(t, info) if info else
-                                      helper.make_empty_tensor_value_info(t))
-            known.add(t)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    for feed in feeds(calib, graph):
-        yield dict(zip(tensors, sess.run(tensors, feed), strict=True))

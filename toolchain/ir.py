@@ -13,11 +13,15 @@ from __future__ import annotations
 import copy as _copy
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
 from toolchain.errors import FleetcError
+
+if TYPE_CHECKING:
+    from toolchain.space import Kernel, Space
 
 __all__ = ["Graph", "TensorInfo", "IRError"]
 
@@ -60,7 +64,11 @@ class Graph:
         self.opset: dict[str, int] = {"": 17}
         self.ir_version: int = 8
         self.name: str = "graph"
-        self.meta: dict = {}
+        self.meta: dict = {}                 # node-independent annotations of passes
+        self.notes: list[str] = []           # import_onnx: what it assumed (e.g. batch 1)
+        self.source: str | None = None       # import_onnx: where the model came from
+        self.kernels: list[Kernel] | None = None   # group_kernels (None: not analyzed)
+        self.space: Space | None = None             # discover_space (None: not analyzed)
         self._producer: dict[str, str] = {}
         self._next_order = 0
 
@@ -207,6 +215,17 @@ class Graph:
     # --- whole-graph ---------------------------------------------------------------------
     def copy(self) -> Graph:
         return _copy.deepcopy(self)
+
+    def assign(self, new: Graph) -> None:
+        """Make this graph (the caller's object) hold `new`'s contents: a pass that rebuilds the
+        graph through another tool (onnxruntime's quantizer, the fp16 converter) edits in place.
+        What `new` does not carry (import notes, source, meta) is kept; analysis results go."""
+        self.nx, self.initializers, self.tensors = new.nx, new.initializers, new.tensors
+        self.inputs, self.outputs, self.opset = new.inputs, new.outputs, new.opset
+        self.ir_version, self.name = new.ir_version, new.name
+        self.meta = {**self.meta, **new.meta}
+        self.kernels, self.space = new.kernels, new.space
+        self._producer, self._next_order = new._producer, new._next_order
 
     def validate(self) -> None:
         """Raise IRError if an invariant is broken: names, producers, edges, acyclicity."""

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from toolchain.calib import CalibData
 from toolchain.errors import FleetcError
 from toolchain.ir import Graph, IRError
 
@@ -36,9 +37,8 @@ class PassContext:
     """What passes share during one pipeline run: options, calibration data, facts."""
 
     debug: bool = field(default_factory=_debug_default)
-    calib: dict | None = None
+    calib: CalibData | None = None
     facts: set[str] = field(default_factory=set)
-    target: object | None = None
 
 
 @dataclass(frozen=True)

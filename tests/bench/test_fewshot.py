@@ -20,17 +20,16 @@ from toolchain.bench.fewshot import (
     single_thread,
     tie_cap,
 )
-from toolchain.bench.proxy import _cell_reach
 from toolchain.bench.table import load_table
 from toolchain.cli import cli
-from toolchain.predict.conditioned import ConditionedPredictor
+from toolchain.predict.conditioned import ConditionedPredictor, cell_reach
 
 TRAIN = tuple(f"lat_train{i}" for i in range(8))
 TEST = ("lat_test_eager", "lat_test_pruned", "lat_test_mixed")
 
 
 def _device(codes: np.ndarray, rng: np.random.Generator, pruned: float) -> np.ndarray:
-    src_ok, dst_ok = _cell_reach(codes)
+    src_ok, dst_ok = cell_reach(codes)
     live = (codes != 0) & src_ok & dst_ok
     executed = np.where(pruned > 0.5, live, codes != 0)
     cost = np.r_[0.0, rng.uniform(0.05, 0.3), rng.uniform(0.5, 1.5), rng.uniform(1.0, 3.0),
@@ -47,7 +46,7 @@ def write_synthetic_table(path, seed: int = 0, extra: dict | None = None) -> Non
     columns["lat_test_eager"] = _device(codes, rng, 0.0)
     columns["lat_test_pruned"] = _device(codes, rng, 1.0)
     columns["lat_test_mixed"] = 0.5 * (_device(codes, rng, 0.0) + _device(codes, rng, 1.0))
-    src_ok, dst_ok = _cell_reach(codes)
+    src_ok, dst_ok = cell_reach(codes)
     live = (codes != 0) & src_ok & dst_ok
     columns["acc_syn"] = 40 + 4 * ((codes == 3) & live).sum(1) + 2 * ((codes == 2) & live).sum(1) \
         + rng.normal(0, 0.5, len(codes))

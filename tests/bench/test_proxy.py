@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import toolchain.bench.cli  # noqa: F401  (registers `bench` on the root group)
 from toolchain.bench.proxy import (
     ProxyOptions,
     cell_features,

@@ -5,17 +5,17 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import cli
+from toolchain.measure.probe import build_probe, probe_set
 from toolchain.measure.profile import profile
 from toolchain.measure.records import read_measurements
 from toolchain.measure.timing import TimingConfig
-from toolchain.probe import build_probe, probe_set
 from toolchain.target import load_target
 
 FAST = TimingConfig(warmup=1, repeats=3, min_sample_ms=1.0, max_seconds=1.0)
 
 
 def _cli(*args):
-    import toolchain.measure_cmd  # noqa: F401
+    import toolchain.cli.measure  # noqa: F401
     return CliRunner().invoke(cli, list(args))
 
 

@@ -5,10 +5,10 @@ import time
 
 import pytest
 
+from toolchain.measure.probe import build_probe
 from toolchain.measure.rpc import DeviceUnreachableError, start_farm, time_rpc, tracker_keys
 from toolchain.measure.timing import TimingConfig
 from toolchain.measure.tvm_backend import compile_relax, input_arrays, time_vm
-from toolchain.probe import build_probe
 from toolchain.target import load_target
 
 CONFIG = TimingConfig(warmup=2, repeats=9, min_sample_ms=5.0, max_seconds=3.0)

@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from toolchain.errors import BadInputError
+from toolchain.measure.probe import build_probe, probe_set
 from toolchain.measure.profile import profile
 from toolchain.measure.records import read_measurements
 from toolchain.measure.timing import TimingConfig
 from toolchain.measure.worker import MeasureProcess
-from toolchain.probe import build_probe, probe_set
 from toolchain.target import load_target
 
 FAST = TimingConfig(warmup=1, repeats=3, min_sample_ms=1.0, max_seconds=1.0)

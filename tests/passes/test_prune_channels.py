@@ -9,9 +9,9 @@ from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from passes.prune_channels import PruneChannelsPass, prune_site
 from tests.helpers import run_ort
-from toolchain import zoo
 from toolchain.calib import CalibData
 from toolchain.errors import BadInputError
+from toolchain.measure import zoo
 from toolchain.pipeline import PassContext
 
 RNG = np.random.default_rng(0)

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from passes.export_onnx import export_onnx
+from passes.fold_batchnorm import FoldBatchnormPass
 from passes.import_onnx import import_onnx
-from passes.quantize import QuantizePass, fold_batchnorm
-from tests.helpers import random_feeds, run_ort
-from toolchain import zoo
+from passes.quantize import QuantizePass
+from tests.helpers import run_ort
 from toolchain.calib import CalibData
 from toolchain.errors import BadInputError
-from toolchain.pipeline import PassContext
+from toolchain.measure import zoo
+from toolchain.pipeline import PassContext, Pipeline
 
 
 def _calib(n=8, res=32, seed=1):
@@ -19,26 +20,16 @@ def _calib(n=8, res=32, seed=1):
     return CalibData({"input": x}, None, "test")
 
 
-def test_fold_batchnorm_is_exact():
-    model = zoo.mobilenet_v2(32, 0.25, 10)
-    graph = import_onnx(model)
-    assert fold_batchnorm(graph, "block3.expand.conv")
-    assert "block3.expand.bn" not in graph
-    assert graph.consumers("block3.expand.conv.out") == ["block3.expand.act"]
-    assert not fold_batchnorm(graph, "block3.expand.conv")  # nothing left to fold
-    feeds = random_feeds(model)
-    np.testing.assert_allclose(run_ort(export_onnx(graph), feeds)[0], run_ort(model, feeds)[0],
-                               atol=1e-5)
-
-
 def test_only_the_named_kernels_are_quantized():
     model = zoo.mobilenet_v2(32, 0.25, 10)
     graph = import_onnx(model)
     kernels = ("block3.expand.conv", "block3.project.conv", "head.fc")
     calib = _calib(16)
-    result = QuantizePass(kernels=kernels).run(graph, PassContext(calib=calib))
+    # as the rewrite runs it: fold_batchnorm, then quantize, on the same kernels
+    records = Pipeline([FoldBatchnormPass(kernels=kernels), QuantizePass(kernels=kernels)]).run(
+        graph, PassContext(calib=calib, facts={"shapes"}))
     graph.validate()
-    assert result.changed
+    assert [r.changed for r in records] == [True, True]
     out = export_onnx(graph)
     for k in kernels:
         w = graph.node(k)["inputs"][1]

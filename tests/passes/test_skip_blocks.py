@@ -8,8 +8,8 @@ from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from passes.skip_blocks import SkipBlocksPass
 from tests.helpers import random_feeds, run_ort
-from toolchain import zoo
 from toolchain.errors import BadInputError
+from toolchain.measure import zoo
 from toolchain.pipeline import PassContext
 
 

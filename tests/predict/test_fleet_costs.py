@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.predict.fleet_costs import conditioned_predictor
+from toolchain.fleet.pricing import conditioned_predictor
+from toolchain.measure.probe import probe_set
 from toolchain.predict.latency import (
     builtin_predictors_dir,
     design_units,
     load_predictor,
     predictors_dir,
 )
-from toolchain.probe import probe_set
 from toolchain.target import load_target
 
 

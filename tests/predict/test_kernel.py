@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.analysis import load_and_analyze
+from passes import load_and_analyze
 from toolchain.errors import BadInputError, UnsupportedKernelError
+from toolchain.measure.probe import build_probe, probe_set
+from toolchain.measure.zoo import mobilenet_v2
 from toolchain.predict.kernel import KernelPredictor, nnls, spearman
 from toolchain.predict.latency import design_units, model_units, predict_plan
 from toolchain.predict.units import Unit, graph_units
-from toolchain.probe import build_probe, probe_set
 from toolchain.space import Choice, Plan
-from toolchain.zoo import mobilenet_v2
 
 
 def test_nnls_matches_brute_force():
@@ -89,7 +89,7 @@ def test_qdq_units_mark_precision_and_conversions():
     assert kinds.count("quantize/int8") == 1 and kinds.count("dequantize/int8") == 1
     q = next(u for u in units if u.cls == "quantize")
     assert q.edge_in == 32 * 56 * 56 and q.inner == 0   # at the model's edge
-    from toolchain.probe import quantize_qdq
+    from toolchain.measure.probe import quantize_qdq
 
     float_chain = build_probe("chain-32-3-56-1-fp32")
     first = next(n.name for n in float_chain.graph.node if n.op_type == "Conv")

@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from toolchain.cli import cli
 from toolchain.measure.ort_backend import time_ort
 from toolchain.measure.timing import TimingConfig
+from toolchain.measure.zoo import mobilenet_v2, resnet
 from toolchain.predict.kernel import KernelPredictor, spearman
 from toolchain.predict.latency import predict_model
-from toolchain.zoo import mobilenet_v2, resnet
 
 
 def _cli(*args):
-    import toolchain.measure_cmd  # noqa: F401
-    import toolchain.predict_cmd  # noqa: F401
+    import toolchain.cli.measure  # noqa: F401
+    import toolchain.cli.predict  # noqa: F401
     return CliRunner().invoke(cli, list(args))
 
 

@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from toolchain.analysis import kernels_of, load_and_analyze
+from passes import load_and_analyze
+from toolchain.compile.rewrite import apply_plan
+from toolchain.measure.zoo import mobilenet_v2, resnet
 from toolchain.predict.latency import model_units
 from toolchain.predict.units import INT8_ASYM, INT8_NCHW, units_under_plan
-from toolchain.rewrite import apply_plan
 from toolchain.space import Choice, Plan
-from toolchain.zoo import mobilenet_v2, resnet
 
 
 def _kinds(units) -> Counter:
@@ -32,7 +32,7 @@ def test_stem_max_pool_priced_alike_by_model_and_plan_paths(stem_int8, caplog):
     # after a float stem onnxruntime runs the pool on uint8 in NCHW; after an int8 stem it
     # runs NhwcMaxPool on uint8, priced as float (see units._runtime_int8)
     base = resnet(64, 10, 0.25)
-    compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
+    compute = [k.name for k in load_and_analyze(base).kernels if k.is_compute]
     int8 = compute if stem_int8 else compute[1:]
     direct, planned = _both(base, Plan(kernels={k: Choice("int8") for k in int8}), caplog)
     kind = "MaxPool/fp32" if stem_int8 else f"MaxPool/{INT8_NCHW}"
@@ -41,7 +41,7 @@ def test_stem_max_pool_priced_alike_by_model_and_plan_paths(stem_int8, caplog):
 
 def test_float_conv_between_int8_convs_runs_on_runtime_quantized_weights(caplog):
     base = mobilenet_v2(64, 0.5)
-    compute = [k.name for k in kernels_of(load_and_analyze(base)) if k.is_compute]
+    compute = [k.name for k in load_and_analyze(base).kernels if k.is_compute]
     middle = next(k for k in compute if k.endswith("expand.conv"))   # int8 on both sides
     plan = Plan(kernels={k: Choice("int8") for k in compute if k != middle})
     direct, planned = _both(base, plan, caplog)

@@ -29,11 +29,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-import click
 import numpy as np
 
-from toolchain.bench.cli import bench, data_option, emit, load_data, parse_budgets, progress
-from toolchain.bench.fewshot import DeviceContext, check_devices, single_thread, target_columns
+from toolchain.bench.fewshot import DeviceContext, check_devices, single_thread
 from toolchain.bench.scores import (
     BudgetTally,
     budget_key,
@@ -42,7 +40,7 @@ from toolchain.bench.scores import (
     normal_cdf,
     outcome,
 )
-from toolchain.bench.table import Table, TargetAccess, parse_names
+from toolchain.bench.table import Table, TargetAccess
 from toolchain.errors import BadInputError
 from toolchain.optimize.amortized import (
     AmortizedOptimizer,
@@ -317,28 +315,3 @@ def run_amortize(table: Table, opts: AmortizeOptions, progress=None) -> dict:
             "search_seconds_per_device": float(search_seconds),
             "speedup": float(search_seconds / seconds),
             "seconds": time.perf_counter() - start}
-
-
-@bench.command("amortize")
-@data_option
-@click.option("--train", required=True, help="Training device columns (lat_*), read in full.")
-@click.option("--test", default=None,
-              help="Test columns, comma-separated (default: every other lat_* column).")
-@click.option("--objective", required=True, help="Objective column (acc*), higher is better.")
-@click.option("--budgets", default="0.1,0.25,0.5", show_default=True,
-              help="Budget quantiles of each target's latencies.")
-@click.option("--samples", "-k", type=int, default=10, show_default=True,
-              help="K target cells (the fingerprint counts within K).")
-@click.option("--verify", "-v", type=int, default=0, show_default=True,
-              help="V more target cells per target to verify candidates before choosing.")
-@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
-              help="Write the full results here.")
-def amortize_cmd(data, train, test, objective, budgets, samples, verify, seeds, json_out) -> None:
-    """Amortized optimizer (one network pass per device) on test devices measured K (+V) times."""
-    table = load_data(data)
-    names = tuple(parse_names(train))
-    opts = AmortizeOptions(train=names, targets=target_columns(table, names, test),
-                           objective=objective, budgets=parse_budgets(budgets), samples=samples,
-                           verify=verify, seeds=seeds)
-    emit(run_amortize(table, opts, progress=progress), json_out)

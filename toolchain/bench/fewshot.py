@@ -22,10 +22,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import click
 import numpy as np
 
-from toolchain.bench.cli import bench, data_option, emit, load_data, progress
 from toolchain.bench.proxy import reference_features
 from toolchain.bench.scores import acc10, held_out, spearman
 from toolchain.bench.table import Table, TargetAccess, parse_names
@@ -230,24 +228,3 @@ def run_fewshot(table: Table, opts: FewshotOptions, progress=None) -> dict:
 def target_columns(table: Table, train: tuple[str, ...], test: str | None) -> tuple[str, ...]:
     """--test, or by default every latency column that is not a training device."""
     return tuple(parse_names(test)) or tuple(c for c in table.latency if c not in train)
-
-
-@bench.command("fewshot")
-@data_option
-@click.option("--train", required=True, help="Training device columns (lat_*), read in full.")
-@click.option("--test", default=None,
-              help="Test columns, comma-separated (default: every other lat_* column).")
-@click.option("--samples", "-k", type=int, default=10, show_default=True,
-              help="K target cells (the fingerprint counts within K).")
-@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
-@click.option("--method", type=click.Choice(METHODS), default="conditioned", show_default=True,
-              help="conditioned: this toolchain's predictor; reference: the issue's baseline.")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
-              help="Write the full results here.")
-def fewshot_cmd(data, train, test, samples, seeds, method, json_out) -> None:
-    """Device-conditioned latency prediction on test devices measured only K times."""
-    table = load_data(data)
-    names = tuple(parse_names(train))
-    opts = FewshotOptions(train=names, targets=target_columns(table, names, test),
-                          samples=samples, seeds=seeds, method=method)
-    emit(run_fewshot(table, opts, progress=progress), json_out)

@@ -35,6 +35,7 @@ from toolchain.bench.scores import (
 )
 from toolchain.bench.table import Table, TargetAccess
 from toolchain.errors import BadInputError
+from toolchain.predict.conditioned import CELL_OPS, cell_reach, is_cell
 from toolchain.predict.transfer import (
     Transfer,
     fit_proxy_predictor,
@@ -73,9 +74,6 @@ class ProxyOptions:
 
 # ---------------------------------------------------------------- design features
 
-_CELL_SRC = (0, 0, 1, 0, 1, 2)   # NAS-Bench-201 edge order 0->1, 0->2, 1->2, 0->3, 1->3, 2->3
-_CELL_DST = (1, 2, 2, 3, 3, 3)
-_CELL_OPS = 5
 
 
 def _groups(names: tuple[str, ...]) -> dict[str, list[int]]:
@@ -85,36 +83,13 @@ def _groups(names: tuple[str, ...]) -> dict[str, list[int]]:
     return groups
 
 
-def _is_cell(codes: np.ndarray) -> bool:
-    """A NAS-Bench-201 cell code: 6 edge columns, integer ops in 0..4."""
-    return (codes.shape[1] == len(_CELL_SRC) and np.all(np.isfinite(codes))
-            and np.all(codes == np.round(codes)) and codes.min() >= 0
-            and codes.max() < _CELL_OPS)
-
-
-def _cell_reach(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per edge: source reachable from node 0, target reaches node 3 (through non-none edges)."""
-    n, live = len(codes), codes != 0
-    fwd = np.zeros((n, 4), bool)
-    fwd[:, 0] = True
-    for k, (s, d) in enumerate(zip(_CELL_SRC, _CELL_DST, strict=True)):
-        fwd[:, d] |= fwd[:, s] & live[:, k]
-    bwd = np.zeros((n, 4), bool)
-    bwd[:, 3] = True
-    for k in reversed(range(len(_CELL_SRC))):
-        bwd[:, _CELL_SRC[k]] |= bwd[:, _CELL_DST[k]] & live[:, k]
-    src_ok = fwd[:, list(_CELL_SRC)]
-    dst_ok = bwd[:, list(_CELL_DST)]
-    return src_ok, dst_ok
-
-
 def cell_features(codes: np.ndarray) -> np.ndarray:
     """The reference's counts: per op other than none, edges on a live input-output path, and
     edges whose source is reachable from the input (4 + 4 columns)."""
     codes = codes.astype(int)
-    src_ok, dst_ok = _cell_reach(codes)
-    on_path = [((codes == op) & src_ok & dst_ok).sum(axis=1) for op in range(1, _CELL_OPS)]
-    reached = [((codes == op) & src_ok).sum(axis=1) for op in range(1, _CELL_OPS)]
+    src_ok, dst_ok = cell_reach(codes)
+    on_path = [((codes == op) & src_ok & dst_ok).sum(axis=1) for op in range(1, CELL_OPS)]
+    reached = [((codes == op) & src_ok).sum(axis=1) for op in range(1, CELL_OPS)]
     return np.column_stack(on_path + reached).astype(float)
 
 
@@ -123,8 +98,8 @@ def reference_features(table: Table) -> np.ndarray:
     4 + 4 path counts + a constant (39); for any other encoding, one-hot per categorical
     column (raw value for the others) + a constant."""
     codes = table.encoding_matrix()
-    if _is_cell(codes):
-        onehot = (codes[:, :, None] == np.arange(_CELL_OPS)).reshape(len(codes), -1)
+    if is_cell(codes):
+        onehot = (codes[:, :, None] == np.arange(CELL_OPS)).reshape(len(codes), -1)
         return np.column_stack([onehot, cell_features(codes), np.ones(len(codes))]).astype(float)
     cols = []
     for j in range(codes.shape[1]):
@@ -148,7 +123,7 @@ def design_features(table: Table) -> tuple[np.ndarray, list[tuple[int, ...]]]:
         values = np.unique(group[np.isfinite(group)])
         if len(values) <= MAX_ALPHABET and np.all(values == np.round(values)):
             blocks.append(np.column_stack([(group == v).sum(axis=1) for v in values[1:]]))
-            if _is_cell(group):
+            if is_cell(group):
                 cell = cell_features(group)
                 half = cell.shape[1] // 2
                 blocks += [cell[:, :half], cell[:, half:]]

@@ -28,7 +28,7 @@ POLL_SECONDS = 0.2
 def _serve(conn) -> None:
     """The worker: (target, model bytes, config) in, ("ok", Timing) or ("error", message) out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
-    from toolchain.measure.profile import measure_model
+    from toolchain.measure.backend import measure_model
 
     while True:
         try:

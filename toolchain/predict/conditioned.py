@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.bench.proxy import _cell_reach, _is_cell
 from toolchain.errors import BadInputError
 from toolchain.space import atomic_write
 
 __all__ = [
+    "is_cell", "cell_reach", "CELL_SRC", "CELL_DST", "CELL_OPS",
     "DesignBasis", "design_basis", "ConditionedPredictor", "fit_conditioned",
     "select_reference", "least_squares", "FORMAT_VERSION",
 ]
@@ -52,6 +52,7 @@ FORMAT_VERSION = 1
 MAX_ALPHABET = 16     # an integer column with at most this many values is categorical
 CELL_OPS = 5
 CELL_NODES = 4
+CELL_SRC = (0, 0, 1, 0, 1, 2)   # NAS-Bench-201 edge order 0->1, 0->2, 1->2, 0->3, 1->3, 2->3
 CELL_DST = (1, 2, 2, 3, 3, 3)
 CELL_BASE = 12        # per-op counts (all, reached, live); the rest of the cell basis is finer
 # Isotropic prior variance of the scale-free weights (coarse features), per basis kind. A cell's
@@ -114,12 +115,35 @@ class DesignBasis:
                                               for a in obj["alphabets"]))
 
 
+def is_cell(codes: np.ndarray) -> bool:
+    """A NAS-Bench-201 cell code: 6 edge columns, integer ops in 0..4."""
+    return (codes.shape[1] == len(CELL_SRC) and np.all(np.isfinite(codes))
+            and np.all(codes == np.round(codes)) and codes.min() >= 0
+            and codes.max() < CELL_OPS)
+
+
+def cell_reach(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge: source reachable from node 0, target reaches node 3 (through non-none edges)."""
+    n, live = len(codes), codes != 0
+    fwd = np.zeros((n, 4), bool)
+    fwd[:, 0] = True
+    for k, (s, d) in enumerate(zip(CELL_SRC, CELL_DST, strict=True)):
+        fwd[:, d] |= fwd[:, s] & live[:, k]
+    bwd = np.zeros((n, 4), bool)
+    bwd[:, 3] = True
+    for k in reversed(range(len(CELL_SRC))):
+        bwd[:, CELL_SRC[k]] |= bwd[:, CELL_DST[k]] & live[:, k]
+    src_ok = fwd[:, list(CELL_SRC)]
+    dst_ok = bwd[:, list(CELL_DST)]
+    return src_ok, dst_ok
+
+
 def design_basis(codes: np.ndarray) -> DesignBasis:
     """The basis for a table's encoding matrix (recognized from the values alone)."""
     codes = np.asarray(codes, float)
     if codes.shape[1] == 0:
         raise BadInputError("the table has no design encoding columns")
-    if _is_cell(codes):
+    if is_cell(codes):
         return DesignBasis("cell")
     alphabets = []
     for j in range(codes.shape[1]):
@@ -131,7 +155,7 @@ def design_basis(codes: np.ndarray) -> DesignBasis:
 
 def _cell_basis(codes: np.ndarray) -> np.ndarray:
     ops = codes.astype(int)
-    src_ok, dst_ok = _cell_reach(ops)
+    src_ok, dst_ok = cell_reach(ops)
     live = (ops != 0) & src_ok & dst_ok
     cols = []
     for mask in (np.ones_like(src_ok), src_ok, live):

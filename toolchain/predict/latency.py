@@ -38,13 +38,13 @@ def _units_key() -> str:
     """Key of the cached probe units: a hash of the code that computes them (units, kernel
     grouping, the IR), so a change there can never reuse stale units (a manual version number
     was once left unbumped). Read when this module is imported, with that code."""
-    import toolchain.analysis
+    import passes
     import toolchain.ir
     import toolchain.predict.units
     import toolchain.space
 
     sources = b"".join(Path(m.__file__).read_bytes() for m in (
-        toolchain.predict.units, toolchain.analysis, toolchain.space, toolchain.ir))
+        toolchain.predict.units, passes, toolchain.space, toolchain.ir))
     return hashlib.sha256(sources).hexdigest()[:10]
 
 
@@ -84,8 +84,8 @@ def model_units(source: str | os.PathLike | onnx.ModelProto,
                 runtime: str = "onnxruntime") -> list[Unit]:
     """Units of a model file or proto (imported and analyzed). For a quantized (QDQ) model and
     runtime "onnxruntime", which nodes really run in int8 is asked from onnxruntime."""
+    from passes import load_and_analyze
     from passes.import_onnx import load_model
-    from toolchain.analysis import load_and_analyze
 
     model = source if isinstance(source, onnx.ModelProto) else load_model(source)
     graph = load_and_analyze(model)
@@ -99,7 +99,7 @@ def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
 
     Probe units are cached as JSON next to the cached probe models (analysis takes a while).
     """
-    from toolchain.probe import build_probe, probe_cache_dir, probe_names
+    from toolchain.measure.probe import build_probe, probe_cache_dir, probe_names
 
     if design in probe_names():
         cache = probe_cache_dir() / f"units-{_UNITS_KEY}" / f"{design}.json"
@@ -131,7 +131,7 @@ def predict_model(predictor: KernelPredictor, source, plan: Plan | None = None,
     """Predict a model file/proto, as it is or under a plan."""
     if plan is None:
         return predictor.predict_units(model_units(source), strict)
-    from toolchain.analysis import load_and_analyze
+    from passes import load_and_analyze
 
     return predict_plan(predictor, load_and_analyze(source), plan, strict)
 

@@ -330,8 +330,8 @@ def _conversions(graph: Graph, kernels: list[Kernel], by_node: dict[str, Kernel]
 
 
 def graph_units(graph: Graph, float_nodes: frozenset[str] | None = None) -> list[Unit]:
-    """Units of a graph analyzed by `toolchain.analysis` (kernels in graph.meta)."""
-    return units_of(graph, graph.meta["kernels"], float_nodes)
+    """Units of a graph analyzed by `passes` (kernels in graph.meta)."""
+    return units_of(graph, graph.kernels, float_nodes)
 
 
 _INTEGER_OPS = ("QLinearConv", "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearSigmoid",
@@ -416,10 +416,10 @@ def _structural(graph: Graph, plan: Plan) -> list[Unit]:
 def structural_graph(graph: Graph, plan: Plan) -> Graph:
     """A copy of the analyzed `graph` with the plan's input size, skipped blocks and kernel
     sizes applied (the graph passes the rewrite uses), analyzed again."""
+    from passes import analyze
     from passes.resize_input import ResizeInputPass
     from passes.shrink_kernels import ShrinkKernelsPass
     from passes.skip_blocks import SkipBlocksPass
-    from toolchain.analysis import analyze
     from toolchain.pipeline import PassContext, Pipeline
 
     g = graph.copy()

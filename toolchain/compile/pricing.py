@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from toolchain.compile_costs import PlanCosts
+from toolchain.compile.tables import PlanCosts
 from toolchain.space import Plan
 
 __all__ = ["predictor_cost"]

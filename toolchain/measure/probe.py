@@ -283,8 +283,8 @@ def _shuffle_unit(p, net):  # (cin, cout, stride, hw, groups)
 
 
 def _zoo_net(p) -> onnx.ModelProto:
-    """(kind, resolution, width, k or depth): a whole small network from toolchain.zoo."""
-    from toolchain.zoo import mobilenet_v2, resnet
+    """(kind, resolution, width, k or depth): a whole small network from toolchain.measure.zoo."""
+    from toolchain.measure.zoo import mobilenet_v2, resnet
 
     kind, res, width, extra = p
     if kind == "mbv2":
@@ -577,24 +577,23 @@ def quantize_qdq(model: onnx.ModelProto, nodes: list[str] | None = None,
     """int8 QDQ exactly as the rewrite makes it (`passes.quantize`: BN folded, per-channel
     symmetric int8 weights, int8 activations, followers quantized), with seeded random
     calibration data; `nodes` limits it to those compute kernels (default: all)."""
+    from passes import analyze
     from passes.export_onnx import export_onnx
+    from passes.fold_batchnorm import FoldBatchnormPass
     from passes.import_onnx import import_onnx
-    from passes.quantize import quantize
-    from toolchain.analysis import analyze
+    from passes.quantize import QuantizePass
     from toolchain.calib import synthetic_calib
+    from toolchain.pipeline import PassContext, Pipeline
 
     graph = import_onnx(model)
     analyze(graph)
-    kernels = [k.name for k in graph.meta["kernels"] if k.is_compute]
+    kernels = [k.name for k in graph.kernels if k.is_compute]
     if nodes is not None:
         kernels = [k for k in kernels if k in nodes]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static warns "consider pre-processing" on root
-    try:
-        quantize(graph, kernels, synthetic_calib(graph, n=4, seed=seed, warn=False))
-    finally:
-        root.setLevel(level)
+    calib = synthetic_calib(graph, n=4, seed=seed, warn=False)
+    int8 = tuple(kernels)
+    Pipeline([FoldBatchnormPass(kernels=int8), QuantizePass(kernels=int8)]).run(
+        graph, PassContext(calib=calib, facts={"shapes"}))
     return export_onnx(graph)
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from toolchain.compile_report import Point, render_report
+from toolchain.compile.report import Point, render_report
 from toolchain.optimize.costs import Budget
 from toolchain.optimize.pareto import nondominated, pareto_front
 from toolchain.space import Plan, atomic_write

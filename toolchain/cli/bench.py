@@ -1,17 +1,7 @@
 """`fleetc bench`: the cross-device methods measured on published multi-device tables.
 
-The group `bench` is registered on the root CLI by `toolchain/commands.py`. Other modules add
-their commands to it (`from toolchain.bench.cli import bench`, then `@bench.command("name")`)
-and can reuse the helpers here:
-
-    data_option            # click decorator: repeatable --data FILE (.csv / .csv.gz)
-    load_data(paths)       # -> Table (BadInputError on unknown / missing index / mixed index)
-    parse_budgets(text)    # "0.1,0.25,0.5" -> (0.1, 0.25, 0.5), BadInputError otherwise
-    emit(result, json_out) # write --json atomically and print a short summary line per key
-    progress(text)         # one line on stderr
-
-`bench proxy` is defined here (method in toolchain.bench.proxy); see docs/bench.md.
-"""
+The methods live in `toolchain.bench` (proxy, fewshot, amortize); this module parses options,
+calls them and prints. See docs/bench.md."""
 from __future__ import annotations
 
 import json
@@ -19,9 +9,10 @@ import logging
 
 import click
 
+from toolchain.bench.amortize import AmortizeOptions, run_amortize
+from toolchain.bench.fewshot import METHODS, FewshotOptions, run_fewshot, target_columns
 from toolchain.bench.scores import write_json
 from toolchain.bench.table import Table, load_table, parse_names
-from toolchain.cli import cli
 from toolchain.errors import BadInputError
 
 __all__ = ["bench", "data_option", "load_data", "parse_budgets", "emit", "progress"]
@@ -60,7 +51,7 @@ def emit(result: dict, json_out: str | None) -> None:
     click.echo(json.dumps(scalars, indent=None))
 
 
-@cli.group()
+@click.group()
 def bench() -> None:
     """Evidence on published multi-device tables (protocol: docs/bench.md)."""
 
@@ -95,3 +86,49 @@ def proxy_cmd(data, proxy, targets, samples, verify, objective, budgets, seeds, 
                         objective=objective, budgets=parse_budgets(budgets), seeds=seeds,
                         method=method, selection=selection)
     emit(run_proxy(table, opts, progress=progress), json_out)
+
+
+@bench.command("fewshot")
+@data_option
+@click.option("--train", required=True, help="Training device columns (lat_*), read in full.")
+@click.option("--test", default=None,
+              help="Test columns, comma-separated (default: every other lat_* column).")
+@click.option("--samples", "-k", type=int, default=10, show_default=True,
+              help="K target cells (the fingerprint counts within K).")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--method", type=click.Choice(METHODS), default="conditioned", show_default=True,
+              help="conditioned: this toolchain's predictor; reference: the issue's baseline.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the full results here.")
+def fewshot_cmd(data, train, test, samples, seeds, method, json_out) -> None:
+    """Device-conditioned latency prediction on test devices measured only K times."""
+    table = load_data(data)
+    names = tuple(parse_names(train))
+    opts = FewshotOptions(train=names, targets=target_columns(table, names, test),
+                          samples=samples, seeds=seeds, method=method)
+    emit(run_fewshot(table, opts, progress=progress), json_out)
+
+
+@bench.command("amortize")
+@data_option
+@click.option("--train", required=True, help="Training device columns (lat_*), read in full.")
+@click.option("--test", default=None,
+              help="Test columns, comma-separated (default: every other lat_* column).")
+@click.option("--objective", required=True, help="Objective column (acc*), higher is better.")
+@click.option("--budgets", default="0.1,0.25,0.5", show_default=True,
+              help="Budget quantiles of each target's latencies.")
+@click.option("--samples", "-k", type=int, default=10, show_default=True,
+              help="K target cells (the fingerprint counts within K).")
+@click.option("--verify", "-v", type=int, default=0, show_default=True,
+              help="V more target cells per target to verify candidates before choosing.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Write the full results here.")
+def amortize_cmd(data, train, test, objective, budgets, samples, verify, seeds, json_out) -> None:
+    """Amortized optimizer (one network pass per device) on test devices measured K (+V) times."""
+    table = load_data(data)
+    names = tuple(parse_names(train))
+    opts = AmortizeOptions(train=names, targets=target_columns(table, names, test),
+                           objective=objective, budgets=parse_budgets(budgets), samples=samples,
+                           verify=verify, seeds=seeds)
+    emit(run_amortize(table, opts, progress=progress), json_out)

@@ -22,9 +22,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from toolchain.accuracy import SensitivityTable
 from toolchain.errors import UnsupportedKernelError
 from toolchain.optimize.costs import CostTable, Decision, Metrics, Option
+from toolchain.predict.accuracy import SensitivityTable
 from toolchain.space import Choice, Kernel, Plan, Space
 
 __all__ = ["PlanCosts", "TableSet", "Context", "build_table", "build_tables", "plan_of",

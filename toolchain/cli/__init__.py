@@ -1,4 +1,5 @@
-"""The `fleetc` command line. Each command group lives in its own module and is added here."""
+"""The `fleetc` command line: the root group. Each command group lives in its own module of this
+package and is added here explicitly."""
 from __future__ import annotations
 
 import logging
@@ -52,11 +53,24 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    # One import per command module; a module adds its commands to `cli`.
-    from toolchain import commands  # noqa: F401
+def _add_commands() -> None:
+    # Every command, added explicitly: command modules never import this one.
+    from toolchain.cli.bench import bench
+    from toolchain.cli.compile import compile_cmd
+    from toolchain.cli.fleet import cache_group, fleet_command
+    from toolchain.cli.inspect import inspect_command
+    from toolchain.cli.measure import farm, probe_cmd, profile_cmd
+    from toolchain.cli.predict import predict_cmd, predictor
+    from toolchain.cli.rewrite import rewrite_command
+    from toolchain.cli.targets import targets
+
+    for command in (bench, cache_group, compile_cmd, farm, fleet_command, inspect_command,
+                    predict_cmd, predictor, probe_cmd, profile_cmd, rewrite_command, targets):
+        cli.add_command(command)
+
+
+_add_commands()
 
 
 def main() -> None:
-    _register()
     cli(prog_name="fleetc")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from toolchain.cli import cli
 from toolchain.errors import BadInputError
 from toolchain.measure.timing import TimingConfig
 from toolchain.target import load_target
@@ -22,7 +21,7 @@ def _echo_err(text: str) -> None:
     click.echo(text, err=True)
 
 
-@cli.command("probe")
+@click.command("probe")
 @click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the probe models (<name>.onnx and probes.txt).")
@@ -30,7 +29,7 @@ def _echo_err(text: str) -> None:
               show_default=True, help="All probes, about one in six, or a dozen references.")
 def probe_cmd(target_name: str, out: str, subset: str) -> None:
     """Write the probe models for a target's precisions (to measure on a device)."""
-    from toolchain.probe import probe_set, write_probes
+    from toolchain.measure.probe import probe_set, write_probes
 
     target = load_target(target_name)
     probes = probe_set(target.precisions, subset)
@@ -40,7 +39,7 @@ def probe_cmd(target_name: str, out: str, subset: str) -> None:
                f"design,latency_ms[,energy_mj] (design = file name without .onnx)")
 
 
-@cli.command("profile")
+@click.command("profile")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--probe", "use_probe", is_flag=True, help="Measure the probe set.")
 @click.option("--subset", type=click.Choice(["full", "quick", "fingerprint"]), default="full",
@@ -75,7 +74,7 @@ def profile_cmd(model: str | None, use_probe: bool, subset: str, target_name: st
 
 
 def _probe_designs(target, subset: str):
-    from toolchain.probe import build_probe, probe_set
+    from toolchain.measure.probe import build_probe, probe_set
 
     return [(p.name, lambda n=p.name: build_probe(n)) for p in probe_set(target.precisions,
                                                                           subset)]
@@ -89,7 +88,7 @@ def _model_design(path: str):
     return [(Path(path).stem, lambda: load_model(path))][0]
 
 
-@cli.group("farm")
+@click.group("farm")
 def farm() -> None:
     """A stand-in TVM RPC device farm on this machine (tracker + servers on 127.0.0.1)."""
 

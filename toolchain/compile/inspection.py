@@ -10,7 +10,7 @@ import os
 import numpy as np
 import onnx
 
-from toolchain.analysis import kernels_of, load_and_analyze, space_of, unknown_ops
+from passes import load_and_analyze, unknown_ops
 from toolchain.ir import Graph
 
 __all__ = ["inspect", "inspect_graph", "INSPECT_SCHEMA_VERSION", "format_table"]
@@ -30,7 +30,7 @@ def _shape(shape) -> list | None:
 
 
 def inspect_graph(graph: Graph) -> dict:
-    kernels, space = kernels_of(graph), space_of(graph)
+    kernels, space = graph.kernels, graph.space
     metas = [graph.node(n)["meta"] for n in graph.nx]
     params = sum(int(np.size(w)) for w in graph.initializers.values())
     summary = {
@@ -41,13 +41,13 @@ def inspect_graph(graph: Graph) -> dict:
         "params": params,
         "param_bytes": sum(int(w.nbytes) for w in graph.initializers.values()),
         "design_space_log10": round(space.size_log10(), 3),
-        "notes": list(graph.meta.get("notes", [])),
+        "notes": list(graph.notes),
     }
     rows = [{"name": k.name, "op_type": k.op_type, "fused": list(k.fused), "nodes": list(k.nodes),
              "input_shape": _shape(k.input_shape), "output_shape": _shape(k.output_shape),
              "macs": k.macs, "flops": k.flops, "params": k.params,
              "options": space.options.get(k.name, {})} for k in kernels]
-    return {"schema_version": INSPECT_SCHEMA_VERSION, "model": graph.meta.get("source"),
+    return {"schema_version": INSPECT_SCHEMA_VERSION, "model": graph.source,
             "summary": summary, "kernels": rows,
             "skip_blocks": {b: list(n) for b, n in space.blocks.items()},
             "resolutions": {"input": space.input_name, "sizes": space.resolutions},

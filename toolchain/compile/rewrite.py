@@ -18,20 +18,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from passes import plan_passes
 from passes.count_costs import node_macs
 from passes.export_onnx import export_onnx
-from passes.prune_channels import PruneChannelsPass
-from passes.quantize import QuantizePass
-from passes.resize_input import ResizeInputPass, resize_images
-from passes.shrink_kernels import ShrinkKernelsPass
-from passes.skip_blocks import SkipBlocksPass
-from passes.to_fp16 import ToFp16Pass
+from passes.resize_input import resize_images
 from toolchain.calib import CalibData, load_calib, synthetic_calib
 from toolchain.ir import Graph
-from toolchain.pipeline import Pass, PassContext, PassRecord, Pipeline
+from toolchain.pipeline import PassContext, PassRecord, Pipeline
 from toolchain.space import PRECISIONS, Plan
 
-__all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelCost", "plan_passes",
+__all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelCost",
            "check_model", "kernel_costs"]
 
 logger = logging.getLogger(__name__)
@@ -101,22 +97,6 @@ def _resized(calib: CalibData | None, shapes: dict[str, list[int]]) -> CalibData
     inputs = {k: (resize_images(v, *shapes[k][2:4]) if k in shapes and v.ndim == 4 else v)
               for k, v in calib.inputs.items()}
     return CalibData(inputs, calib.labels, calib.source)
-
-
-def plan_passes(plan: Plan, removed: set[str], reconstruct: bool = True) -> list[Pass]:
-    """The passes that carry out `plan` (choices for `removed` kernels left out), in order.
-    `reconstruct=False` prunes without refitting the consumers (for comparison only)."""
-    live = {k: c for k, c in plan.kernels.items() if k not in removed}
-    return [
-        ResizeInputPass(shapes={k: tuple(v) for k, v in plan.input_shape.items()}),
-        SkipBlocksPass(blocks=tuple(plan.skip_blocks)),
-        ShrinkKernelsPass(sizes={k: c.kernel_size for k, c in live.items()
-                                 if c.kernel_size is not None}),
-        PruneChannelsPass(widths={k: c.width for k, c in live.items() if c.width < 1.0},
-                          reconstruct=reconstruct),
-        QuantizePass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "int8"))),
-        ToFp16Pass(kernels=tuple(sorted(k for k, c in live.items() if c.precision == "fp16"))),
-    ]
 
 
 def _weight_bytes(graph: Graph, node: str) -> int:
@@ -218,15 +198,15 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
             calib: CalibData | str | os.PathLike | None = None, target=None,
             check: bool = True, reconstruct: bool = True) -> RewriteResult:
     """Apply `plan`; the source is never modified. See the module doc for the order."""
-    from toolchain.analysis import analyze, kernels_of, space_of
+    from passes import analyze
 
     graph = _graph(source)
     plan = _plan(plan)
     precisions, target_name = _precisions(plan, target)
     analyze(graph)
-    space = space_of(graph)
+    space = graph.space
     plan.check(space, precisions)
-    kernels = {k.name: k.nodes for k in kernels_of(graph) if k.is_compute}
+    kernels = {k.name: k.nodes for k in graph.kernels if k.is_compute}
     before = kernel_costs(graph, kernels)
     removed_nodes = {n for b in plan.skip_blocks for n in space.blocks[b]}
     dropped = tuple(sorted(k for k in plan.kernels if k in removed_nodes))

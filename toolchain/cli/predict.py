@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from toolchain.cli import cli
 from toolchain.errors import BadInputError
 from toolchain.target import load_target
 
@@ -16,7 +15,7 @@ __all__ = ["predictor", "predict_cmd"]
 logger = logging.getLogger(__name__)
 
 
-@cli.group("predictor")
+@click.group("predictor")
 def predictor() -> None:
     """Fit and inspect per-target latency predictors."""
 
@@ -76,7 +75,7 @@ def show_cmd(target_name: str) -> None:
     click.echo(json.dumps(model.meta, indent=2, sort_keys=True))
 
 
-@cli.command("predict")
+@click.command("predict")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", "target_name", required=True, help="Target name (fleetc targets).")
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),

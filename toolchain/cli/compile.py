@@ -5,14 +5,12 @@ import logging
 
 import click
 
-from toolchain.cli import cli
-
 __all__ = ["compile_cmd"]
 
 logger = logging.getLogger(__name__)
 
 
-@cli.command("compile")
+@click.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", required=True, help="Target name (see `fleetc targets`).")
 @click.option("--latency-ms", type=float, help="Latency budget (predicted), ms.")
@@ -29,7 +27,7 @@ logger = logging.getLogger(__name__)
 def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, seed,
                 no_measure, outdir) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
-    from toolchain.compile import compile_model
+    from toolchain.compile.driver import compile_model
 
     result = compile_model(model, target, outdir, latency_ms=latency_ms, energy_mj=energy_mj,
                            max_accuracy_drop=max_accuracy_drop, calib=calib, seed=seed,

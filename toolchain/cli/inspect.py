@@ -6,13 +6,12 @@ import json
 import click
 
 from passes.import_onnx import parse_input_shape
-from toolchain.cli import cli
-from toolchain.inspection import format_table, inspect
+from toolchain.compile.inspection import format_table, inspect
 
 __all__ = ["inspect_command"]
 
 
-@cli.command("inspect")
+@click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (schema in README).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x224x224",

@@ -188,7 +188,7 @@ def _describe(predictor) -> str:
 
 def _cost(target_name: str, prep, predictor) -> tuple:
     """(cost function, predictor name, warnings) for compile_model."""
-    from toolchain.compile_predict import predictor_cost
+    from toolchain.compile.pricing import predictor_cost
     from toolchain.target import load_target
 
     cost, name, warnings = predictor_cost(load_target(target_name), prep, predictor=predictor)

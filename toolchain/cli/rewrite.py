@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from toolchain.cli import cli
+from toolchain.compile.rewrite import RewriteResult, rewrite
 from toolchain.errors import BadInputError
-from toolchain.rewrite import RewriteResult, rewrite
 from toolchain.space import atomic_write
 
 __all__ = ["rewrite_command", "format_costs"]
@@ -41,7 +40,7 @@ def format_costs(result: RewriteResult) -> str:
     return "\n".join(lines)
 
 
-@cli.command("rewrite")
+@click.command("rewrite")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--plan", "plan_path", required=True, type=click.Path(path_type=str),
               help="Plan JSON (schema: docs/rewrite.md).")

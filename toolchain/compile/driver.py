@@ -3,7 +3,7 @@
 Stages (each reusable; the fleet command runs `prepare` once and `compile_model` per device):
 1. prepare: import + analyze the model (kernels, design space), load the calibration data,
    score the fp32 model, and measure the sensitivity of every atomic change (cached on disk).
-2. cost tables: the target's predictor prices every option (toolchain.compile_costs).
+2. cost tables: the target's predictor prices every option (toolchain.compile.tables).
 3. optimize: the exact solver per input resolution (re-linearized around its solutions), the
    evolutionary search (whole-plan predictions), the greedy baseline and the uniform baselines
    (all int8, all pruned) each propose a plan; proposals whose whole-plan prediction misses
@@ -37,14 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.accuracy import (
-    AccuracyEstimator,
-    Score,
-    SensitivityTable,
-    cache_key,
-    measure_sensitivity,
-)
-from toolchain.compile_costs import (
+from toolchain.compile.tables import (
     Context,
     PlanCostFn,
     TableSet,
@@ -61,6 +54,13 @@ from toolchain.optimize.costs import Budget, Metrics, check_feasible
 from toolchain.optimize.evolve import solve_evolve
 from toolchain.optimize.exact import solve_exact
 from toolchain.optimize.greedy import solve_greedy
+from toolchain.predict.accuracy import (
+    AccuracyEstimator,
+    Score,
+    SensitivityTable,
+    cache_key,
+    measure_sensitivity,
+)
 from toolchain.space import Choice, Kernel, Plan, Space, atomic_write
 
 __all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
@@ -111,7 +111,7 @@ class Prepared:
     def rewrite(self, plan: Plan) -> onnx.ModelProto:
         """The model rewritten by a plan (issue 3's passes, checked in onnxruntime there);
         the last few are kept, since compile measures a plan and then builds it."""
-        from toolchain.rewrite import apply_plan
+        from toolchain.compile.rewrite import apply_plan
 
         key = replace(plan, target=None).to_json()
         if key not in self._models:
@@ -124,7 +124,7 @@ class Prepared:
         """The rewrite for sensitivity: int8 ranges and pruning reconstruction fit on the first
         SENSITIVITY_CALIB samples (hundreds of single changes; the plans compile measures and
         builds use every sample)."""
-        from toolchain.rewrite import apply_plan
+        from toolchain.compile.rewrite import apply_plan
 
         return apply_plan(self.model, plan, calib=self.calib.take(SENSITIVITY_CALIB))
 
@@ -168,8 +168,8 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
             *, samples: int | None = None, cache: bool = True,
             progress: Progress | None = None) -> Prepared:
     """Import and analyze the model, load calibration data, score fp32 (shared work)."""
+    from passes import analyze
     from passes.import_onnx import load_model
-    from toolchain.analysis import analyze, kernels_of, space_of
     from toolchain.calib import load_calib, synthetic_calib
     from toolchain.home import cache_dir
 
@@ -201,8 +201,8 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
         digest = f"{calib_sha or 'synthetic'}|fit{SENSITIVITY_CALIB}"
         sens_cache = cache_dir(create=True) / "sensitivity" / \
             f"{cache_key(raw, digest, len(data))}.json"
-    return Prepared(source, proto, hashlib.sha256(raw).hexdigest(), graph, kernels_of(graph),
-                    space_of(graph), data, calib_sha, estimator, shape, sens_cache, warnings)
+    return Prepared(source, proto, hashlib.sha256(raw).hexdigest(), graph, graph.kernels,
+                    graph.space, data, calib_sha, estimator, shape, sens_cache, warnings)
 
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
@@ -259,7 +259,7 @@ def _cost_function(tgt, prep: Prepared, cost: PlanCostFn | None, name: str | Non
     """The target's plan-cost function, with energy from the predictor or the power figure."""
     warnings: list[str] = []
     if cost is None:
-        from toolchain.compile_predict import predictor_cost
+        from toolchain.compile.pricing import predictor_cost
 
         cost, name, warnings = predictor_cost(tgt, prep)
     if not _has_energy(cost, prep) and (need_energy or tgt.power_w is not None):
@@ -487,7 +487,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             warnings: list[str], outdir: Path, measure_latency: bool,
             say: Progress) -> CompileResult:
     from passes.emit_tvm import emit_tvm
-    from toolchain.compile_output import kernel_rows, report_points, write_outdir
+    from toolchain.compile.output import kernel_rows, report_points, write_outdir
 
     model = prep.rewrite(chosen.plan)
     parent = outdir.resolve().parent
@@ -543,7 +543,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
 
 def _resized(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Check inputs at the rewritten model's input size (a plan may change the resolution)."""
-    from toolchain.accuracy import resize_nchw
+    from toolchain.predict.accuracy import resize_nchw
 
     out = {}
     for vi in model.graph.input:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from toolchain.cli import cli
-from toolchain.fleet import raise_if_failed, run_fleet, write_depfile
-from toolchain.fleet_spec import load_fleet
+from toolchain.fleet.run import raise_if_failed, run_fleet, write_depfile
+from toolchain.fleet.spec import load_fleet
 from toolchain.home import cache_dir
 
 __all__ = ["fleet_command", "cache_group"]
@@ -35,7 +34,7 @@ def summary_table(result, fleet) -> str:
     return "\n".join(fmt.format(*r) for r in [header, *rows])
 
 
-@cli.command("fleet")
+@click.command("fleet")
 @click.argument("fleet_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
               help="Output folder: one sub-folder per device plus fleet.json.")
@@ -60,7 +59,7 @@ def fleet_command(fleet_file: Path, outdir: Path, jobs: int, executor: str | Non
     raise_if_failed(result)
 
 
-@cli.group("cache")
+@click.group("cache")
 def cache_group() -> None:
     """The build cache under $FLEETC_HOME/cache."""
 

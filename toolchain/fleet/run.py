@@ -3,7 +3,7 @@
 Flow: the shared work (import, kernels, design space, fp32 score and the per-change accuracy
 sensitivity, measured once and kept in the on-disk cache) is done first, once; then every
 device that is not already in the build cache is optimized, rewritten and built by
-`toolchain.compile.compile_model` - in this process (`--jobs 1`), in worker processes
+`toolchain.compile.driver.compile_model` - in this process (`--jobs 1`), in worker processes
 (`--jobs N`) or on a Dask cluster (`--executor dask://HOST:PORT`). A device that fails is
 reported and the others are still built (exit 4).
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import BadInputError, FleetcError, PartialFailureError
-from toolchain.fleet_spec import Device, Fleet, canonical, sha256_file
+from toolchain.fleet.spec import Device, Fleet, canonical, sha256_file
 from toolchain.home import cache_dir
 from toolchain.space import atomic_write
 
@@ -80,12 +80,10 @@ def _versions() -> dict[str, str]:
 def _source_digest() -> str:
     """sha256 of fleetc's own Python sources (toolchain/, passes/): in an editable checkout
     a code change rebuilds too, not only a new version."""
-    import passes
-    import toolchain
-
+    project = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
-    for package in (toolchain, passes):
-        root = Path(package.__file__).parent
+    for package in ("toolchain", "passes"):
+        root = project / package
         for f in sorted(root.rglob("*.py")):
             digest.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:32]
@@ -137,11 +135,11 @@ def _cost_for(device: Device, prep):
     """(cost function, predictor name, warnings) for devices not profiled here; a None cost
     means the target's own predictor."""
     if device.known_by == "fewshot":
-        from toolchain.predict.fleet_costs import fewshot_cost
+        from toolchain.fleet.pricing import fewshot_cost
 
         return fewshot_cost(device, prep)
     if device.known_by == "fingerprint":
-        from toolchain.predict.fleet_costs import fingerprint_cost
+        from toolchain.fleet.pricing import fingerprint_cost
 
         return fingerprint_cost(device, prep)
     return None, None, []
@@ -149,7 +147,7 @@ def _cost_for(device: Device, prep):
 
 def build_device(job: dict) -> DeviceOutcome:
     """Build one device into the cache (top level: runs in workers and on Dask)."""
-    from toolchain.compile import compile_model, prepare
+    from toolchain.compile.driver import compile_model, prepare
 
     if job.get("home"):
         os.environ["FLEETC_HOME"] = job["home"]
@@ -254,7 +252,7 @@ class _Pool:
 
 def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
     """Import, analysis and sensitivity once, before any device is dispatched."""
-    from toolchain.compile import prepare
+    from toolchain.compile.driver import prepare
     from toolchain.target import load_target
 
     say(f"shared work: importing {fleet.model.name} and measuring accuracy sensitivity")
