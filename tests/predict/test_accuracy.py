@@ -9,13 +9,13 @@ import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from passes.resize_input import resize_images
 from toolchain.errors import BadInputError
 from toolchain.predict.accuracy import (
     AccuracyEstimator,
     choice_key,
     effective_drop,
     measure_sensitivity,
-    resize_nchw,
 )
 from toolchain.space import Choice, Plan
 
@@ -81,8 +81,8 @@ def test_smaller_input_resolution_is_fed_resized(data):
     est = AccuracyEstimator(classifier(W), {"x": x}, labels)
     # Average pooling commutes with a 2x bilinear downscale: the same predictions.
     assert est.score(classifier(W, size=2)).top1 == pytest.approx(90.0)
-    assert resize_nchw(x, (2, 2)).shape == (50, 2, 2, 2)
-    assert np.allclose(resize_nchw(x, (4, 4)), x)
+    assert resize_images(x, 2, 2).shape == (50, 2, 2, 2)
+    assert np.allclose(resize_images(x, 4, 4), x)
 
 
 def test_sensitivity_is_measured_once_and_cached(data, tmp_path):

@@ -1,6 +1,6 @@
 """compile_model / `fleetc compile` on a small MobileNetV2-style model with labelled data.
 
-The target's predictor is replaced by a MAC-proportional cost function (tests/test_compile_costs)
+The target's predictor is replaced by a MAC-proportional cost function (tests/compile/test_tables)
 so these tests depend on the rewrite, accuracy and TVM stages, not on a fitted package."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from passes.emit_tvm import EmitError, elf_arch
-from tests.test_compile_costs import fake_cost
+from tests.compile.test_tables import fake_cost
 from toolchain.cli import cli
 from toolchain.compile.driver import compile_model, prepare
 from toolchain.errors import InfeasibleError

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from toolchain.cli import cli
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 pytestmark = pytest.mark.xdist_group("fleet")
 
 TWO_HOSTS = '''
@@ -161,7 +161,7 @@ def test_make_runs_fleetc_once_and_again_after_touching_the_model(work):
         pytest.fail("make is needed for the build-system example")
     text = TWO_HOSTS.format(b=4.0).split("[[device]]")
     (work / "fleet.toml").write_text(text[0] + "[[device]]" + text[1])
-    shutil.copy(Path(__file__).parent.parent / "examples" / "make" / "Makefile", work)
+    shutil.copy(Path(__file__).parents[2] / "examples" / "make" / "Makefile", work)
     fleetc = str(Path(sys.executable).parent / "fleetc")
 
     def make() -> str:

@@ -14,7 +14,7 @@ from passes import load_and_analyze
 from toolchain.calib import load_calib
 from toolchain.compile.rewrite import apply_plan, rewrite
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 MODEL = FIXTURES / "digits_mbv2.onnx"
 
 
