@@ -3,7 +3,7 @@
 Pre-condition: the fold_batchnorm pass ran just before on the same kernels, so a quantized
 kernel is one Conv (onnxruntime fuses DQ -> Conv -> Q into an integer kernel; a Conv followed
 by a float BN would stay float). Rule: `onnxruntime.quantization.quantize_static` runs with
-`quant_format=QDQ`, per-channel symmetric int8 weights, int8 activations calibrated (MinMax)
+`quant_format=QDQ`, per-channel symmetric int8 weights, uint8 activations calibrated (MinMax)
 on the calibration data, and `nodes_to_quantize` = the int8 kernels' nodes plus the
 data-movement / elementwise nodes (Add, pooling, Concat, ...) all of whose inputs come from
 quantized nodes; everything else is excluded and stays float. Never the QOperator or dynamic

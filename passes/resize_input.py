@@ -19,7 +19,7 @@ from toolchain.errors import BadInputError
 from toolchain.ir import Graph, TensorInfo
 from toolchain.pipeline import Pass, PassContext, PassResult
 
-__all__ = ["ResizeInputPass", "resize_input", "resize_images"]
+__all__ = ["ResizeInputPass", "resize_input", "resize_images", "fit_to_shape"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ def resize_images(x: np.ndarray, height: int, width: int) -> np.ndarray:
     (r0, r1, fr), (c0, c1, fc) = axis(x.shape[2], height), axis(x.shape[3], width)
     rows = x[:, :, r0, :] * (1 - fr)[:, None] + x[:, :, r1, :] * fr[:, None]
     return (rows[:, :, :, c0] * (1 - fc) + rows[:, :, :, c1] * fc).astype(x.dtype)
+
+
+def fit_to_shape(x: np.ndarray, shape) -> np.ndarray:
+    """An NCHW batch resized to `shape`'s spatial size when that is known (positive integers)
+    and differs from the batch's; any other array as it is."""
+    if x.ndim == 4 and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]) \
+            and tuple(shape[2:]) != x.shape[2:]:
+        return resize_images(x, shape[2], shape[3])
+    return x
 
 
 @dataclass

@@ -195,8 +195,10 @@ def _defs(pattern: str) -> list[str]:
     ("sha256 of a file", r"^\s*def _?sha256_file\b"),
     ("image resize", r"^\s*def _?(resize_images|resize_nchw|_resized)\b"),
     ("tool versions", r"^\s*def _?(tool_versions|_versions|_tools)\b"),
-    ("choice label", r"^\s*def _?(choice_label|_label|_parts)\b"),
+    ("choice label", r"^\s*def _?(choice_label|_label|_parts|label)\b"),
     ("measured designs to predictor units", r"^\s*def _?(designs_to_units|measured_units)\b"),
+    ("designs already in a CSV", r"^\s*def _?measured_designs\b"),
+    ("a model to fp16", r"^\s*def _?to_fp16\b"),
 ])
 def test_one_definition_per_concept(what, pattern):
     found = _defs(pattern)

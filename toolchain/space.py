@@ -11,19 +11,20 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolchain.errors import BadInputError
+from toolchain.files import atomic_write
 
-__all__ = ["Kernel", "Choice", "Space", "Plan", "PLAN_VERSION", "PRECISIONS", "WIDTHS",
-           "atomic_write", "pruned_channels"]
+__all__ = ["Kernel", "Choice", "Space", "Plan", "PLAN_VERSION", "PRECISIONS", "BYTES_PER_PRECISION",
+           "WIDTHS", "pruned_channels"]
 
 logger = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
+BYTES_PER_PRECISION = {"fp32": 4, "fp16": 2, "int8": 1}   # bytes per weight / activation element
 WIDTHS = (1.0, 0.75, 0.5)
 
 
@@ -77,6 +78,16 @@ class Choice:
     width: float = 1.0
     kernel_size: int | None = None
 
+    @property
+    def label(self) -> str:
+        """Short text for tables and reports: "int8", "fp32/w0.75", "fp16/k3"."""
+        parts = [self.precision]
+        if self.width != 1.0:
+            parts.append(f"w{self.width:g}")
+        if self.kernel_size is not None:
+            parts.append(f"k{self.kernel_size}")
+        return "/".join(parts)
+
     def to_json(self) -> dict:
         out: dict = {"precision": self.precision}
         if self.width != 1.0:
@@ -112,22 +123,6 @@ class Space:
         return [Choice(p, w, None if k == sizes[0] else k)
                 for p in o.get("precision", ["fp32"]) if p in precisions
                 for w in o.get("width", [1.0]) for k in sizes]
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass

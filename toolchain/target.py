@@ -30,6 +30,7 @@ from typing import Any
 
 from toolchain.errors import BadInputError
 from toolchain.home import targets_dir
+from toolchain.space import PRECISIONS
 
 __all__ = [
     "Target", "Measure", "load_target", "list_targets", "builtin_dir", "parse_target",
@@ -38,7 +39,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 MEASURE_KINDS = ("local-ort", "local-tvm", "rpc")
 _TOP_KEYS = {"name", "description", "precisions", "predictor", "tvm_target", "cross_compiler",
              "power_w", "measure", "features"}

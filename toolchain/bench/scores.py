@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from toolchain.files import atomic_write
+from toolchain.predict.kernel import rankdata, spearman
 
 __all__ = [
     "rankdata", "spearman", "acc10", "held_out", "budget_of", "choose_direct", "outcome",
@@ -38,27 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing their average rank (as scipy's default)."""
-    x = np.asarray(x, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    average = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat(average, ends - starts)
-    return ranks
-
-
-def spearman(pred: np.ndarray, true: np.ndarray) -> float:
-    """Spearman rank correlation; 0.0 when either side is constant."""
-    a, b = rankdata(pred), rankdata(true)
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
 def acc10(pred: np.ndarray, true: np.ndarray) -> float:
@@ -169,15 +149,5 @@ class BudgetTally:
 
 
 def write_json(path: str | Path, obj: object) -> None:
-    """Write JSON atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

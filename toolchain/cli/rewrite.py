@@ -8,7 +8,7 @@ import click
 
 from toolchain.compile.rewrite import RewriteResult, rewrite
 from toolchain.errors import BadInputError
-from toolchain.space import atomic_write
+from toolchain.files import atomic_write
 
 __all__ = ["rewrite_command", "format_costs"]
 

@@ -82,7 +82,7 @@ def calibrate_cmd(target_name: str, proxy_name: str, measurements: str, out: str
     """Calibrate the PROXY's latency predictor for TARGET from a few measurements."""
     from toolchain.home import predictors_dir
     from toolchain.measure.records import read_measurements
-    from toolchain.predict.kernel import data_hash
+    from toolchain.predict.kernel import data_hash, measured_units
     from toolchain.predict.latency import design_units, load_predictor
     from toolchain.predict.transfer import calibrate_kernel_predictor
     from toolchain.target import load_target
@@ -93,14 +93,7 @@ def calibrate_cmd(target_name: str, proxy_name: str, measurements: str, out: str
     proxy = load_predictor(proxy_target)
     rows = read_measurements(measurements)
     folder = Path(measurements).resolve().parent
-    designs, latency, unknown = [], [], []
-    for row in rows:
-        units = design_units(row.design, folder)
-        if units is None:
-            unknown.append(row.design)
-            continue
-        designs.append(units)
-        latency.append(row.latency_ms)
+    designs, latency, unknown = measured_units(rows, lambda design: design_units(design, folder))
     if unknown:
         click.echo(f"skipped {len(unknown)} design(s) that are neither probes nor model files: "
                    f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}", err=True)

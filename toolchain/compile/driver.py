@@ -24,7 +24,6 @@ predictions and the measured accuracy, never on timing.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from toolchain.compile.tables import (
     plan_of,
 )
 from toolchain.errors import BadInputError, InfeasibleError
+from toolchain.files import atomic_write, replace_dir, sha256_file, tool_versions
 from toolchain.optimize.costs import Budget, Metrics, check_feasible
 from toolchain.optimize.evolve import solve_evolve
 from toolchain.optimize.exact import solve_exact
@@ -61,7 +61,7 @@ from toolchain.predict.accuracy import (
     cache_key,
     measure_sensitivity,
 )
-from toolchain.space import Choice, Kernel, Plan, Space, atomic_write
+from toolchain.space import Choice, Kernel, Plan, Space
 
 __all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
            "MANIFEST_VERSION"]
@@ -156,14 +156,6 @@ class CompileResult:
     candidates: tuple[Candidate, ...]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike | None = None,
             *, samples: int | None = None, cache: bool = True,
             progress: Progress | None = None) -> Prepared:
@@ -183,7 +175,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
     warnings = []
     if calib is not None:
         data = load_calib(calib, graph)
-        calib_sha = _sha256_file(Path(calib))
+        calib_sha = sha256_file(Path(calib))
     else:
         data = synthetic_calib(graph)
         calib_sha = None
@@ -462,16 +454,6 @@ def _pick(ok: list[Candidate], objective: str) -> Candidate:
                                   c.plan.to_json()))
 
 
-def _tools() -> dict[str, str]:
-    out = {}
-    for dist in ("fleetc", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
-
-
 def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | None:
     """Latency of the rewritten model on the target when it runs here (report only)."""
     if tgt.measure.kind != "local-ort":
@@ -498,7 +480,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         say(f"building for {tgt.name} with TVM")
         feeds = {k: v[:1] for k, v in prep.calib.inputs.items()}
         emitted = emit_tvm(model, tgt, tmp, cross_compiler=tgt.cross_compiler,
-                           inputs=_resized(feeds, model))
+                           inputs=_at_input_size(feeds, model))
         warnings += list(emitted.warnings)
         latency = _measured_latency(tgt, model, say) if measure_latency else None
         m = chosen.metrics
@@ -506,7 +488,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "version": MANIFEST_VERSION,
             "target": tgt.name,
             "inputs": {"model_sha256": prep.model_sha256, "calib_sha256": prep.calib_sha256},
-            "tools": _tools(),
+            "tools": tool_versions(),
             "budgets": {"latency_ms": budget.latency_ms, "energy_mj": budget.energy_mj,
                         "max_accuracy_drop": budget.max_drop},
             "objective": "least accuracy drop" if objective == "drop" else "least latency",
@@ -527,13 +509,13 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
                     "max_abs_error": emitted.max_abs_error,
                     "int8_runs_in_float": emitted.int8_in_float},
             "artifacts": [{"path": "model.onnx",
-                           "sha256": _sha256_file(tmp / "model.onnx"), "arch": "onnx"}]
+                           "sha256": sha256_file(tmp / "model.onnx"), "arch": "onnx"}]
             + [{"path": a.path, "sha256": a.sha256, "arch": a.arch} for a in emitted.artifacts],
             "warnings": sorted(set(warnings)),
         }
         write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
                      kernel_rows(ctx, chosen.plan), candidates, budget)
-        _replace_dir(tmp, outdir)
+        replace_dir(tmp, outdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -541,29 +523,13 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
     return CompileResult(outdir, chosen.plan, manifest, tuple(candidates))
 
 
-def _resized(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _at_input_size(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Check inputs at the rewritten model's input size (a plan may change the resolution)."""
-    from toolchain.predict.accuracy import resize_nchw
+    from passes.resize_input import fit_to_shape
 
-    out = {}
-    for vi in model.graph.input:
-        if vi.name not in feeds:
-            continue
-        x = feeds[vi.name]
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        if x.ndim == 4 and len(dims) == 4 and dims[2] > 0 and tuple(dims[2:]) != x.shape[2:]:
-            x = resize_nchw(x, (dims[2], dims[3]))
-        out[vi.name] = x
-    return out
+    return {vi.name: fit_to_shape(feeds[vi.name],
+                                  [d.dim_value for d in vi.type.tensor_type.shape.dim])
+            for vi in model.graph.input if vi.name in feeds}
 
 
-def _replace_dir(tmp: Path, outdir: Path) -> None:
-    """Put the finished folder in place; an existing OUTDIR is replaced only at the end."""
-    if outdir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
-        os.replace(outdir, old / "x")
-        os.replace(tmp, outdir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, outdir)
 

@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 
 from toolchain.compile.report import Point, render_report
+from toolchain.files import atomic_write
 from toolchain.optimize.costs import Budget
 from toolchain.optimize.pareto import nondominated, pareto_front
-from toolchain.space import Plan, atomic_write
+from toolchain.space import Plan
 
 __all__ = ["write_outdir", "report_points", "kernel_rows", "candidate_rows"]
 
@@ -50,7 +51,7 @@ def kernel_rows(ctx, plan: Plan) -> list[list]:
         if c is None or k.name not in ctx.space.options:
             continue
         back = replace(plan, kernels={n: v for n, v in plan.kernels.items() if n != k.name})
-        rows.append([k.name, k.op_type, k.macs, "/".join(_parts(c)),
+        rows.append([k.name, k.op_type, k.macs, c.label,
                      round(total - ctx.cost(back).latency_ms, 4),
                      round(ctx.sensitivity.kernel(k.name, c), 4)])
     for b in sorted(skipped):
@@ -62,15 +63,6 @@ def kernel_rows(ctx, plan: Plan) -> list[list]:
         rows.append(["input", "resolution", None, f"{shape[2]}x{shape[3]}", None,
                      round(ctx.sensitivity.resolution(shape[2], r0), 4) if r0 else None])
     return rows
-
-
-def _parts(c) -> list[str]:
-    parts = [c.precision]
-    if c.width != 1.0:
-        parts.append(f"w{c.width:g}")
-    if c.kernel_size is not None:
-        parts.append(f"k{c.kernel_size}")
-    return parts
 
 
 def candidate_rows(candidates, budget: Budget) -> list[list]:

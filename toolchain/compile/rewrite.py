@@ -1,8 +1,9 @@
 """Apply a plan to a model: the one entry point that compile, fleet and `fleetc rewrite` call.
 
-Order of the passes (each in `passes/`): resize_input -> skip_blocks -> shrink_kernels ->
-prune_channels -> quantize (int8) -> to_fp16. Structure first, then widths (reconstruction
-sees the final structure), then precision (int8 ranges are calibrated on the final weights).
+The passes are `passes.plan_passes(plan)`: resize_input -> skip_blocks -> shrink_kernels ->
+prune_channels -> fold_batchnorm -> quantize (int8) -> to_fp16. Structure first, then widths
+(reconstruction sees the final structure), then precision (int8 ranges are calibrated on the
+final weights).
 Before anything runs the plan is checked against the model's design space and the target's
 precisions (BadInputError naming the first illegal choice); choices for kernels inside a
 skipped block are dropped (the block is gone). After the passes the result is checked:
@@ -21,20 +22,20 @@ import onnx
 from passes import plan_passes
 from passes.count_costs import node_macs
 from passes.export_onnx import export_onnx
-from passes.resize_input import resize_images
+from passes.resize_input import fit_to_shape
 from toolchain.calib import CalibData, load_calib, synthetic_calib
 from toolchain.ir import Graph
 from toolchain.pipeline import PassContext, PassRecord, Pipeline
 from toolchain.space import PRECISIONS, Plan
 
-__all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelCost",
-           "check_model", "kernel_costs"]
+__all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelSize",
+           "check_model", "kernel_sizes"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class KernelCost:
+class KernelSize:
     """One kernel's multiply-accumulates and parameter bytes (weights as stored)."""
 
     name: str
@@ -47,8 +48,8 @@ class KernelCost:
 @dataclass(frozen=True)
 class RewriteResult:
     model: onnx.ModelProto
-    before: dict[str, KernelCost]
-    after: dict[str, KernelCost]      # kernels that still exist, by their original names
+    before: dict[str, KernelSize]
+    after: dict[str, KernelSize]      # kernels that still exist, by their original names
     records: tuple[PassRecord, ...] = ()
     dropped: tuple[str, ...] = ()     # plan choices for kernels removed with a skipped block
     synthetic_calib: bool = False
@@ -91,11 +92,11 @@ def _calib(calib, graph: Graph, needed: bool) -> CalibData | None:
     return synthetic_calib(graph) if needed else None
 
 
-def _resized(calib: CalibData | None, shapes: dict[str, list[int]]) -> CalibData | None:
+def _calib_at(calib: CalibData | None, shapes: dict[str, list[int]]) -> CalibData | None:
+    """Calibration images at the plan's input size (int8 ranges are calibrated on them)."""
     if calib is None or not shapes:
         return calib
-    inputs = {k: (resize_images(v, *shapes[k][2:4]) if k in shapes and v.ndim == 4 else v)
-              for k, v in calib.inputs.items()}
+    inputs = {k: fit_to_shape(v, list(shapes.get(k, ()))) for k, v in calib.inputs.items()}
     return CalibData(inputs, calib.labels, calib.source)
 
 
@@ -116,7 +117,7 @@ def _weight_bytes(graph: Graph, node: str) -> int:
     return total
 
 
-def kernel_costs(graph: Graph, kernels: dict[str, tuple[str, ...]]) -> dict[str, KernelCost]:
+def kernel_sizes(graph: Graph, kernels: dict[str, tuple[str, ...]]) -> dict[str, KernelSize]:
     """Costs of the named kernels (name -> nodes) that exist in `graph`."""
     out = {}
     for name, nodes in kernels.items():
@@ -128,7 +129,7 @@ def kernel_costs(graph: Graph, kernels: dict[str, tuple[str, ...]]) -> dict[str,
         precision = ("int8" if p is not None and graph.op(p) == "DequantizeLinear" else
                      "fp16" if graph.dtype(graph.node(name)["inputs"][0]) == "float16"
                      else "fp32")
-        out[name] = KernelCost(name, graph.op(name), node_macs(graph, name),
+        out[name] = KernelSize(name, graph.op(name), node_macs(graph, name),
                                sum(_weight_bytes(graph, n) for n in live), precision)
     return out
 
@@ -207,13 +208,13 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
     space = graph.space
     plan.check(space, precisions)
     kernels = {k.name: k.nodes for k in graph.kernels if k.is_compute}
-    before = kernel_costs(graph, kernels)
+    before = kernel_sizes(graph, kernels)
     removed_nodes = {n for b in plan.skip_blocks for n in space.blocks[b]}
     dropped = tuple(sorted(k for k in plan.kernels if k in removed_nodes))
     needs_data = any(c.precision == "int8" or c.width < 1.0 for c in plan.kernels.values())
     data = _calib(calib, graph, needs_data)
     outputs = {t: graph.shape(t) for t in graph.outputs}
-    ctx = PassContext(calib=_resized(data, plan.input_shape), facts={"shapes"})
+    ctx = PassContext(calib=_calib_at(data, plan.input_shape), facts={"shapes"})
     records = Pipeline(plan_passes(plan, set(dropped), reconstruct)).run(graph, ctx)
     model = export_onnx(graph)
     model.producer_name = "fleetc rewrite"
@@ -222,7 +223,7 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
     if check:
         check_model(model, outputs)
         model = _symbolic_batch(model, _batch_names(source))
-    return RewriteResult(model, before, kernel_costs(graph, kernels), tuple(records), dropped,
+    return RewriteResult(model, before, kernel_sizes(graph, kernels), tuple(records), dropped,
                          data is not None and data.synthetic)
 
 

@@ -25,14 +25,13 @@ from dataclasses import dataclass, replace
 from toolchain.errors import UnsupportedKernelError
 from toolchain.optimize.costs import CostTable, Decision, Metrics, Option
 from toolchain.predict.accuracy import SensitivityTable
-from toolchain.space import Choice, Kernel, Plan, Space
+from toolchain.space import BYTES_PER_PRECISION, Choice, Kernel, Plan, Space
 
 __all__ = ["PlanCosts", "TableSet", "Context", "build_table", "build_tables", "plan_of",
-           "plan_metrics", "flat_table", "flat_plan", "picks_of", "BYTES"]
+           "plan_metrics", "flat_table", "flat_plan", "picks_of"]
 
 logger = logging.getLogger(__name__)
 
-BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 RESOLUTION = "input_resolution"
 
 
@@ -60,11 +59,11 @@ class TableSet:
 
 
 def _weight_bytes(k: Kernel, c: Choice) -> float:
-    return k.weight_bytes / 4 * BYTES[c.precision] * c.width
+    return k.weight_bytes / 4 * BYTES_PER_PRECISION[c.precision] * c.width
 
 
 def _act_bytes(k: Kernel, c: Choice, scale: float) -> float:
-    return k.activation_bytes / 4 * BYTES[c.precision] * scale
+    return k.activation_bytes / 4 * BYTES_PER_PRECISION[c.precision] * scale
 
 
 @dataclass(frozen=True)
@@ -158,9 +157,9 @@ def _kernel_decision(ctx: Context, name: str, ref: Plan, base: PlanCosts, scale:
         try:
             delta = _delta(ctx.cost, _set_kernel(ref, name, c), base)
         except UnsupportedKernelError as err:
-            _note(unpriced, f"{name}={_label(c)}", err)
+            _note(unpriced, f"{name}={c.label}", err)
             continue      # never priced as zero: not offered
-        opts.append(Option(_label(c), delta.latency_ms, ctx.sensitivity.kernel(name, c),
+        opts.append(Option(c.label, delta.latency_ms, ctx.sensitivity.kernel(name, c),
                            delta.energy_mj, _weight_bytes(k, c), _act_bytes(k, c, scale),
                            payload={name: c}))
     return Decision(name, tuple(opts))
@@ -230,15 +229,6 @@ def _block_decision(block: str, inner: list[Decision], keep: PlanCosts, skip: Pl
     return Decision(f"block:{block}", tuple(opts))
 
 
-def _label(c: Choice) -> str:
-    parts = [c.precision]
-    if c.width != 1.0:
-        parts.append(f"w{c.width:g}")
-    if c.kernel_size is not None:
-        parts.append(f"k{c.kernel_size}")
-    return "/".join(parts)
-
-
 def _with_resolution(plan: Plan, input_name, input_shape, r, original) -> Plan:
     if r is None or r == original or input_name is None:
         return plan
@@ -304,7 +294,7 @@ def flat_table(ctx: Context, structure: Plan) -> CostTable:
         if name in gone:
             continue
         size = structure.kernels.get(name, Choice()).kernel_size
-        opts = tuple(Option(_label(c), 0.0, payload={name: c})
+        opts = tuple(Option(c.label, 0.0, payload={name: c})
                      for c in ctx.space.choices(name, ctx.precisions) if c.kernel_size == size)
         if opts:
             decisions.append(Decision(name, opts))

@@ -21,24 +21,21 @@ import numpy as np
 from toolchain.errors import BadInputError
 
 __all__ = ["fewshot_cost", "fingerprint_cost", "calibrated_predictor", "conditioned_predictor",
-           "measured_designs"]
+           "fewshot_units"]
 
 logger = logging.getLogger(__name__)
 
 
-def measured_designs(path: Path) -> tuple[list, np.ndarray, list[str]]:
-    """(units per design, latencies, designs that are neither probes nor model files)."""
+def fewshot_units(path: Path) -> tuple[list, np.ndarray, list[str]]:
+    """(units per design, latencies, designs that are neither probes nor model files) of a
+    device's measurement CSV; model files are looked up beside it."""
     from toolchain.measure.records import read_measurements
+    from toolchain.predict.kernel import measured_units
     from toolchain.predict.latency import design_units
 
-    units, latency, unknown = [], [], []
-    for row in read_measurements(path):
-        got = design_units(row.design, Path(path).resolve().parent)
-        if got is None:
-            unknown.append(row.design)
-            continue
-        units.append(got)
-        latency.append(row.latency_ms)
+    folder = Path(path).resolve().parent
+    units, latency, unknown = measured_units(read_measurements(path),
+                                             lambda design: design_units(design, folder))
     return units, np.array(latency, dtype=float), unknown
 
 
@@ -49,7 +46,7 @@ def calibrated_predictor(target, proxy_target, path: Path):
     from toolchain.predict.transfer import calibrate_kernel_predictor
 
     proxy = load_predictor(proxy_target)
-    units, latency, unknown = measured_designs(path)
+    units, latency, unknown = fewshot_units(path)
     meta = {"name": f"{target.predictor}-fewshot", "target": target.name,
             "training": {"file": Path(path).name, "hash": data_hash(path),
                          "rows": len(latency) + len(unknown), "skipped": unknown}}
@@ -148,7 +145,7 @@ def conditioned_predictor(target, path: Path):
     if not profiled:
         raise BadInputError("a fingerprint device needs at least one profiled target with a "
                             "predictor (fleetc profile --probe + fleetc predictor fit)")
-    units, latency, unknown = measured_designs(path)
+    units, latency, unknown = fewshot_units(path)
     if len(latency) < 3:
         raise BadInputError(f"{path}: {len(latency)} usable fingerprint designs (probe names of "
                             "`fleetc probe`); at least 3 are needed")

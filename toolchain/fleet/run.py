@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import hashlib
-import importlib.metadata as md
 import json
 import logging
 import multiprocessing
@@ -32,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import BadInputError, FleetcError, PartialFailureError
-from toolchain.fleet.spec import Device, Fleet, canonical, sha256_file
+from toolchain.files import atomic_write, sha256_file, tool_versions
+from toolchain.fleet.spec import Device, Fleet, canonical
 from toolchain.home import cache_dir
-from toolchain.space import atomic_write
 
 __all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "device_key", "write_depfile",
            "FLEET_JSON_VERSION", "raise_if_failed", "build_device"]
@@ -42,7 +41,6 @@ __all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "device_key", "write_dep
 logger = logging.getLogger(__name__)
 
 FLEET_JSON_VERSION = 1
-_TOOLS = ("fleetc", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy")
 Progress = Callable[[str], None]
 
 
@@ -64,16 +62,6 @@ class FleetResult:
     @property
     def failed(self) -> list[DeviceOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in _TOOLS:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,7 +108,7 @@ def _target_digest(device: Device) -> dict:
 
 def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None) -> str:
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(), "target": _target_digest(device), "tools": _versions(),
+           "device": device.entry(), "target": _target_digest(device), "tools": tool_versions(),
            "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 

@@ -24,7 +24,6 @@ file and the device.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -33,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import BadInputError
+from toolchain.files import sha256_file
 
-__all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS", "sha256_file"]
+__all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ BUDGET_KEYS = ("latency_ms", "energy_mj", "max_accuracy_drop")
 _TOP_KEYS = {"model", "calib", "device", *BUDGET_KEYS}
 _DEVICE_KEYS = {"name", "target", "proxy", "measurements", "fingerprint", *BUDGET_KEYS}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

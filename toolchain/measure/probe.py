@@ -528,7 +528,7 @@ def build_probe(name: str) -> onnx.ModelProto:
     # Only quantized probes are worth caching (quantize_static is the slow part); big ones
     # are rebuilt rather than kept on disk.
     if (probe.precision == "int8" or probe.precision in _MIXES) and len(data) < _CACHE_MAX_BYTES:
-        from toolchain.space import atomic_write
+        from toolchain.files import atomic_write
 
         atomic_write(path, data)
     return model
@@ -541,15 +541,17 @@ def _cache_path(name: str) -> Path:
 @functools.lru_cache(maxsize=1)
 def probe_cache_dir() -> Path:
     """Cached probe models and their units, keyed by everything that shapes them: the probe
-    version, onnxruntime's version and the source of the quantize pass."""
+    version, onnxruntime's version and the source of the int8 passes (fold_batchnorm, quantize)."""
     import hashlib
 
     import onnxruntime
 
+    import passes.fold_batchnorm
     import passes.quantize
     from toolchain.home import cache_dir
 
-    source = Path(passes.quantize.__file__).read_bytes()
+    source = b"".join(Path(m.__file__).read_bytes()
+                      for m in (passes.fold_batchnorm, passes.quantize))
     key = hashlib.sha256(source).hexdigest()[:10]
     return cache_dir() / "probes" / f"v{PROBE_VERSION}-ort{onnxruntime.__version__}-q{key}"
 
@@ -568,14 +570,14 @@ def _build(probe: Probe) -> onnx.ModelProto:
         convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
         return quantize_qdq(model, nodes=convs[_MIXES[probe.precision]])
     if probe.precision == "fp16":
-        return to_fp16(model)
+        return whole_model_fp16(model)
     return model
 
 
 def quantize_qdq(model: onnx.ModelProto, nodes: list[str] | None = None,
                  seed: int = 0) -> onnx.ModelProto:
     """int8 QDQ exactly as the rewrite makes it (`passes.quantize`: BN folded, per-channel
-    symmetric int8 weights, int8 activations, followers quantized), with seeded random
+    symmetric int8 weights, uint8 activations, followers quantized), with seeded random
     calibration data; `nodes` limits it to those compute kernels (default: all)."""
     from passes import analyze
     from passes.export_onnx import export_onnx
@@ -597,7 +599,7 @@ def quantize_qdq(model: onnx.ModelProto, nodes: list[str] | None = None,
     return export_onnx(graph)
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def whole_model_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """The whole model in float16: weights, inputs and outputs."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -613,7 +615,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def write_probes(probes: list[Probe], folder: str | os.PathLike) -> list[Path]:
     """Write each probe as `<name>.onnx` plus `probes.txt` (one name a line)."""
-    from toolchain.space import atomic_write
+    from toolchain.files import atomic_write
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

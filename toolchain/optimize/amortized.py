@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError
+from toolchain.files import atomic_write
 from toolchain.predict.conditioned import ConditionedPredictor
-from toolchain.space import atomic_write
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",

@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from passes.resize_input import fit_to_shape
 from toolchain.errors import BadInputError
-from toolchain.space import Choice, Plan, atomic_write
+from toolchain.files import atomic_write
+from toolchain.space import Choice, Plan
 
 __all__ = [
     "Score", "AccuracyEstimator", "SensitivityTable", "measure_sensitivity", "atomic_changes",
-    "choice_key", "resize_nchw", "cache_key", "effective_drop", "COSINE_WEIGHT",
+    "choice_key", "cache_key", "effective_drop", "COSINE_WEIGHT",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,24 +50,6 @@ class Score:
     agreement: float         # top-1 agreement with fp32, percent
     cosine: float            # mean cosine similarity of the outputs to fp32's
     samples: int
-
-
-def resize_nchw(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize (half-pixel centres, as ONNX Resize "linear") of an NCHW batch."""
-    h, w = x.shape[2], x.shape[3]
-    if (h, w) == tuple(size):
-        return x
-
-    def axis(n_in: int, n_out: int):
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(x.dtype)
-
-    ylo, yhi, fy = axis(h, size[0])
-    xlo, xhi, fx = axis(w, size[1])
-    rows = x[:, :, ylo, :] * (1 - fy)[:, None] + x[:, :, yhi, :] * fy[:, None]
-    return (rows[:, :, :, xlo] * (1 - fx) + rows[:, :, :, xhi] * fx).astype(x.dtype)
 
 
 class AccuracyEstimator:
@@ -143,11 +127,7 @@ class AccuracyEstimator:
         if len(x) < step and isinstance(meta.shape[0], int):
             pad = np.zeros((step - len(x),) + x.shape[1:], x.dtype)   # fixed batch: pad
             x = np.concatenate([x, pad])
-        shape = meta.shape
-        if x.ndim == 4 and len(shape) == 4 and all(isinstance(d, int) for d in shape[2:]) \
-                and tuple(shape[2:]) != x.shape[2:]:
-            x = resize_nchw(x, (shape[2], shape[3]))   # a plan changed the input resolution
-        return x
+        return fit_to_shape(x, meta.shape)   # a plan may have changed the input resolution
 
     def _score(self, out: np.ndarray) -> Score:
         ref = self._ref

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError
-from toolchain.space import atomic_write
+from toolchain.files import atomic_write
 
 __all__ = [
     "is_cell", "cell_reach", "CELL_SRC", "CELL_DST", "CELL_OPS",

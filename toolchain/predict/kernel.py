@@ -27,7 +27,6 @@ error) and `model.json` (per kind: feature names and weights). No pickles.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -40,9 +39,10 @@ import numpy as np
 
 from toolchain.errors import BadInputError, UnsupportedKernelError
 from toolchain.predict.units import FLOAT, Unit
+from toolchain.space import BYTES_PER_PRECISION
 
 __all__ = [
-    "KernelPredictor", "Prediction", "KernelCost", "features", "context_of", "nnls", "spearman",
+    "KernelPredictor", "Prediction", "KernelLatency", "features", "context_of", "nnls", "spearman",
     "FORMAT", "FORMAT_VERSION", "fit_rows",
 ]
 
@@ -68,7 +68,6 @@ _BASIS: dict[str, tuple[str, ...]] = {
 _DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES)
 _BASIS["quantize"] = _BASIS["dequantize"] = (*_DEFAULT_BASIS, "inner", "inner_elems")
 MODEL_BASIS = ("model",)
-_BYTES = {"int8": 1, "int8a": 1, "fp16": 2}
 _CACHE_BYTES = 16 << 20
 _L2_BYTES = 1 << 20
 # A model whose weights and activations exceed the last-level cache reads its weights from
@@ -78,9 +77,15 @@ _L2_BYTES = 1 << 20
 _WARM_BYTES, _COLD_BYTES = 8 << 20, 32 << 20
 
 
+def _elem_bytes(precision: str) -> int:
+    """Bytes per element of a unit's tensors ("int8a": int8 activations; "int8w" units, int8
+    weights only, move float tensors)."""
+    return BYTES_PER_PRECISION.get("int8" if precision == "int8a" else precision, 4)
+
+
 def weight_bytes(u: Unit) -> float:
     """Bytes of the kernel's weights as stored (int8w kernels keep int8 weights)."""
-    return u.weight_elems * (1 if u.precision == "int8w" else _BYTES.get(u.precision, 4))
+    return u.weight_elems * (1 if u.precision == "int8w" else _elem_bytes(u.precision))
 
 
 def context_of(units: Iterable[Unit]) -> float:
@@ -88,7 +93,7 @@ def context_of(units: Iterable[Unit]) -> float:
     whether a kernel's weights are still cached at its next run (a MobileNetV2 at 224x224
     writes about 24 MB of activations, so its 5 MB classifier is read from DRAM, while the
     same layer timed alone stays in the last-level cache)."""
-    return float(sum(weight_bytes(u) + u.out_elems * _BYTES.get(u.precision, 4)
+    return float(sum(weight_bytes(u) + u.out_elems * _elem_bytes(u.precision)
                      for u in units))
 
 
@@ -119,11 +124,11 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
         "edge_in": 0.0 if nchw else u.edge_in * _M, "edge_out": 0.0 if nchw else u.edge_out * _M,
         # Weight bytes beyond what last-level caches hold: streamed from DRAM at every run
         # (AlexNet/VGG classifiers), far costlier per byte than cache-resident weights.
-        "dram_weight_bytes": max(0.0, u.weight_elems * _BYTES.get(u.precision, 4)
+        "dram_weight_bytes": max(0.0, u.weight_elems * _elem_bytes(u.precision)
                                  - _CACHE_BYTES) * _M,
         # Activation bytes beyond the per-core L2 cache: read and written through L3 / DRAM
         # (early, high-resolution layers), costlier per element than cache-resident ones.
-        "act_spill": max(0.0, (u.in_elems + u.out_elems) * _BYTES.get(u.precision, 4)
+        "act_spill": max(0.0, (u.in_elems + u.out_elems) * _elem_bytes(u.precision)
                          - _L2_BYTES) * _M,
         "cold_weight_bytes": weight_bytes(u) * _cold_share(context) * _M,
         # Output elements of the channels beyond the last full group of 16 (24 = 16 + 8): the
@@ -164,7 +169,7 @@ def _vector(u: Unit, context: float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class KernelCost:
+class KernelLatency:
     name: str
     kind: str
     latency_ms: float
@@ -176,7 +181,7 @@ class Prediction:
 
     latency_ms: float
     overhead_ms: float
-    kernels: tuple[KernelCost, ...]
+    kernels: tuple[KernelLatency, ...]
     unknown: tuple[str, ...] = ()          # "name (kind)" of kernels with no regressor
     predictor: str = ""
 
@@ -227,7 +232,7 @@ class KernelPredictor:
             if ms is None:
                 unknown.append(f"{u.name} ({u.kind})")
             else:
-                costs.append(KernelCost(u.name, u.kind, ms))
+                costs.append(KernelLatency(u.name, u.kind, ms))
         if unknown and strict:
             raise UnsupportedKernelError(
                 f"predictor {self.name} has no model for {len(unknown)} kernel(s): "
@@ -269,7 +274,7 @@ class KernelPredictor:
     # ------------------------------------------------------------------ package
     def save(self, folder: str | os.PathLike) -> Path:
         """Write meta.json and model.json (atomically each)."""
-        from toolchain.space import atomic_write
+        from toolchain.files import atomic_write
 
         folder = Path(folder)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **self.meta}
@@ -334,25 +339,29 @@ def _scores(y: np.ndarray, pred: np.ndarray) -> dict:
     return {"designs": int(len(y)), "median_abs_rel_err": round(float(np.median(rel)), 4),
             "p90_abs_rel_err": round(float(np.percentile(rel, 90)), 4),
             "within_10pct": round(float(np.mean(rel <= 0.10)), 4),
-            "spearman": round(spearman(y, pred), 4)}
+            "spearman": round(spearman(y, pred, undefined=float("nan")), 4)}
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(v):
-        v = np.asarray(v, dtype=float)
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):   # average tied ranks
-            tied = v == value
-            if tied.sum() > 1:
-                r[tied] = r[tied].mean()
-        return r
-    ra, rb = ranks(a), ranks(b)
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+def rankdata(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank (as scipy's default)."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    average = (starts + ends + 1) / 2.0  # mean of ranks start+1 .. end
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float], undefined: float = 0.0) -> float:
+    """Spearman rank correlation (ties get their average rank); `undefined` when either side
+    is constant or has fewer than two values."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / denominator if denominator > 0 else undefined
 
 
 def nnls(A: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
@@ -381,10 +390,11 @@ def nnls(A: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
     return x
 
 
-def fit_rows(rows, units_of_design: Callable[[str], list[Unit] | None], meta: dict,
-             progress: Callable[[int, int, str], None] | None = None) -> KernelPredictor:
-    """Fit from measurement rows; designs `units_of_design` cannot resolve are skipped and
-    listed in meta["training"]["skipped"]."""
+def measured_units(rows, units_of_design: Callable[[str], list[Unit] | None],
+                   progress: Callable[[int, int, str], None] | None = None
+                   ) -> tuple[list[list[Unit]], list[float], list[str]]:
+    """Measured designs as predictor input: (units per resolved design, their latencies, the
+    designs `units_of_design` cannot resolve)."""
     designs, y, skipped = [], [], []
     for i, row in enumerate(rows):
         if progress:
@@ -395,6 +405,14 @@ def fit_rows(rows, units_of_design: Callable[[str], list[Unit] | None], meta: di
             continue
         designs.append(units)
         y.append(row.latency_ms)
+    return designs, y, skipped
+
+
+def fit_rows(rows, units_of_design: Callable[[str], list[Unit] | None], meta: dict,
+             progress: Callable[[int, int, str], None] | None = None) -> KernelPredictor:
+    """Fit from measurement rows; designs `units_of_design` cannot resolve are skipped and
+    listed in meta["training"]["skipped"]."""
+    designs, y, skipped = measured_units(rows, units_of_design, progress)
     meta = dict(meta)
     meta.setdefault("training", {})["skipped"] = skipped
     meta["training"]["designs"] = len(designs)
@@ -402,4 +420,7 @@ def fit_rows(rows, units_of_design: Callable[[str], list[Unit] | None], meta: di
 
 
 def data_hash(path: str | os.PathLike) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The training data's digest as predictor packages record it."""
+    from toolchain.files import sha256_file
+
+    return "sha256:" + sha256_file(path)

@@ -35,16 +35,17 @@ logger = logging.getLogger(__name__)
 
 
 def _units_key() -> str:
-    """Key of the cached probe units: a hash of the code that computes them (units, kernel
-    grouping, the IR), so a change there can never reuse stale units (a manual version number
-    was once left unbumped). Read when this module is imported, with that code."""
+    """Key of the cached probe units: a hash of the code that computes them (units, the analysis
+    pipeline and kernel grouping, the IR), so a change there can never reuse stale units (a
+    manual version number was once left unbumped). Read when this module is imported."""
     import passes
+    import passes.group_kernels
     import toolchain.ir
     import toolchain.predict.units
     import toolchain.space
 
     sources = b"".join(Path(m.__file__).read_bytes() for m in (
-        toolchain.predict.units, passes, toolchain.space, toolchain.ir))
+        toolchain.predict.units, passes, passes.group_kernels, toolchain.space, toolchain.ir))
     return hashlib.sha256(sources).hexdigest()[:10]
 
 
@@ -106,7 +107,7 @@ def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
         if cache.is_file():
             return [_unit_from_json(d) for d in json.loads(cache.read_text())]
         units = model_units(build_probe(design))
-        from toolchain.space import atomic_write
+        from toolchain.files import atomic_write
 
         atomic_write(cache, json.dumps([_unit_to_json(u) for u in units]))
         return units
