@@ -32,12 +32,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
 from toolchain.errors import BadInputError, FleetcError, UnsupportedOpError
+from toolchain.target import Target
 
 __all__ = [
     "emit_tvm", "EmitResult", "Artifact", "EmitError", "elf_arch", "target_arch",
@@ -83,11 +83,12 @@ class EmitResult:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def tvm_target(spec: Any):
-    """A tvm.target.Target from a Target object, a tag or a dict (TVM 0.27: no option strings)."""
+def tvm_target(spec: Target | str | dict):
+    """A tvm.target.Target from a fleetc Target, a TVM tag, a TVM target dict or a
+    tvm.target.Target (TVM 0.27 rejects option strings)."""
     import tvm
 
-    if hasattr(spec, "tvm") and callable(spec.tvm):   # toolchain.target.Target
+    if isinstance(spec, Target):
         return spec.tvm()
     if isinstance(spec, tvm.target.Target):
         return spec
@@ -134,7 +135,8 @@ def find_cross_compiler(arch: str, preferred: str | None = None) -> str | None:
     return None
 
 
-def emit_tvm(model: onnx.ModelProto | str | Path, target: Any, outdir: str | Path, *,
+def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
+             outdir: str | Path, *,
              cross_compiler: str | None = None,
              inputs: dict[str, np.ndarray] | None = None,
              rtol: float = 1e-3, atol: float = 1e-4) -> EmitResult:

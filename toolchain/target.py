@@ -33,8 +33,8 @@ from toolchain.home import targets_dir
 from toolchain.space import PRECISIONS
 
 __all__ = [
-    "Target", "Measure", "load_target", "list_targets", "builtin_dir", "parse_target",
-    "PRECISIONS", "MEASURE_KINDS",
+    "Target", "Measure", "load_target", "resolve_target", "list_targets", "measurable_targets",
+    "builtin_dir", "parse_target", "PRECISIONS", "MEASURE_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,17 @@ def load_target(name: str | Path) -> Target:
     if name not in files:
         raise BadInputError(f"unknown target {name!r}; known targets: {', '.join(sorted(files))}")
     return _load_file(files[name])
+
+
+def measurable_targets() -> list[Target]:
+    """Every known target this machine can measure (the host's), in name order."""
+    return [t for t in map(load_target, list_targets()) if t.measurable_here]
+
+
+def resolve_target(target: str | Path | Target) -> Target:
+    """A target at the API edge: a Target as it is; a name or a TOML path loaded once. Code
+    below the edge takes a Target."""
+    return target if isinstance(target, Target) else load_target(target)
 
 
 def _load_file(path: Path) -> Target:

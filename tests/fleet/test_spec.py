@@ -103,3 +103,20 @@ def test_bad_fleet_files(tmp_path, case):
         load_fleet(_write(tmp_path, text))
     msg = str(info.value)
     assert words in msg and "fleet.toml" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("old, new, device", [
+    ('target = "rpi4"', 'target = "rpi-4"', "pi"),
+    ('proxy = "host-ort-1t"', 'proxy = "host-ort1t"', "pi"),
+])
+def test_a_target_typo_names_the_file_and_the_device(tmp_path, old, new, device):
+    path = _write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(BadInputError) as err:
+        load_fleet(path)
+    assert str(err.value).startswith(f"{path}: device {device}: unknown target")
+
+
+def test_targets_are_resolved_once_when_the_file_is_read(tmp_path):
+    fleet = load_fleet(_write(tmp_path, GOOD))
+    assert sorted(fleet.targets) == ["host-ort-1t", "jetson-nano", "rpi4"]
+    assert all(t.name == name for name, t in fleet.targets.items())

@@ -28,8 +28,10 @@ def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, 
                 no_measure, outdir) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
     from toolchain.compile.driver import compile_model
+    from toolchain.target import load_target
 
-    result = compile_model(model, target, outdir, latency_ms=latency_ms, energy_mj=energy_mj,
+    result = compile_model(model, load_target(target), outdir, latency_ms=latency_ms,
+                           energy_mj=energy_mj,
                            max_accuracy_drop=max_accuracy_drop, calib=calib, seed=seed,
                            measure_latency=not no_measure,
                            progress=lambda msg: click.echo(f"compile: {msg}", err=True))

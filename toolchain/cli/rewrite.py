@@ -56,7 +56,9 @@ def rewrite_command(model: str, plan_path: str, output: str, calib: str | None,
     if Path(output).resolve() == Path(model).resolve():
         raise BadInputError(f"{output}: refusing to overwrite the input model; choose another -o")
     click.echo(f"rewrite: applying {plan_path} to {model}", err=True)
-    result = rewrite(model, plan_path, calib, target)
+    from toolchain.target import load_target
+
+    result = rewrite(model, plan_path, calib, load_target(target) if target else None)
     for rec in result.records:
         if rec.changed:
             click.echo(f"rewrite: {rec.name} {rec.seconds:.2f} s {rec.stats}", err=True)

@@ -209,10 +209,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
 
     `model` may be a Prepared (shared work of a fleet); `cost` overrides the target's predictor
     (a function from Plan to PlanCosts) and `predictor_name` then names it in the manifest."""
-    from toolchain.target import Target, load_target
+    from toolchain.target import resolve_target
 
     say = progress or (lambda msg: None)
-    tgt = target if isinstance(target, Target) else load_target(target)
+    tgt = resolve_target(target)   # the API edge: a name or a Target
     if latency_ms is None and energy_mj is None and max_accuracy_drop is None:
         raise BadInputError("give a budget: --latency-ms, --energy-mj and/or "
                             "--max-accuracy-drop")

@@ -27,6 +27,7 @@ from toolchain.calib import CalibData, load_calib, synthetic_calib
 from toolchain.ir import Graph
 from toolchain.pipeline import PassContext, PassRecord, Pipeline
 from toolchain.space import PRECISIONS, Plan
+from toolchain.target import Target, resolve_target
 
 __all__ = ["apply_plan", "rewrite", "RewriteResult", "KernelSize",
            "check_model", "kernel_sizes"]
@@ -72,16 +73,11 @@ def _plan(plan) -> Plan:
     return Plan.load(plan)
 
 
-def _precisions(plan: Plan, target) -> tuple[tuple[str, ...], str | None]:
-    """Precisions the target allows (all without a target) and the target's name."""
-    from toolchain.target import Target, load_target
-
+def _target_of(plan: Plan, target: str | Target | None) -> Target | None:
+    """The API edge: the given target (name or Target), else the plan's, else none."""
     if target is None and plan.target:
         target = plan.target
-    if target is None:
-        return PRECISIONS, None
-    t = target if isinstance(target, Target) else load_target(target)
-    return tuple(t.precisions), t.name
+    return None if target is None else resolve_target(target)
 
 
 def _calib(calib, graph: Graph, needed: bool) -> CalibData | None:
@@ -196,14 +192,15 @@ def _symbolic_batch(model: onnx.ModelProto, names: dict[str, str]) -> onnx.Model
 
 
 def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | dict | str | Path,
-            calib: CalibData | str | os.PathLike | None = None, target=None,
+            calib: CalibData | str | os.PathLike | None = None, target: str | Target | None = None,
             check: bool = True, reconstruct: bool = True) -> RewriteResult:
     """Apply `plan`; the source is never modified. See the module doc for the order."""
     from passes import analyze
 
     graph = _graph(source)
     plan = _plan(plan)
-    precisions, target_name = _precisions(plan, target)
+    tgt = _target_of(plan, target)
+    precisions = tuple(tgt.precisions) if tgt else PRECISIONS
     analyze(graph)
     space = graph.space
     plan.check(space, precisions)
@@ -218,8 +215,8 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
     records = Pipeline(plan_passes(plan, set(dropped), reconstruct)).run(graph, ctx)
     model = export_onnx(graph)
     model.producer_name = "fleetc rewrite"
-    if target_name:
-        onnx.helper.set_model_props(model, {"fleetc.target": target_name})
+    if tgt:
+        onnx.helper.set_model_props(model, {"fleetc.target": tgt.name})
     if check:
         check_model(model, outputs)
         model = _symbolic_batch(model, _batch_names(source))
@@ -229,7 +226,7 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
 
 def apply_plan(graph_or_model: Graph | onnx.ModelProto | str | os.PathLike,
                plan: Plan | dict | str | Path, calib: CalibData | str | os.PathLike | None = None,
-               target=None) -> onnx.ModelProto:
+               target: str | Target | None = None) -> onnx.ModelProto:
     """The model rewritten by `plan`, checked (checker, onnxruntime, output shapes).
 
     `calib`: CalibData, a .npz path (toolchain.calib format) or None (random data with a loud

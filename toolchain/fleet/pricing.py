@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError
+from toolchain.target import Target
 
 __all__ = ["fewshot_cost", "fingerprint_cost", "calibrated_predictor", "conditioned_predictor",
            "fewshot_units"]
@@ -58,13 +59,12 @@ def _profiled() -> list:
     """(target, predictor) of every target with a fitted predictor package."""
     from toolchain.predict.kernel import KernelPredictor
     from toolchain.predict.latency import predictor_dir
-    from toolchain.target import list_targets, load_target
+    from toolchain.target import measurable_targets
 
     out = []
-    for name in list_targets():
-        tgt = load_target(name)
+    for tgt in measurable_targets():
         folder = predictor_dir(tgt)
-        if folder is not None and tgt.measurable_here:
+        if folder is not None:
             out.append((tgt, KernelPredictor.load(folder), folder))
     return out
 
@@ -183,25 +183,21 @@ def _describe(predictor) -> str:
             f"{cal.get('samples')} measured designs")
 
 
-def _cost(target_name: str, prep, predictor) -> tuple:
+def _cost(target: Target, prep, predictor) -> tuple:
     """(cost function, predictor name, warnings) for compile_model."""
     from toolchain.compile.pricing import predictor_cost
-    from toolchain.target import load_target
 
-    cost, name, warnings = predictor_cost(load_target(target_name), prep, predictor=predictor)
+    cost, name, warnings = predictor_cost(target, prep, predictor=predictor)
     return cost, name, [*warnings, _describe(predictor)]
 
 
-def fewshot_cost(device, prep) -> tuple:
-    from toolchain.target import load_target
-
-    predictor = calibrated_predictor(load_target(device.target), load_target(device.proxy),
-                                     device.measurements)
-    return _cost(device.target, prep, predictor)
+def fewshot_cost(device, target: Target, proxy: Target, prep) -> tuple:
+    """Pricing of a device known by a few measurements: the proxy's predictor calibrated."""
+    predictor = calibrated_predictor(target, proxy, device.measurements)
+    return _cost(target, prep, predictor)
 
 
-def fingerprint_cost(device, prep) -> tuple:
-    from toolchain.target import load_target
-
-    predictor = conditioned_predictor(load_target(device.target), device.fingerprint)
-    return _cost(device.target, prep, predictor)
+def fingerprint_cost(device, target: Target, prep) -> tuple:
+    """Pricing of a device known by a fingerprint: the profiled predictors' conditioned mix."""
+    predictor = conditioned_predictor(target, device.fingerprint)
+    return _cost(target, prep, predictor)

@@ -34,6 +34,7 @@ from toolchain.errors import BadInputError, FleetcError, PartialFailureError
 from toolchain.files import atomic_write, sha256_file, tool_versions
 from toolchain.fleet.spec import Device, Fleet, canonical
 from toolchain.home import cache_dir
+from toolchain.target import Target, measurable_targets
 
 __all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "device_key", "write_depfile",
            "FLEET_JSON_VERSION", "raise_if_failed", "build_device"]
@@ -88,48 +89,54 @@ def _files_digest(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-def _target_digest(device: Device) -> dict:
+def _target_digest(device: Device, targets: dict[str, Target],
+                   measurable: list[Target]) -> dict:
     """The target file and the predictor package(s) the device's build reads: with a
-    fingerprint, those of every profiled target too (`fleet_costs` mixes them all)."""
+    fingerprint, those of every profiled target too (`fleet/pricing.py` mixes them all)."""
     from toolchain.home import predictors_dir
     from toolchain.predict.latency import builtin_predictors_dir
-    from toolchain.target import list_targets, load_target
 
-    names = [device.target] + ([device.proxy] if device.proxy else [])
+    used = [targets[device.target]] + ([targets[device.proxy]] if device.proxy else [])
     if device.known_by == "fingerprint":
-        names += [n for n in list_targets() if load_target(n).measurable_here]
+        used += measurable
     files: list[Path] = []
-    for name in names:
-        tgt = load_target(name)
+    for tgt in used:
         files.append(Path(tgt.source))
         files += [predictors_dir() / tgt.predictor, builtin_predictors_dir() / tgt.predictor]
     return _files_digest(files)
 
 
-def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None) -> str:
+def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None,
+               measurable: list[Target] | None = None) -> str:
+    """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
+    registry when not given."""
+    measurable = measurable_targets() if measurable is None else measurable
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(), "target": _target_digest(device), "tools": tool_versions(),
+           "device": device.entry(), "target": _target_digest(device, fleet.targets, measurable),
+           "tools": tool_versions(),
            "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 
 def _job(fleet: Fleet, device: Device, key: str, prepared=None) -> dict:
     return {"model": str(fleet.model), "calib": str(fleet.calib) if fleet.calib else None,
-            "device": device, "key": key, "home": os.environ.get("FLEETC_HOME"),
-            "prepared": prepared}
+            "device": device, "target": fleet.targets[device.target],
+            "proxy": fleet.targets[device.proxy] if device.proxy else None, "key": key,
+            "home": os.environ.get("FLEETC_HOME"), "prepared": prepared}
 
 
-def _cost_for(device: Device, prep):
+def _cost_for(job: dict, prep):
     """(cost function, predictor name, warnings) for devices not profiled here; a None cost
     means the target's own predictor."""
+    device: Device = job["device"]
     if device.known_by == "fewshot":
         from toolchain.fleet.pricing import fewshot_cost
 
-        return fewshot_cost(device, prep)
+        return fewshot_cost(device, job["target"], job["proxy"], prep)
     if device.known_by == "fingerprint":
         from toolchain.fleet.pricing import fingerprint_cost
 
-        return fingerprint_cost(device, prep)
+        return fingerprint_cost(device, job["target"], prep)
     return None, None, []
 
 
@@ -145,10 +152,10 @@ def build_device(job: dict) -> DeviceOutcome:
     entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         prep = job["prepared"] or prepare(job["model"], job["calib"])
-        cost, predictor_name, warnings = _cost_for(device, prep)
+        cost, predictor_name, warnings = _cost_for(job, prep)
         with tempfile.TemporaryDirectory(prefix=".build-", dir=entry.parent) as tmp:
             out = Path(tmp) / "out"
-            compile_model(prep, device.target, out, cost=cost, predictor_name=predictor_name,
+            compile_model(prep, job["target"], out, cost=cost, predictor_name=predictor_name,
                           warnings=warnings, **device.budgets())
             if entry.exists():
                 shutil.rmtree(entry)
@@ -241,11 +248,10 @@ class _Pool:
 def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
     """Import, analysis and sensitivity once, before any device is dispatched."""
     from toolchain.compile.driver import prepare
-    from toolchain.target import load_target
 
     say(f"shared work: importing {fleet.model.name} and measuring accuracy sensitivity")
     prep = prepare(fleet.model, fleet.calib, progress=say)
-    for precisions in sorted({load_target(d.target).precisions for d in todo}):
+    for precisions in sorted({fleet.targets[d.target].precisions for d in todo}):
         prep.sensitivity(precisions, say)
     return prep
 
@@ -255,15 +261,11 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
     say = progress or (lambda msg: None)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    from toolchain.target import load_target
-
-    for d in fleet.devices:  # unknown targets are the user's error: say so before any work
-        load_target(d.target)
-        if d.proxy:
-            load_target(d.proxy)
     model_sha = sha256_file(fleet.model)
     calib_sha = sha256_file(fleet.calib) if fleet.calib else None
-    keys = {d.name: device_key(fleet, d, model_sha, calib_sha) for d in fleet.devices}
+    measurable = measurable_targets()
+    keys = {d.name: device_key(fleet, d, model_sha, calib_sha, measurable)
+            for d in fleet.devices}
     outcomes: dict[str, DeviceOutcome] = {}
     todo = []
     for d in fleet.devices:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from toolchain.errors import BadInputError
 from toolchain.files import sha256_file
+from toolchain.target import Target, load_target
 
 __all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS"]
 
@@ -83,6 +84,7 @@ class Fleet:
     model: Path
     calib: Path | None
     devices: tuple[Device, ...]
+    targets: dict[str, Target]   # every device's target and proxy, resolved when the file is read
 
     def inputs(self) -> list[Path]:
         """Every file the fleet's builds read (for --depfile)."""
@@ -168,7 +170,20 @@ def load_fleet(path: str | Path) -> Fleet:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BadInputError(f"{label}: device names must be unique; repeated: {dupes}")
-    return Fleet(path.resolve(), model, calib, devices)
+    return Fleet(path.resolve(), model, calib, devices, _targets(devices, label))
+
+
+def _targets(devices: tuple[Device, ...], label: str) -> dict[str, Target]:
+    """Each target and proxy named by a device, loaded once; an unknown one names the device."""
+    out: dict[str, Target] = {}
+    for d in devices:
+        for name in (d.target, d.proxy):
+            if name and name not in out:
+                try:
+                    out[name] = load_target(name)
+                except BadInputError as err:
+                    raise BadInputError(f"{label}: device {d.name}: {err}") from err
+    return out
 
 
 def canonical(doc) -> str:
