@@ -1,6 +1,8 @@
 """quantize: per-kernel int8 QDQ through onnxruntime's quantize_static."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,16 @@ def test_bad_kernels(kernels, match):
     graph = import_onnx(zoo.mobilenet_v2(32, 0.25, 10))
     with pytest.raises(BadInputError, match=match):
         QuantizePass(kernels=kernels).run(graph, PassContext(calib=_calib()))
+
+
+def test_no_preprocessing_advice_and_no_logging_changes(caplog):
+    """onnxruntime's quantizer advises shape pre-processing on the root logger at every call;
+    fleetc's import already inferred every shape and says so on the temporary copy, without
+    touching the logging configuration."""
+    root = logging.getLogger()
+    filters, level = list(root.filters), root.level
+    graph = import_onnx(zoo.mobilenet_v2(32, 0.25, 10))
+    with caplog.at_level(logging.WARNING):
+        QuantizePass(kernels=("head.fc",)).run(graph, PassContext(calib=_calib(4)))
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert root.filters == filters and root.level == level
