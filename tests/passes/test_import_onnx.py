@@ -1,0 +1,171 @@
+"""import_onnx: ONNX -> IR with deterministic names, fixed input shapes, opaque unknown ops and
+one-line BadInputErrors for bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from passes import unknown_ops
+from passes.import_onnx import import_onnx
+from toolchain.errors import BadInputError
+from toolchain.ir import TensorInfo
+
+F = TensorProto.FLOAT
+CUSTOM = "com.example"
+
+
+def _model(nodes, x_shape=(1, 3, 8, 8), y_rank=4, opsets=(("", 17),), extra_inputs=()):
+    """x -> nodes -> y with a 3 -> 3 1x1 conv weight `w`; y is declared with symbolic dims."""
+    w = numpy_helper.from_array(np.full((3, 3, 1, 1), 0.5, np.float32), "w")
+    g = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", F, list(x_shape)), *extra_inputs],
+        [helper.make_tensor_value_info("y", F, [f"y{i}" for i in range(y_rank)])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+
+
+def _chain(names: list[str], ops: list[str]):
+    """x -> Conv -> op... -> y, nodes named as given ("" for no name)."""
+    tensors = ["x", *[f"t{i}" for i in range(len(ops) - 1)], "y"]
+    nodes = []
+    for i, (name, op) in enumerate(zip(names, ops, strict=True)):
+        inputs = [tensors[i], "w"] if op == "Conv" else [tensors[i]]
+        nodes.append(helper.make_node(op, inputs, [tensors[i + 1]], name=name or None))
+    return _model(nodes)
+
+
+def test_names_kept_when_unique_else_derived_from_op_type_and_index():
+    model = _chain(["c", "dup", "dup", "", "Sigmoid_3", ""],
+                   ["Conv", "Relu", "Relu", "Sigmoid", "Sigmoid", "Tanh"])
+    graph = import_onnx(model)
+    # "dup" twice: both derived; index 3 unnamed, but "Sigmoid_3" is taken by node 4
+    assert graph.topo() == ["c", "Relu_1", "Relu_2", "Sigmoid_3_1", "Sigmoid_3", "Tanh_5"]
+    assert [graph.op(n) for n in graph.topo()] == [n.op_type for n in model.graph.node]
+    assert import_onnx(model).topo() == graph.topo()  # deterministic
+
+
+def test_all_names_given_and_unique_are_all_kept():
+    graph = import_onnx(_chain(["a", "b", "c"], ["Conv", "Relu", "Sigmoid"]))
+    assert graph.topo() == ["a", "b", "c"]
+    assert graph.node("a")["inputs"] == ["x", "w"] and graph.node("c")["outputs"] == ["y"]
+
+
+@pytest.mark.parametrize("batch", ["N", None], ids=["named", "unnamed"])
+def test_symbolic_batch_becomes_one_with_a_note(batch):
+    graph = import_onnx(_model([helper.make_node("Conv", ["x", "w"], ["y"], name="c")],
+                               x_shape=(batch, 3, 8, 8)))
+    assert graph.shape("x") == (1, 3, 8, 8) and graph.shape("y") == (1, 3, 8, 8)
+    assert graph.inputs == ["x"]
+    assert graph.notes == [f"input 'x': symbolic batch dimension {batch!r} taken as 1"]
+
+
+def test_static_shapes_give_no_note_and_every_shape_is_known():
+    graph = import_onnx(_chain(["c", "r"], ["Conv", "Relu"]))
+    assert graph.notes == []
+    assert all(graph.tensors[t].known for t in ("x", "w", "t0", "y"))
+    assert graph.tensors["t0"] == TensorInfo((1, 3, 8, 8), "float32")
+
+
+@pytest.mark.parametrize(("x_shape", "given", "want"), [
+    (("N", 3, "h", "w"), (2, 3, 16, 16), (2, 3, 8, 8)),
+    ((1, 3, 8, 8), (1, 3, 12, 12), (1, 3, 6, 6)),
+], ids=["symbolic", "static"])
+def test_input_shapes_override(x_shape, given, want):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c"),
+             helper.make_node("MaxPool", ["a"], ["y"], name="p", kernel_shape=[2, 2],
+                              strides=[2, 2])]
+    graph = import_onnx(_model(nodes, x_shape=x_shape), {"x": given})
+    assert graph.shape("x") == given and graph.shape("a") == given
+    assert graph.shape("y") == want
+    assert graph.notes == []  # given, not assumed
+
+
+def test_custom_domain_op_is_kept_as_an_opaque_node():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c"),
+             helper.make_node("Foo", ["a"], ["b"], name="foo", domain=CUSTOM, alpha=0.5,
+                              mode="fast", sizes=[1, 2]),
+             helper.make_node("Relu", ["b"], ["y"], name="r")]
+    graph = import_onnx(_model(nodes, opsets=(("", 17), (CUSTOM, 1))))
+    assert graph.topo() == ["c", "foo", "r"]
+    foo = graph.node("foo")
+    assert (foo["op_type"], foo["domain"]) == ("Foo", CUSTOM)
+    assert foo["attrs"] == {"alpha": 0.5, "mode": "fast", "sizes": [1, 2]}
+    assert foo["inputs"] == ["a"] and graph.consumers("b") == ["r"]
+    assert graph.tensors["b"] == TensorInfo(None, "unknown")  # nothing inferred through it
+    assert graph.opset == {"": 17, CUSTOM: 1}
+    assert unknown_ops(graph) == [{"name": "foo", "op_type": "Foo", "domain": CUSTOM}]
+
+
+def test_model_facts_and_weights():
+    model = _chain(["c"], ["Conv"])
+    model.opset_import[0].domain = "ai.onnx"  # the same domain, spelled out
+    model.ir_version = 7
+    model.graph.input.append(helper.make_tensor_value_info("w", F, [3, 3, 1, 1]))  # IR<4 style
+    before = model.SerializeToString()
+    graph = import_onnx(model)
+    assert model.SerializeToString() == before  # the caller's model is not modified
+    assert graph.inputs == ["x"] and graph.outputs == ["y"]  # a weight listed as input is a weight
+    assert graph.opset == {"": 17} and graph.ir_version == 7 and graph.name == "tiny"
+    assert graph.source == "<model>"
+    np.testing.assert_array_equal(graph.initializers["w"], np.full((3, 3, 1, 1), 0.5))
+    assert graph.tensors["w"] == TensorInfo((3, 3, 1, 1), "float32")
+
+
+def test_constants_are_folded_on_import(tmp_path):
+    nodes = [helper.make_node("Constant", [], ["k"], name="k", value_float=2.0),
+             helper.make_node("Conv", ["x", "w"], ["a"], name="c"),
+             helper.make_node("Mul", ["a", "k"], ["y"], name="m")]
+    path = tmp_path / "m.onnx"
+    onnx.save(_model(nodes), str(path))
+    graph = import_onnx(path)
+    assert graph.topo() == ["c", "m"] and graph.initializers["k"] == np.float32(2.0)
+    assert graph.source == str(path)
+
+
+def _write(tmp_path, name: str, data: bytes | None):
+    path = tmp_path / name
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def _external_data_missing(tmp_path):
+    path = tmp_path / "ext.onnx"
+    onnx.save(_chain(["c"], ["Conv"]), str(path), save_as_external_data=True,
+              location="ext.bin", size_threshold=0)
+    (tmp_path / "ext.bin").unlink()
+    return path
+
+
+def _not_ssa():
+    model = _chain(["c", "r"], ["Conv", "Relu"])
+    model.graph.node[1].output[0] = "t0"  # t0 written twice
+    return model
+
+
+@pytest.mark.parametrize(("make", "shapes", "match"), [
+    (lambda p: p / "missing.onnx", None, r"missing\.onnx: no such file$"),
+    (lambda p: _write(p, "dir.onnx", None), None, "is a directory, not an ONNX model$"),
+    (lambda p: _write(p, "garbage.onnx", b"\x08\x07garbage\xff\xfe"), None,
+     r"garbage\.onnx: not an ONNX model \(cannot parse"),
+    (lambda p: _write(p, "empty.onnx", b""), None,
+     r"empty\.onnx: not an ONNX model \(no graph; empty or truncated file\)$"),
+    (lambda p: _not_ssa(), None, "^<model>: invalid model: .*single static assignment"),
+    (lambda p: _chain(["c", "z"], ["Conv", "NoSuchOp"]), None,
+     "^<model>: invalid model: No Op registered for NoSuchOp"),
+    (_external_data_missing, None, r"external data file missing: .*ext\.bin \(tensor 'w'\)$"),
+    (lambda p: _chain(["c"], ["Conv"]), {"z": (1, 3, 8, 8)},
+     r"^--input-shape names \['z'\], but the model's inputs are \['x'\]$"),
+    (lambda p: _model([helper.make_node("Conv", ["x", "w"], ["y"])], x_shape=(1, 3, "h", 8)),
+     None, r"^input 'x' has symbolic dimensions \['h'\]: give its shape with --input-shape "
+     r"x=D1xD2x\.\.\.$"),
+], ids=["missing", "directory", "garbage", "empty", "not-ssa", "unknown-default-domain-op",
+        "external-data-missing", "unknown-input-name", "symbolic-spatial"])
+def test_bad_input_is_a_one_line_bad_input_error(tmp_path, make, shapes, match):
+    with pytest.raises(BadInputError, match=match) as info:
+        import_onnx(make(tmp_path), shapes)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
