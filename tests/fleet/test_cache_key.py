@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from toolchain.fleet.run import device_key
+from toolchain.fleet.cache import device_key
 from toolchain.fleet.spec import load_fleet
 from toolchain.home import predictors_dir
 from toolchain.predict.latency import builtin_predictors_dir
@@ -64,7 +64,7 @@ def test_a_user_package_beside_the_built_in_one_counts(tmp_path):
 def test_fleetc_sources_are_in_the_key(tmp_path, monkeypatch):
     """An editable checkout keeps its version while its code changes: the key covers the
     sources themselves (their digest is stable while they are unchanged)."""
-    import toolchain.fleet.run as fleet_module
+    import toolchain.fleet.cache as fleet_module
 
     (tmp_path / "m.onnx").write_bytes(b"")
     (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")

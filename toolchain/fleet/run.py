@@ -7,21 +7,12 @@ device that is not already in the build cache is optimized, rewritten and built 
 (`--jobs N`) or on a Dask cluster (`--executor dask://HOST:PORT`). A device that fails is
 reported and the others are still built (exit 4).
 
-Build cache: `$FLEETC_HOME/cache/fleet/<key>/` holds one device's finished output folder. The
-key is a SHA-256 over the model bytes, the calibration bytes, the device's entry (name,
-target, budgets, how it is known, the bytes of its measurements / fingerprint), its target
-file, its predictor package files (with a fingerprint: every profiled target's), fleetc's own
-sources and the versions of fleetc and every tool a build uses - so a changed input always
-rebuilds, an unchanged one never does.
+Build cache: see `toolchain.fleet.cache`.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import functools
-import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -30,18 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.errors import BadInputError, FleetcError, PartialFailureError
-from toolchain.files import atomic_write, sha256_file, tool_versions
-from toolchain.fleet.spec import Device, Fleet, canonical
+from toolchain.errors import FleetcError, PartialFailureError
+from toolchain.files import atomic_write, sha256_file
+from toolchain.fleet.cache import cached, device_key, entry_dir, install
+from toolchain.fleet.pool import Pool
+from toolchain.fleet.spec import FLEET_JSON_VERSION, Device, Fleet
 from toolchain.home import cache_dir
-from toolchain.target import Target, measurable_targets
+from toolchain.target import measurable_targets
 
-__all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "device_key", "write_depfile",
-           "FLEET_JSON_VERSION", "raise_if_failed", "build_device"]
+__all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "write_depfile", "raise_if_failed",
+           "build_device"]
 
 logger = logging.getLogger(__name__)
 
-FLEET_JSON_VERSION = 1
 Progress = Callable[[str], None]
 
 
@@ -63,59 +55,6 @@ class FleetResult:
     @property
     def failed(self) -> list[DeviceOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
-
-
-@functools.lru_cache(maxsize=1)
-def _source_digest() -> str:
-    """sha256 of fleetc's own Python sources (toolchain/, passes/): in an editable checkout
-    a code change rebuilds too, not only a new version."""
-    project = Path(__file__).resolve().parents[2]
-    digest = hashlib.sha256()
-    for package in ("toolchain", "passes"):
-        root = project / package
-        for f in sorted(root.rglob("*.py")):
-            digest.update(str(f.relative_to(root.parent)).encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:32]
-
-
-def _files_digest(paths: list[Path]) -> dict[str, str]:
-    """sha256 of each file (of each file below a folder), keyed by its full path: a user's
-    package and the built-in one of the same name are both in it."""
-    out = {}
-    for p in paths:
-        for f in [p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []:
-            if f.is_file():
-                out[str(f.resolve())] = sha256_file(f)
-    return out
-
-
-def _target_digest(device: Device, targets: dict[str, Target],
-                   measurable: list[Target]) -> dict:
-    """The target file and the predictor package(s) the device's build reads: with a
-    fingerprint, those of every profiled target too (`fleet/pricing.py` mixes them all)."""
-    from toolchain.home import predictors_dir
-    from toolchain.predict.latency import builtin_predictors_dir
-
-    used = [targets[device.target]] + ([targets[device.proxy]] if device.proxy else [])
-    if device.known_by == "fingerprint":
-        used += measurable
-    files: list[Path] = []
-    for tgt in used:
-        files.append(Path(tgt.source))
-        files += [predictors_dir() / tgt.predictor, builtin_predictors_dir() / tgt.predictor]
-    return _files_digest(files)
-
-
-def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None,
-               measurable: list[Target] | None = None) -> str:
-    """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
-    registry when not given."""
-    measurable = measurable_targets() if measurable is None else measurable
-    doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(), "target": _target_digest(device, fleet.targets, measurable),
-           "tools": tool_versions(),
-           "source": _source_digest()}
-    return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 
 def _job(fleet: Fleet, device: Device, key: str, prepared=None) -> dict:
@@ -148,7 +87,8 @@ def build_device(job: dict) -> DeviceOutcome:
         os.environ["FLEETC_HOME"] = job["home"]
     device: Device = job["device"]
     start = time.perf_counter()
-    entry = cache_dir(create=True) / "fleet" / job["key"]
+    cache_dir(create=True)
+    entry = entry_dir(job["key"])
     entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         prep = job["prepared"] or prepare(job["model"], job["calib"])
@@ -179,72 +119,6 @@ def _summary(folder: Path) -> dict:
             "artifacts": [a.get("path") for a in manifest.get("artifacts", [])]}
 
 
-def _cached(key: str) -> Path | None:
-    entry = cache_dir() / "fleet" / key
-    return entry if (entry / "manifest.json").is_file() else None
-
-
-def _install(entry: Path, dest: Path) -> None:
-    """Copy a cached device folder into the output folder (atomic per device)."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(entry, tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-
-
-class _Pool:
-    """submit/as_completed over the in-process loop, a process pool or a Dask client."""
-
-    def __init__(self, jobs: int, executor: str | None) -> None:
-        self.client = self.pool = None
-        if executor:
-            if not executor.startswith("dask://"):
-                raise BadInputError(f"--executor {executor!r}: expected dask://HOST:PORT")
-            try:
-                from distributed import Client
-            except ImportError as err:
-                raise BadInputError("--executor dask:// needs dask.distributed: pip install "
-                                    "'fleetc[fleet]'") from err
-            address = "tcp://" + executor[len("dask://"):]
-            try:
-                self.client = Client(address, timeout="10s")
-            except (OSError, TimeoutError) as err:
-                raise BadInputError(f"cannot reach the Dask scheduler at {address}: "
-                                    f"{err}") from err
-        elif jobs > 1:
-            ctx = multiprocessing.get_context("spawn")
-            self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
-
-    @property
-    def in_process(self) -> bool:
-        return self.client is None and self.pool is None
-
-    def run(self, jobs: list[dict]):
-        if self.in_process:
-            for job in jobs:
-                yield build_device(job)
-            return
-        if self.client is not None:
-            from distributed import as_completed
-
-            futures = [self.client.submit(build_device, job, pure=False) for job in jobs]
-            for fut in as_completed(futures):
-                yield fut.result()
-            return
-        futures = [self.pool.submit(build_device, job) for job in jobs]
-        for fut in cf.as_completed(futures):
-            yield fut.result()
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-        if self.client is not None:
-            self.client.close()
-
-
 def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
     """Import, analysis and sensitivity once, before any device is dispatched."""
     from toolchain.compile.driver import prepare
@@ -269,16 +143,16 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
     outcomes: dict[str, DeviceOutcome] = {}
     todo = []
     for d in fleet.devices:
-        entry = _cached(keys[d.name]) if use_cache else None
+        entry = cached(keys[d.name]) if use_cache else None
         if entry is not None:
-            _install(entry, outdir / d.name)
+            install(entry, outdir / d.name)
             outcomes[d.name] = DeviceOutcome(d.name, "cached", 0.0, keys[d.name],
                                              summary=_summary(entry))
             say(f"[{len(outcomes)}/{len(fleet.devices)}] {d.name}: up to date (cache)")
         else:
             todo.append(d)
     if todo:
-        pool = _Pool(jobs, executor)
+        pool = Pool(build_device, jobs, executor)
         try:
             prep = _shared_work(fleet, todo, say)
             shared = prep if pool.in_process else None
@@ -287,7 +161,7 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
             for outcome in pool.run(jobs_):
                 outcomes[outcome.name] = outcome
                 if outcome.status == "built":
-                    _install(cache_dir() / "fleet" / outcome.key, outdir / outcome.name)
+                    install(entry_dir(outcome.key), outdir / outcome.name)
                     state = f"built in {outcome.seconds:.1f}s"
                 else:
                     state = f"FAILED: {outcome.error}"

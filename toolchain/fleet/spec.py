@@ -35,11 +35,12 @@ from toolchain.errors import BadInputError
 from toolchain.files import sha256_file
 from toolchain.target import Target, load_target
 
-__all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS"]
+__all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS", "FLEET_JSON_VERSION", "canonical"]
 
 logger = logging.getLogger(__name__)
 
 BUDGET_KEYS = ("latency_ms", "energy_mj", "max_accuracy_drop")
+FLEET_JSON_VERSION = 1   # the format of the fleet.json a run writes (docs/fleet.md)
 _TOP_KEYS = {"model", "calib", "device", *BUDGET_KEYS}
 _DEVICE_KEYS = {"name", "target", "proxy", "measurements", "fingerprint", *BUDGET_KEYS}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
