@@ -213,3 +213,10 @@ def test_no_two_classes_share_a_name():
 @pytest.mark.parametrize("constant", ["PRECISIONS", "BYTES_PER_PRECISION", "PER_CHANNEL_OPS"])
 def test_shared_constants_are_defined_once(constant):
     assert len(_defs(rf"^_?{constant}\s*[:=]")) == 1, _defs(rf"^_?{constant}\s*[:=]")
+
+
+def test_every_pass_has_its_test_file():
+    helpers = {"__init__", "common"}   # the catalogue and the shared helpers are not passes
+    passes = sorted(p.stem for p in (ROOT / "passes").glob("*.py") if p.stem not in helpers)
+    missing = [p for p in passes if not (ROOT / "tests" / "passes" / f"test_{p}.py").is_file()]
+    assert missing == []
