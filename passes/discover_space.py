@@ -2,14 +2,17 @@
 
 Rules (each option also needs the target to support it; the target filters precisions):
 - precision fp32 / fp16 / int8: every compute kernel (Conv / Gemm / MatMul with a weight).
-- width 1.0 / 0.75 / 0.5 (channels by `pruned_channels`): a Conv with group 1 or a Gemm whose
-  output channels reach, only through per-channel ops (BatchNormalization, activations, bias /
-  scale by a weight, pooling, Flatten of a 1x1 map) and depthwise Convs (which shrink with
-  them), nothing but the input channels of other Convs (group 1) or Gemms. Channels tied by
-  an Add, Concat, a gating Mul, a reshape or a graph output are not pruned (all-or-nothing
-  tying is left to the prune pass's future versions).
+- width 1.0 / 0.75 / 0.5 (channels by `pruned_channels`): a Conv with group 1 or a Gemm of at
+  least 4 output channels that prune_channels can prune - the one rule `common.prune_site`:
+  from the anchor's output (a fused bias or scale included), the channels reach, only through
+  per-channel ops (BatchNormalization, activations, bias / scale by a weight that broadcasts
+  along the channel axis only, pooling, Flatten of a 1x1 map) and depthwise Convs (which
+  shrink with them), nothing but the input channels of other Convs (group 1) or Gemms.
+  Channels tied by an Add, Concat, a gating Mul, a reshape or a graph output are not pruned
+  (all-or-nothing tying is left to the prune pass's future versions).
 - kernel_size: a square Conv kernel of 5 or 7 (dilation 1) may shrink to the centre 3 (and 5)
-  when its pads can shrink by the same amount (so the output shape is unchanged).
+  when shrink_kernels can keep its output shape (`common.shrink_refusal`): explicit pads that
+  shrink by the same amount, or SAME_* auto_pad; never VALID, which has no pads to give back.
 - skip block: an Add of two equal-shaped tensors x and f(x), where f's nodes read nothing but
   x, weights and each other and nothing outside reads them; the block takes the Add's name.
 - resolution: a single NCHW input with H == W, spatial dims pooled away by a global pooling
@@ -21,7 +24,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from passes.common import PER_CHANNEL_OPS
+from passes.common import prune_site, shrink_refusal
+from toolchain.errors import BadInputError
 from toolchain.ir import Graph
 from toolchain.pipeline import Pass, PassContext, PassResult
 from toolchain.space import PRECISIONS, WIDTHS, Kernel, Space, pruned_channels
@@ -32,71 +36,28 @@ __all__ = ["DiscoverSpacePass", "discover_space", "skippable_blocks", "prunable"
 logger = logging.getLogger(__name__)
 
 _MAX_BLOCK_NODES = 64
+_MIN_PRUNE_CHANNELS = 4  # narrower kernels keep all their channels: little to save
 
 
-def _is_depthwise(graph: Graph, node: str) -> bool:
-    d = graph.node(node)
-    w = graph.shape(d["inputs"][1]) if len(d["inputs"]) > 1 else None
-    return (d["op_type"] == "Conv" and int(d["attrs"].get("group", 1)) > 1 and w is not None
-            and w[1] == 1 and graph.is_weight(d["inputs"][1]))
-
-
-def _reaches_only_consumers(graph: Graph, tensor: str, channels: int) -> bool:
-    """True if every path from `tensor` ends in the input channels of a Conv/Gemm."""
-    stack, seen = [tensor], set()
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in graph.outputs:
-            return False
-        for user in graph.consumers(t):
-            d = graph.node(user)
-            op, ins = d["op_type"], d["inputs"]
-            if op == "Conv" and ins[0] == t and not _is_depthwise(graph, user):
-                if int(d["attrs"].get("group", 1)) != 1:
-                    return False
-                continue
-            if op == "Gemm" and ins[0] == t and not d["attrs"].get("transA", 0):
-                continue
-            if op == "Conv" and ins[0] == t and _is_depthwise(graph, user):
-                stack.extend(o for o in d["outputs"] if o)
-                continue
-            if op in PER_CHANNEL_OPS and ins[0] == t:
-                stack.extend(o for o in d["outputs"][:1] if o)
-                continue
-            if op in ("Add", "Mul") and ins.count(t) == 1 and \
-                    all(graph.is_weight(i) for i in ins if i != t):
-                shape = graph.shape(next(i for i in ins if i != t))
-                if shape is not None and max(shape, default=1) in (1, channels) \
-                        and (len(shape) < 3 or shape[-1] == 1):
-                    stack.extend(d["outputs"])
-                    continue
-                return False
-            if op == "Flatten" and graph.shape(t) is not None and \
-                    all(s == 1 for s in graph.shape(t)[2:]):
-                stack.extend(d["outputs"])
-                continue
-            return False
-    return True
+def _prunable_channels(graph: Graph, kernel: Kernel) -> int | None:
+    """The output channels of a kernel that prune_channels can prune (`prune_site` succeeds)
+    and that has at least 4 of them, else None."""
+    if kernel.op_type not in ("Conv", "Gemm"):
+        return None
+    try:
+        channels = prune_site(graph, kernel.name).channels
+    except BadInputError as err:
+        logger.debug("no width for %s: %s", kernel.name, err)
+        return None
+    return channels if channels >= _MIN_PRUNE_CHANNELS else None
 
 
 def prunable(graph: Graph, kernel: Kernel) -> bool:
-    if kernel.op_type == "Conv" and kernel.group == 1 and kernel.weight_shape:
-        channels = kernel.weight_shape[0]
-    elif kernel.op_type == "Gemm" and kernel.output_shape and len(kernel.output_shape) == 2:
-        channels = kernel.output_shape[1]
-    else:
-        return False
-    if channels < 4:
-        return False
-    out = graph.node(kernel.nodes[-1])["outputs"][0]
-    return _reaches_only_consumers(graph, out, channels)
+    """True if discover_space offers widths for `kernel` (prune_channels then accepts them)."""
+    return _prunable_channels(graph, kernel) is not None
 
 
-def _widths(kernel: Kernel) -> list[float]:
-    channels = (kernel.weight_shape[0] if kernel.op_type == "Conv" else kernel.output_shape[1])
+def _widths(channels: int) -> list[float]:
     seen, out = set(), []
     for w in WIDTHS:
         c = pruned_channels(channels, w)
@@ -108,17 +69,9 @@ def _widths(kernel: Kernel) -> list[float]:
 
 def _kernel_sizes(kernel: Kernel, graph: Graph) -> list[int]:
     ks = kernel.kernel_shape
-    dil = graph.node(kernel.name)["attrs"].get("dilations", [1] * len(ks))
-    if kernel.op_type != "Conv" or len(ks) != 2 or ks[0] != ks[1] or any(d != 1 for d in dil):
+    if kernel.op_type != "Conv" or len(ks) != 2 or ks[0] != ks[1] or ks[0] not in (5, 7):
         return []
-    attrs = graph.node(kernel.name)["attrs"]
-    pads = attrs.get("pads", [0, 0, 0, 0])
-    explicit = attrs.get("auto_pad", "NOTSET") in ("NOTSET", "")
-    # the centre k x k keeps the output shape only if the pads can shrink by (K - k) / 2
-    if ks[0] not in (5, 7):
-        return []
-    sizes = [k for k in (7, 5, 3) if k <= ks[0]
-             and (not explicit or k == ks[0] or min(pads) >= (ks[0] - k) // 2)]
+    sizes = [k for k in (7, 5, 3) if k <= ks[0] and shrink_refusal(graph, kernel.name, k) is None]
     return sizes if len(sizes) > 1 else []
 
 
@@ -203,8 +156,9 @@ def discover_space(graph: Graph, kernels: list[Kernel]) -> Space:
         if not k.is_compute:
             continue
         options: dict[str, list] = {"precision": list(PRECISIONS)}
-        if prunable(graph, k):
-            options["width"] = _widths(k)
+        channels = _prunable_channels(graph, k)
+        if channels is not None:
+            options["width"] = _widths(channels)
         sizes = _kernel_sizes(k, graph)
         if sizes:
             options["kernel_size"] = sizes

@@ -1,10 +1,11 @@
 """Fold constant subgraphs into weights.
 
-Rule: a `Constant` node becomes a weight; a node whose inputs are all weights (or a `Shape` /
-`Size` of a tensor with a fully known shape) is evaluated once with ONNX's reference evaluator
-and its outputs become weights. Quantize/dequantize nodes are never folded (they carry the int8
-plan), nor are random ops. Post-condition: no node computes only from constants; outputs are
-unchanged. Invalidates "shapes" (new weights, fewer nodes) when it changed anything.
+Rule: a `Constant` node becomes a weight; a node whose inputs are all weights is evaluated once
+with ONNX's reference evaluator and its outputs become weights; a `Shape` (of dims `start:end`
+when given) or `Size` of any tensor becomes a weight when the dims it reads are known.
+Quantize/dequantize nodes are never folded (they carry the int8 plan), nor are random ops.
+Post-condition: no node computes only from constants; outputs are unchanged. Invalidates
+"shapes" (new weights, fewer nodes) when it changed anything.
 """
 from __future__ import annotations
 
@@ -29,13 +30,24 @@ _NEVER = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Random
 _MAX_FOLD_BYTES = 1 << 30  # larger results stay nodes (memory), never silently dropped
 
 
+def _shape_slice(graph: Graph, d: dict) -> np.ndarray | None:
+    """Shape's output, dims [start:end] of its input's shape, if those dims are all known.
+    ONNX's start/end (opset 15) follow Python's slice rule: negative counts from the end,
+    out-of-range clamps, so a Python slice computes them exactly."""
+    info = graph.tensors.get(d["inputs"][0])
+    if info is None or info.shape is None:
+        return None
+    dims = info.shape[int(d["attrs"].get("start", 0)):d["attrs"].get("end")]
+    if not all(isinstance(s, int) for s in dims):
+        return None
+    return np.array(dims, dtype=np.int64)
+
+
 def _evaluate(graph: Graph, name: str) -> list[np.ndarray] | None:
     d = graph.node(name)
-    if d["op_type"] == "Shape" and not d["attrs"]:
-        info = graph.tensors.get(d["inputs"][0])
-        if info is not None and info.known:
-            return [np.array(info.shape, dtype=np.int64)]
-        return None
+    if d["op_type"] == "Shape":  # its input is an activation: never run, read off its shape
+        dims = _shape_slice(graph, d)
+        return None if dims is None else [dims]
     if d["op_type"] == "Size":
         info = graph.tensors.get(d["inputs"][0])
         return [np.array(info.numel, dtype=np.int64)] if info is not None and info.known else None

@@ -1,8 +1,9 @@
 """ONNX -> IR, the front end of every command.
 
 Rule: load the model (external data included), check it with onnx.checker, fix the input
-shapes (a symbolic batch dimension becomes 1; other symbolic dimensions need `input_shapes`),
-build the Graph, then infer shapes, fold constants and infer shapes again.
+shapes (a symbolic batch dimension becomes 1; other symbolic dimensions need `input_shapes`,
+whose shapes must be positive integers of the declared rank, else BadInputError), build the
+Graph, then infer shapes, fold constants and infer shapes again.
 Post-conditions: every node has a unique deterministic name (its ONNX name when present and
 unique, else "<op_type>_<index>" with index its position in the model); facts "shapes" hold;
 ops the toolchain does not know stay as opaque nodes (listed by `unknown_ops`).
@@ -13,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
@@ -84,6 +86,20 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _given_shape(name: str, given, declared: tuple | None) -> tuple[int, ...]:
+    """A shape given for input `name`: positive integers, as many as the model declares."""
+    shape = tuple(given)
+    if not all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0
+               for d in shape) or not shape:
+        raise BadInputError(f"--input-shape {name}={'x'.join(map(str, shape))}: expected "
+                            "positive integers, e.g. input=1x3x224x224")
+    if declared is not None and len(shape) != len(declared):
+        raise BadInputError(f"--input-shape {name}={'x'.join(map(str, shape))}: input {name!r} "
+                            f"has rank {len(declared)} (declared {list(declared)}), not "
+                            f"{len(shape)}")
+    return tuple(int(d) for d in shape)
+
+
 def _fixed_input_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]],
                         notes: list[str]) -> dict[str, tuple[int, ...]]:
     inits = {i.name for i in model.graph.initializer}
@@ -94,10 +110,10 @@ def _fixed_input_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]
                             f"{[vi.name for vi in real]}")
     shapes = {}
     for vi in real:
-        if vi.name in given:
-            shapes[vi.name] = tuple(given[vi.name])
-            continue
         info = value_info_to_tensorinfo(vi)
+        if vi.name in given:
+            shapes[vi.name] = _given_shape(vi.name, given[vi.name], info.shape)
+            continue
         if info.shape is None:
             raise BadInputError(f"input {vi.name!r} has no shape: give it with "
                                 f"--input-shape {vi.name}=D1xD2x...")

@@ -2,12 +2,13 @@
 
 Rule: a pruned kernel (a group-1 Conv or a Gemm, named by its anchor node) keeps
 `pruned_channels(C, width)` of its C output channels. The kept set propagates along the
-channels' path: per-channel ops (BatchNormalization, activations, pooling, Flatten of a 1x1
-map, Add/Mul by a per-channel weight) are sliced, depthwise Convs shrink with their input
-(weights, bias, `group`), and the path ends in the input channels of group-1 Convs and Gemms
-(the consumers), whose weights are sliced. Channels that reach a graph output, an Add/Concat/Mul
-of two activations (tied channels) or anything else cannot be pruned: BadInputError names the
-kernel and the op. Which channels stay: the largest importance E[x_c^2] * ||W_consumer[:, c]||^2
+channels' path, traced by `common.prune_site` (the rule discover_space offers widths by):
+per-channel ops (BatchNormalization, activations, pooling, Flatten of a 1x1 map, Add/Mul by a
+per-channel weight) are sliced, depthwise Convs shrink with their input (weights, bias,
+`group`), and the path ends in the input channels of group-1 Convs and Gemms (the consumers),
+whose weights are sliced. Channels that reach a graph output, an Add/Concat/Mul of two
+activations (tied channels) or anything else cannot be pruned: BadInputError names the kernel
+and the op. Which channels stay: the largest importance E[x_c^2] * ||W_consumer[:, c]||^2
 summed over consumers (x: the consumer's input on calibration data). Reconstruction (default
 on): each consumer's new weights and bias solve the ridge least-squares problem
 min ||[X_S, 1] A - X W^T|| over calibration activations, where X are the consumer's original
@@ -22,10 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from passes.common import PER_CHANNEL_OPS, run_collect
+from passes.common import PruneSite, prune_site, run_collect
 from passes.infer_shapes import infer_shapes
 from toolchain.calib import CalibData, synthetic_calib
-from toolchain.errors import BadInputError
 from toolchain.ir import Graph, TensorInfo
 from toolchain.pipeline import Pass, PassContext, PassResult
 from toolchain.space import pruned_channels
@@ -38,88 +38,6 @@ logger = logging.getLogger(__name__)
 # consumers with more features (e.g. a 3x3 Conv over 256 channels) are sliced, not refit.
 _ROWS_PER_FEATURE, _MIN_ROWS, _MAX_ROWS = 4, 4096, 24_000
 _MAX_FEATURES = 1200
-
-
-@dataclass(frozen=True)
-class PruneSite:
-    """Where one kernel's output channels go: the nodes to slice and the consumers."""
-
-    kernel: str
-    channels: int
-    path: tuple[str, ...]       # per-channel and depthwise nodes, in traversal order
-    consumers: tuple[str, ...]  # group-1 Convs / Gemms reading the channels as input 0
-
-
-def _depthwise(graph: Graph, node: str) -> bool:
-    d = graph.node(node)
-    w = d["inputs"][1] if len(d["inputs"]) > 1 else ""
-    return (d["op_type"] == "Conv" and int(d["attrs"].get("group", 1)) > 1
-            and graph.is_weight(w) and graph.initializers[w].shape[1] == 1)
-
-
-def _per_channel_weight(graph: Graph, d: dict, t: str, channels: int) -> bool:
-    """Add/Mul of `t` and a weight that broadcasts along the channel axis only."""
-    others = [i for i in d["inputs"] if i != t]
-    if d["op_type"] not in ("Add", "Mul") or d["inputs"].count(t) != 1 or len(others) != 1 \
-            or not graph.is_weight(others[0]):
-        return False
-    w, rank = graph.initializers[others[0]].shape, len(graph.shape(t) or ())
-    axis = len(w) - (rank - 1)
-    return all(s == 1 for i, s in enumerate(w) if i != axis) and \
-        (axis < 0 or w[axis] in (1, channels))
-
-
-def _step(graph: Graph, kernel: str, t: str, channels: int) -> tuple[list, list, list]:
-    """One tensor's readers -> (path nodes, consumers, next tensors); BadInputError if tied."""
-    path, consumers, nxt = [], [], []
-    if t in graph.outputs:
-        raise BadInputError(f"width: kernel {kernel!r}: its channels reach the graph output "
-                            f"{t!r} and cannot be pruned")
-    for user in graph.consumers(t):
-        d = graph.node(user)
-        op, ins = d["op_type"], d["inputs"]
-        if op == "Conv" and ins[0] == t and _depthwise(graph, user):
-            path.append(user)
-            nxt.append(d["outputs"][0])
-        elif op == "Conv" and ins[0] == t and int(d["attrs"].get("group", 1)) == 1:
-            consumers.append(user)
-        elif op == "Gemm" and ins[0] == t and not d["attrs"].get("transA", 0):
-            consumers.append(user)
-        elif (op in PER_CHANNEL_OPS and ins[0] == t) or _per_channel_weight(graph, d, t, channels) \
-                or (op == "Flatten" and all(s == 1 for s in (graph.shape(t) or (0, 0, 0))[2:])):
-            path.append(user)
-            nxt.append(d["outputs"][0])
-        else:
-            raise BadInputError(f"width: kernel {kernel!r}: its channels are tied by {op} node "
-                                f"{user!r} and cannot be pruned on their own")
-    return path, consumers, nxt
-
-
-def prune_site(graph: Graph, kernel: str) -> PruneSite:
-    """Trace where the output channels of `kernel` go (BadInputError if they cannot be pruned)."""
-    if kernel not in graph or graph.op(kernel) not in ("Conv", "Gemm"):
-        raise BadInputError(f"width: {kernel!r} is not a Conv or Gemm kernel of this model")
-    d = graph.node(kernel)
-    weight = d["inputs"][1]
-    if not graph.is_weight(weight) or (graph.op(kernel) == "Conv"
-                                       and int(d["attrs"].get("group", 1)) != 1):
-        raise BadInputError(f"width: kernel {kernel!r} is grouped or has no constant weight")
-    W = graph.initializers[weight]
-    channels = W.shape[1] if graph.op(kernel) == "Gemm" and not d["attrs"].get("transB", 0) \
-        else W.shape[0]
-    path, consumers, stack, seen = [], [], [d["outputs"][0]], set()
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        p, c, nxt = _step(graph, kernel, t, channels)
-        path += [n for n in p if n not in path]
-        consumers += [n for n in c if n not in consumers]
-        stack += nxt
-    if not consumers:
-        raise BadInputError(f"width: kernel {kernel!r}: its channels reach no Conv or Gemm")
-    return PruneSite(kernel, channels, tuple(path), tuple(consumers))
 
 
 # --- calibration statistics --------------------------------------------------------------------

@@ -2,15 +2,18 @@
 
 Rule (as once-for-all's elastic kernels): W'[:, :, i, j] = W[:, :, i + d, j + d] with
 d = (K - k) / 2; explicit pads shrink by d on every side, so the output shape is unchanged
-(SAME_* auto_pad keeps it by itself). Pre-conditions: a square Conv with dilation 1, odd k < K
-and pads >= d (else BadInputError). Post-condition: every tensor keeps its shape; the outputs
-change (the border taps are dropped), facts "costs"/"kernels"/"space" are stale.
+(SAME_* auto_pad keeps it by itself). Pre-conditions (`common.shrink_refusal`, the rule
+discover_space offers sizes by): a square Conv with dilation 1, odd k < K, and pads >= d or
+SAME_* - auto_pad=VALID has no pads to give back (else BadInputError). Post-condition: every
+tensor keeps its shape; the outputs change (the border taps are dropped), facts
+"costs"/"kernels"/"space" are stale.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
+from passes.common import shrink_refusal
 from toolchain.errors import BadInputError
 from toolchain.ir import Graph, TensorInfo
 from toolchain.pipeline import Pass, PassContext, PassResult
@@ -22,26 +25,17 @@ logger = logging.getLogger(__name__)
 
 def shrink_kernel(graph: Graph, name: str, size: int) -> bool:
     """Shrink Conv `name` to size x size; False if it already has that size."""
-    if name not in graph or graph.op(name) != "Conv":
-        raise BadInputError(f"kernel_size: {name!r} is not a Conv of this model")
+    refusal = shrink_refusal(graph, name, size)
+    if refusal:
+        raise BadInputError(f"kernel_size: {refusal}")
     d = graph.node(name)
     attrs, weight = d["attrs"], d["inputs"][1]
-    if not graph.is_weight(weight):
-        raise BadInputError(f"kernel_size: Conv {name!r} has no constant weight")
     W = graph.initializers[weight]
     K = W.shape[2]
-    if W.ndim != 4 or W.shape[2] != W.shape[3] or any(v != 1 for v in attrs.get("dilations", [])):
-        raise BadInputError(f"kernel_size: Conv {name!r} is not square with dilation 1")
     if size == K:
         return False
-    if size > K or size < 1 or size % 2 == 0 or K % 2 == 0:
-        raise BadInputError(f"kernel_size: Conv {name!r} is {K}x{K}; it can shrink to a smaller "
-                            f"odd size, not {size}")
     cut = (K - size) // 2
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
-    if attrs.get("auto_pad", "NOTSET") in ("NOTSET", "") and min(pads) < cut:
-        raise BadInputError(f"kernel_size: Conv {name!r} has pads {pads}; shrinking to {size} "
-                            "would change its output shape")
     new_weight = graph.fresh_name(f"{weight}.k{size}")
     graph.initializers[new_weight] = W[:, :, cut:K - cut, cut:K - cut].copy()
     graph.tensors[new_weight] = TensorInfo(graph.initializers[new_weight].shape, W.dtype.name)

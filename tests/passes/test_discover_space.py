@@ -13,7 +13,7 @@ from passes.discover_space import DiscoverSpacePass
 from passes.group_kernels import GroupKernelsPass
 from passes.import_onnx import import_onnx
 from passes.infer_shapes import infer_shapes
-from passes.prune_channels import prune_site
+from passes.prune_channels import PruneChannelsPass, prune_site
 from passes.shrink_kernels import shrink_kernel
 from toolchain.errors import BadInputError
 from toolchain.measure import zoo
@@ -136,27 +136,21 @@ def test_no_width_for_tiny_or_grouped_kernels(w1, attrs):
     assert "width" not in graph.space.options["c1"]
 
 
-_FUSED_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: an Add/Mul with a weight right after the conv is fused into its kernel and prunable() "
-    "starts from the kernel's last output, so the weight's shape is never checked: width is "
-    "offered, prune_channels refuses it as tied"))
-_AXIS_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: discover_space's per-channel test accepts a (C,) or (1,1,C,1) weight, which broadcasts "
-    "along W or H (here equal to C); prune_channels refuses it as tied"))
-
-
-@pytest.mark.parametrize(("fused", "shape"), [
-    (True, (1, 16, 1, 1)),
-    pytest.param(True, (16,), marks=_FUSED_BUG),
-    pytest.param(True, (1, 1, 16, 1), marks=_FUSED_BUG),
-    pytest.param(True, (1, 16, 16, 16), marks=_FUSED_BUG),
-    (False, (1, 16, 1, 1)),
-    pytest.param(False, (16,), marks=_AXIS_BUG),
-    pytest.param(False, (1, 1, 16, 1), marks=_AXIS_BUG),
-    (False, (1, 16, 16, 16)),
+@pytest.mark.parametrize(("fused", "shape", "offered"), [
+    (True, (1, 16, 1, 1), True),
+    (True, (16,), False),            # broadcasts along W (here equal to C), fused into c1
+    (True, (1, 1, 16, 1), False),    # along H
+    (True, (1, 16, 16, 16), False),  # per position
+    (False, (1, 16, 1, 1), True),
+    (False, (16,), False),
+    (False, (1, 1, 16, 1), False),
+    (False, (1, 16, 16, 16), False),
 ], ids=["fused-1C11", "fused-C", "fused-11C1", "fused-1CHW", "after-pool-1C11", "after-pool-C",
         "after-pool-11C1", "after-pool-1CHW"])
-def test_width_offered_exactly_where_prune_channels_accepts_a_bias(fused, shape):
+def test_width_offered_exactly_where_prune_channels_accepts_a_bias(fused, shape, offered):
+    """One rule (common.prune_site) for both passes: a bias fused into c1's kernel is checked
+    too (discover_space used to start after it), and a (C,) or (1, 1, C, 1) weight, which
+    broadcasts along W or H, ties the channels (discover_space used to accept it)."""
     pool = [] if fused else [helper.make_node("MaxPool", ["a"], ["p"], name="pool",
                                               kernel_shape=[1, 1])]
     model = _model([_conv("c1", "x", "a", "w1"), *pool,
@@ -165,12 +159,46 @@ def test_width_offered_exactly_where_prune_channels_accepts_a_bias(fused, shape)
                    inputs={"x": (1, 16, 16, 16)})
     graph, _ = _analyze(model)
     assert graph.kernels[0].nodes == (("c1", "add") if fused else ("c1",))
-    try:
-        prune_site(graph, "c1")
-        accepted = True
-    except BadInputError:
-        accepted = False
-    assert ("width" in graph.space.options["c1"]) == accepted
+    assert ("width" in graph.space.options["c1"]) == offered
+    if not offered:
+        with pytest.raises(BadInputError, match="tied by Add node 'add'"):
+            prune_site(graph, "c1")
+        return
+    # the offered width applies: prune_channels prunes c1 to half, every output shape kept
+    site = prune_site(graph, "c1")
+    assert site.path == (("add",) if fused else ("pool", "add")) and site.consumers == ("c2",)
+    result = PruneChannelsPass(widths={"c1": graph.space.options["c1"]["width"][-1]}).run(
+        graph, PassContext(facts={"shapes"}))
+    assert result.stats["channels_kept"] == {"c1": 8} and graph.shape("b") == (1, 8, 16, 16)
+    assert graph.shape("y") == (1, 8, 16, 16)
+
+
+def _gemm_after_custom_op(tail: bool):
+    """x -> Foo (opaque) -> Gemm fc -> Relu [-> Gemm fc2] -> y, y declared (a, b): inference
+    knows nothing after Foo, so the last kernel's output dims are unknown (None, None)."""
+    nodes = [helper.make_node("Foo", ["x"], ["f"], name="foo", domain="com.example"),
+             helper.make_node("Gemm", ["f", "fc"], ["g"], name="fc", transB=1),
+             _relu("relu", "g", "r" if tail else "y")]
+    weights = {"fc": (16, 8)}
+    if tail:
+        nodes.append(helper.make_node("Gemm", ["r", "fc2"], ["y"], name="fc2", transB=1))
+        weights["fc2"] = (10, 16)
+    model = _model(nodes, weights, inputs={"x": (1, 8)}, outputs={"y": 2})
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    return model
+
+
+@pytest.mark.parametrize("tail", [False, True], ids=["gemm-output", "gemm-into-gemm"])
+def test_gemm_with_unknown_output_dims_is_no_crash(tail):
+    """discover_space read a Gemm's channels off its output dims: TypeError (None < 4) when
+    they were unknown. The channels come from the weight now, the rule is prune_site's."""
+    graph, _ = _analyze(_gemm_after_custom_op(tail))
+    last = graph.kernels[-1]
+    assert last.op_type == "Gemm" and last.output_shape == (None, None)
+    assert "width" not in graph.space.options[last.name]  # its channels are the graph output
+    assert ("width" in graph.space.options["fc"]) == tail  # fc feeds fc2 through the Relu
+    if tail:
+        assert prune_site(graph, "fc").consumers == ("fc2",)
 
 
 # --- kernel size ---------------------------------------------------------------------------
@@ -208,12 +236,16 @@ def test_no_kernel_shrink(k, attrs):
     assert "kernel_size" not in graph.space.options["c"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: auto_pad=VALID counts as 'not explicit' pads, so a "
-                   "shrink is offered (and applied by shrink_kernels) although VALID has no pads "
-                   "to give back: the output grows from 8x8 to 10x10")
-def test_no_kernel_shrink_with_valid_padding():
-    graph, _ = _analyze(_kxk((5, 5), {"auto_pad": "VALID"}))
+@pytest.mark.parametrize("k", [5, 7])
+def test_no_kernel_shrink_with_valid_padding(k):
+    """VALID has no pads to give back: shrinking would grow the output (8x8 -> 10x10 for 5x5
+    -> 3x3). It used to count as 'not explicit pads' and was offered and applied."""
+    graph, _ = _analyze(_kxk((k, k), {"auto_pad": "VALID"}))
+    assert graph.shape("y") == (1, 16, 13 - k, 13 - k)
     assert "kernel_size" not in graph.space.options["c"]
+    with pytest.raises(BadInputError, match=r"^kernel_size: Conv 'c' has auto_pad=VALID \(no "
+                       r"padding to give back\); shrinking to 3 would change its output shape$"):
+        shrink_kernel(graph, "c", 3)
 
 
 # --- skip blocks ---------------------------------------------------------------------------

@@ -154,14 +154,37 @@ def test_never_folded(nodes, weights, kept):
     assert not result.changed
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="BUG: a Shape with a start/end attribute skips the shape shortcut and "
-                   "is evaluated as if its input were a weight: KeyError instead of folding or "
-                   "skipping it (import_onnx crashes on such models)")
-def test_shape_with_start_attribute():
-    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape", start=1),
-             helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")]
-    graph = _ir(nodes, {"x": (1, 2, 4)}, {}, ["y"])
-    _fold(graph)
-    assert "shape" not in graph
-    np.testing.assert_array_equal(graph.initializers["s"], [2, 4])
+@pytest.mark.parametrize(("attrs", "dims"), [
+    ({"start": 1}, [2, 4]), ({"start": -1}, [4]), ({"end": -1}, [1, 2]),
+    ({"start": 1, "end": 2}, [2]), ({"start": -9, "end": 9}, [1, 2, 4]),
+    ({"start": 2, "end": 1}, []),
+], ids=["start", "negative-start", "negative-end", "start-end", "clamped", "empty"])
+def test_shape_with_start_and_end_folds_to_those_dims(attrs, dims):
+    """Shape reads dims start:end (Python slice rules); it folded as a weight-only node before,
+    a KeyError on its activation input that crashed import_onnx."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape", **attrs),
+             helper.make_node("Concat", ["s", "minus1"], ["t"], name="cat", axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"], name="reshape")]
+    graph = _ir(nodes, {"x": (1, 2, 4)}, {"minus1": np.array([-1], np.int64)}, ["y"])
+    before = export_onnx(graph)
+    result = _fold(graph)
+    graph.validate()
+    assert "shape" not in graph and "cat" not in graph and result.stats == {"nodes_folded": 2}
+    assert sorted(graph.initializers) == ["t"]  # s and minus1 were read only by the Concat
+    np.testing.assert_array_equal(graph.initializers["t"], [*dims, -1])
+    assert graph.initializers["t"].dtype == np.int64
+    _same_outputs(before, export_onnx(graph))
+
+
+@pytest.mark.parametrize(("attrs", "folded"), [({"start": 1}, True), ({}, False),
+                                               ({"end": 1}, False)],
+                         ids=["known-dims", "whole-shape", "unknown-dim"])
+def test_shape_of_a_partly_known_shape_folds_only_known_dims(attrs, folded):
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape", **attrs),
+             helper.make_node("Concat", ["minus1", "s"], ["t"], name="cat", axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"], name="reshape")]
+    graph = _ir(nodes, {"x": ("N", 2, 4)}, {"minus1": np.array([-1], np.int64)}, ["y"])
+    result = _fold(graph)
+    assert result.changed == folded and ("shape" in graph) != folded and ("cat" in graph) != folded
+    if folded:
+        np.testing.assert_array_equal(graph.initializers["t"], [-1, 2, 4])

@@ -82,6 +82,18 @@ def test_input_shapes_override(x_shape, given, want):
     assert graph.notes == []  # given, not assumed
 
 
+def test_shape_with_start_folds_on_import():
+    """A Shape reading dims start:end of an activation used to crash the import (KeyError)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c"),
+             helper.make_node("Shape", ["a"], ["s"], name="shape", start=-3),
+             helper.make_node("ConstantOfShape", ["s"], ["z"], name="zeros"),
+             helper.make_node("Add", ["a", "z"], ["y"], name="add")]
+    graph = import_onnx(_model(nodes))
+    assert graph.topo() == ["c", "add"]
+    np.testing.assert_array_equal(graph.initializers["z"], np.zeros((3, 8, 8)))
+    assert graph.shape("y") == (1, 3, 8, 8)
+
+
 def test_custom_domain_op_is_kept_as_an_opaque_node():
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="c"),
              helper.make_node("Foo", ["a"], ["b"], name="foo", domain=CUSTOM, alpha=0.5,
@@ -163,8 +175,19 @@ def _not_ssa():
     (lambda p: _model([helper.make_node("Conv", ["x", "w"], ["y"])], x_shape=(1, 3, "h", 8)),
      None, r"^input 'x' has symbolic dimensions \['h'\]: give its shape with --input-shape "
      r"x=D1xD2x\.\.\.$"),
+    (lambda p: _chain(["c"], ["Conv"]), {"x": (1, 3, 8)},
+     r"^--input-shape x=1x3x8: input 'x' has rank 4 \(declared \[1, 3, 8, 8\]\), not 3$"),
+    (lambda p: _model([helper.make_node("Conv", ["x", "w"], ["y"])], x_shape=("N", 3, "h", "w")),
+     {"x": (1, 3, 8, 8, 1)}, r"^--input-shape x=1x3x8x8x1: input 'x' has rank 4 \(declared "
+     r"\['N', 3, 'h', 'w'\]\), not 5$"),
+    (lambda p: _chain(["c"], ["Conv"]), {"x": (1, 3, 0, 8)},
+     r"^--input-shape x=1x3x0x8: expected positive integers"),
+    (lambda p: _chain(["c"], ["Conv"]), {"x": (1, 3, -8, 8)},
+     r"^--input-shape x=1x3x-8x8: expected positive integers"),
+    (lambda p: _chain(["c"], ["Conv"]), {"x": ()}, r"^--input-shape x=: expected positive"),
 ], ids=["missing", "directory", "garbage", "empty", "not-ssa", "unknown-default-domain-op",
-        "external-data-missing", "unknown-input-name", "symbolic-spatial"])
+        "external-data-missing", "unknown-input-name", "symbolic-spatial", "shape-rank-too-low",
+        "shape-rank-too-high", "shape-zero-dim", "shape-negative-dim", "shape-empty"])
 def test_bad_input_is_a_one_line_bad_input_error(tmp_path, make, shapes, match):
     with pytest.raises(BadInputError, match=match) as info:
         import_onnx(make(tmp_path), shapes)

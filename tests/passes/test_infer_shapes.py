@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from passes import load_and_analyze
+from passes.export_onnx import export_onnx
 from passes.import_onnx import import_onnx
 from passes.infer_shapes import InferShapesPass, infer_shapes
 from toolchain.ir import Graph, TensorInfo
@@ -76,10 +78,12 @@ def test_a_new_input_shape_propagates():
     graph = _classifier()
     infer_shapes(graph)
     graph.tensors["x"] = TensorInfo((2, 3, 16, 16), "float32")
-    # the intermediates a, r, p, f, y; graph outputs: see the xfail test at the end
-    assert infer_shapes(graph) == 5
+    # the intermediates a, r, p, f, y and the graph output h (s, the shape's length, stays)
+    assert infer_shapes(graph) == 6
     assert graph.shape("a") == (2, 8, 8, 8) and graph.shape("p") == (2, 8, 1, 1)
     assert graph.shape("f") == (2, 8) and graph.shape("y") == (2, 10)
+    assert graph.tensors["h"] == TensorInfo((2, 10), "float16")
+    assert graph.tensors["s"] == TensorInfo((4,), "int64")
 
 
 def test_weight_shapes_come_from_the_arrays():
@@ -125,14 +129,36 @@ def _conv_model():
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a graph output declared with static dims keeps the "
-                   "declared shape when the input shape changes (ONNX inference does not "
-                   "override it, non-strict); its producer's MACs/FLOPs, kernel output_shape and "
-                   "the exported output shape are then wrong, and resize_input's output-shape "
-                   "check cannot see the change")
 def test_graph_output_shape_follows_a_new_input_shape():
+    """A graph output declared with static dims follows the input: ONNX's non-strict inference
+    kept the declared (stale) shape, and with it its producer's costs and the exported shape."""
     graph = import_onnx(_conv_model())
+    assert graph.shape("y") == (1, 8, 6, 6)
     graph.tensors["x"] = TensorInfo((1, 3, 16, 16), "float32")
-    infer_shapes(graph)
-    assert graph.shape("a") == (1, 8, 14, 14)  # passes: intermediates are re-inferred
-    assert graph.shape("y") == (1, 8, 14, 14)  # fails: stays (1, 8, 6, 6)
+    assert infer_shapes(graph) == 2
+    assert graph.shape("a") == (1, 8, 14, 14)
+    assert graph.tensors["y"] == TensorInfo((1, 8, 14, 14), "float32")
+    assert graph.nx.edges["c", "r", "a"]["shape"] == (1, 8, 14, 14)
+
+
+def test_input_shapes_override_reaches_a_declared_output_its_costs_and_the_export():
+    graph = load_and_analyze(_conv_model(), {"x": (2, 3, 16, 16)})
+    assert graph.shape("y") == (2, 8, 14, 14)
+    (kernel,) = graph.kernels
+    assert kernel.nodes == ("c", "r") and kernel.output_shape == (2, 8, 14, 14)
+    assert kernel.macs == 2 * 8 * 14 * 14 * 3 * 3 * 3
+    (out,) = export_onnx(graph).graph.output
+    assert [d.dim_value for d in out.type.tensor_type.shape.dim] == [2, 8, 14, 14]
+
+
+@pytest.mark.parametrize(("nodes", "inputs", "declared"), [
+    ([("foo", "Foo", ["x"], ["y"], {}, CUSTOM)], {"x": ((2, 6), "float32")},
+     TensorInfo((2, 3), "float32")),
+    ([("reshape", "Reshape", ["x", "s"], ["y"], {})],
+     {"x": ((2, 6), "float32"), "s": ((2,), "int64")}, TensorInfo((3, "n"), "float32")),
+], ids=["custom-op", "reshape-to-a-runtime-shape"])
+def test_a_declared_output_fills_what_inference_cannot_know(nodes, inputs, declared):
+    graph = _ir(nodes, inputs, {}, ["y"])
+    graph.tensors["y"] = declared  # as import_onnx declares it
+    assert infer_shapes(graph) == 0
+    assert graph.tensors["y"] == declared

@@ -135,11 +135,32 @@ def _output_model():
     return _model(nodes, {"a": RNG.normal(size=(3, 4, 1, 1))})
 
 
+def _flatten_axis2_model():
+    """A's channels (1 x 4 x 1 x 1) flattened at axis 2 become the rows (4 x 1), not columns."""
+    nodes = [helper.make_node("Conv", ["x", "a"], ["h"], name="A", kernel_shape=[6, 6]),
+             helper.make_node("Flatten", ["h"], ["f"], name="flat", axis=2),
+             helper.make_node("Gemm", ["f", "b"], ["y"], name="B", transB=1)]
+    return _model(nodes, {"a": RNG.normal(size=(4, 4, 6, 6)), "b": RNG.normal(size=(3, 1))},
+                  out_shape=(4, 3))
+
+
+def _rank_raising_scale_model():
+    """A (1 x 4 x 6 x 6) times a 1 x 1 x 1 x 1 x 1 weight: 1 x 1 x 4 x 6 x 6, the channels move
+    to axis 2 and the 3-D Conv B reads a single input channel."""
+    nodes = [helper.make_node("Conv", ["x", "a"], ["h"], name="A", kernel_shape=[1, 1]),
+             helper.make_node("Mul", ["h", "k"], ["m"], name="scale"),
+             helper.make_node("Conv", ["m", "b"], ["y"], name="B", kernel_shape=[1, 1, 1])]
+    return _model(nodes, {"a": RNG.normal(size=(4, 4, 1, 1)), "k": np.ones((1, 1, 1, 1, 1)),
+                          "b": RNG.normal(size=(3, 1, 1, 1, 1))}, out_shape=(1, 3, 4, 6, 6))
+
+
 @pytest.mark.parametrize(("model", "kernel", "match"), [
     (_tied_model, "A", "tied by Add"),
     (_output_model, "A", "graph output"),
     (_chain_model, "nope", "not a Conv or Gemm"),
     (_chain_model, "dw", "grouped"),
+    (_flatten_axis2_model, "A", "tied by Flatten node 'flat'"),
+    (_rank_raising_scale_model, "A", "tied by Mul node 'scale'"),
 ])
 def test_illegal_prunes(model, kernel, match):
     graph = import_onnx(model())

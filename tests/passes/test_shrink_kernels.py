@@ -13,11 +13,13 @@ from toolchain.errors import BadInputError
 from toolchain.pipeline import PassContext
 
 
-def _conv_model(W: np.ndarray, pads: int, group: int = 1):
+def _conv_model(W: np.ndarray, pads: int | str, group: int = 1):
+    """x (1 x C x 9 x 9) -> Conv -> y; `pads` on every side, or an auto_pad mode."""
     k = W.shape[2]
     cin = W.shape[1] * group
+    padding = {"auto_pad": pads} if isinstance(pads, str) else {"pads": [pads] * 4}
     node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[k, k],
-                            pads=[pads] * 4, group=group)
+                            group=group, **padding)
     g = helper.make_graph([node], "g",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 9, 9])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 9, 9])],
@@ -52,8 +54,19 @@ def test_same_size_is_no_change():
 
 @pytest.mark.parametrize(("sizes", "pads", "match"), [
     ({"conv": 4}, 2, "smaller odd size"), ({"conv": 7}, 2, "smaller odd size"),
-    ({"nope": 3}, 2, "not a Conv"), ({"conv": 3}, 0, "output shape")])
+    ({"nope": 3}, 2, "not a Conv"), ({"conv": 3}, 0, "output shape"),
+    ({"conv": 3}, "VALID", r"^kernel_size: Conv 'conv' has auto_pad=VALID \(no padding to give "
+     r"back\); shrinking to 3 would change its output shape$")])
 def test_illegal_shrinks(sizes, pads, match):
     graph = import_onnx(_conv_model(np.ones((2, 2, 5, 5)), pads))
     with pytest.raises(BadInputError, match=match):
         ShrinkKernelsPass(sizes=sizes).run(graph, PassContext())
+
+
+def test_same_padding_keeps_the_output_shape():
+    graph = import_onnx(_conv_model(np.ones((4, 4, 5, 5)), "SAME_UPPER"))
+    assert ShrinkKernelsPass(sizes={"conv": 3}).run(graph, PassContext()).changed
+    assert graph.node("conv")["attrs"] == {"kernel_shape": [3, 3], "group": 1,
+                                           "auto_pad": "SAME_UPPER"}
+    out = export_onnx(graph)
+    assert run_ort(out, random_feeds(out))[0].shape == (1, 4, 9, 9)
