@@ -95,12 +95,12 @@ def test_sensitivity_is_measured_once_and_cached(data, tmp_path):
         return classifier(-W) if "gemm" in plan.kernels else classifier(W)
 
     kernels = {"gemm": [Choice(), Choice("int8"), Choice("int8", 0.5)]}
-    cache = tmp_path / "sens.json"
+    cache = tmp_path / "sens"                     # an entry folder: drops.json + digests
     table = measure_sensitivity(est, apply, kernels, cache=cache)
     assert len(calls) == 2                        # int8 and w0.5, each once
     assert table.kernel("gemm", Choice("int8", 0.5)) == pytest.approx(
         table.drops[choice_key("kernel", "gemm", "int8")] * 2)
-    raw = json.loads(cache.read_text())           # [measured drop, output cosine] per change
+    raw = json.loads((cache / "drops.json").read_text())   # [drop, output cosine] per change
     assert raw[choice_key("kernel", "gemm", "int8")][0] > 40
     assert raw[choice_key("kernel", "gemm", "int8")][1] < 0
     assert table.drops == {k: effective_drop(*v) for k, v in raw.items()}

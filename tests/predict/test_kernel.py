@@ -55,7 +55,7 @@ def test_fit_recovers_additive_costs_and_lists_unknown(tmp_path):
     model = KernelPredictor.fit(designs, y, {"name": "synthetic", "target": "none"})
     assert model.meta["held_out"]["median_abs_rel_err"] < 0.01
     folder = model.save(tmp_path / "pkg")
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["digests.json", "meta.json", "model.json"]
     loaded = KernelPredictor.load(folder)
     new = [_unit("x", "conv/fp32", 2e7, 5e5), _unit("a", "Add/fp32", 0, 2e5),
            _unit("q", "conv/int8", 2e7, 5e5)]

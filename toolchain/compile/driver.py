@@ -191,8 +191,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
     sens_cache = None
     if cache:
         digest = f"{calib_sha or 'synthetic'}|fit{SENSITIVITY_CALIB}"
-        sens_cache = cache_dir(create=True) / "sensitivity" / \
-            f"{cache_key(raw, digest, len(data))}.json"
+        sens_cache = cache_dir(create=True) / "sensitivity" / cache_key(raw, digest, len(data))
     return Prepared(source, proto, hashlib.sha256(raw).hexdigest(), graph, graph.kernels,
                     graph.space, data, calib_sha, estimator, shape, sens_cache, warnings)
 

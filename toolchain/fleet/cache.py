@@ -4,26 +4,56 @@ folder. The key is a SHA-256 over the model bytes, the calibration bytes, the de
 target file, its predictor package files (with a fingerprint: every profiled target's),
 fleetc's own sources and the versions of fleetc and every tool a build uses - so a changed
 input always rebuilds, an unchanged one never does.
+
+Entries verify themselves. A build runs in `.build-<pid>-<random>/` in the cache folder; the
+finished folder gets `digests.json` (size and sha256 of every file, `toolchain.files`), written
+last, and is renamed into place (`publish`): a reader finds a whole entry or none. A hit is
+copied beside the device's output folder (`.<device>.tmp-<pid>-<random>/`) and the copy checked
+against the digests (sizes, then hashes) before it replaces the output folder (`install`); a
+missing, truncated or changed file or a garbled digest file makes the entry a miss, with a
+warning naming the device and the problem, and the device's new build replaces the entry. The
+temporary folders are removed however their owner ends; those of owners killed outright are
+removed by the next run (`sweep`, and `install` for its own), never while the owner runs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
 
-from toolchain.files import sha256_file, tool_versions
+from toolchain.files import (
+    DIGESTS,
+    check_digests,
+    owned_temp_dir,
+    publish_dir,
+    remove_dead_temps,
+    sha256_once,
+    tool_versions,
+    write_digests,
+)
 from toolchain.fleet.spec import FLEET_JSON_VERSION, Device, Fleet, canonical
 from toolchain.home import cache_dir
 from toolchain.target import Target, measurable_targets
 
-__all__ = ["device_key", "cached", "install", "entry_dir"]
+__all__ = ["device_key", "entry_dir", "install", "install_cached", "build_folder", "publish",
+           "sweep", "BUILD_PREFIX"]
+
+logger = logging.getLogger(__name__)
+
+BUILD_PREFIX = ".build-"
+
+
+def _fleet_cache() -> Path:
+    return cache_dir() / "fleet"
 
 
 def entry_dir(key: str) -> Path:
     """Where the build of `key` lives in the cache."""
-    return cache_dir() / "fleet" / key
+    return _fleet_cache() / key
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,19 +69,32 @@ def _source_digest() -> str:
     return digest.hexdigest()[:32]
 
 
-def _files_digest(paths: list[Path]) -> dict[str, str]:
+def _files_digest(paths: list[Path], memo: dict | None) -> dict[str, str]:
     """sha256 of each file (of each file below a folder), keyed by its full path: a user's
     package and the built-in one of the same name are both in it."""
     out = {}
     for p in paths:
         for f in [p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []:
             if f.is_file():
-                out[str(f.resolve())] = sha256_file(f)
+                out[str(f.resolve())] = sha256_once(f, memo)
     return out
 
 
+def _check_package(target: Target, memo: dict | None) -> None:
+    """The predictor package the build would read loads (a damaged one is a BadInputError
+    naming the file, here: before any work); once per package and run."""
+    from toolchain.predict.kernel import KernelPredictor
+    from toolchain.predict.latency import predictor_dir
+
+    folder = predictor_dir(target)
+    seen = memo if memo is not None else {}
+    if folder is not None and ("package", folder) not in seen:
+        KernelPredictor.load(folder)
+        seen["package", folder] = True
+
+
 def _target_digest(device: Device, targets: dict[str, Target],
-                   measurable: list[Target]) -> dict:
+                   measurable: list[Target], memo: dict | None) -> dict:
     """The target file and the predictor package(s) the device's build reads: with a
     fingerprint, those of every profiled target too (`fleet/pricing.py` mixes them all)."""
     from toolchain.home import predictors_dir
@@ -62,34 +105,87 @@ def _target_digest(device: Device, targets: dict[str, Target],
         used += measurable
     files: list[Path] = []
     for tgt in used:
+        _check_package(tgt, memo)
         files.append(Path(tgt.source))
         files += [predictors_dir() / tgt.predictor, builtin_predictors_dir() / tgt.predictor]
-    return _files_digest(files)
+    return _files_digest(files, memo)
 
 
 def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None,
-               measurable: list[Target] | None = None) -> str:
+               measurable: list[Target] | None = None, memo: dict | None = None) -> str:
     """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
-    registry when not given."""
+    registry when not given; `memo` (one dict per run) hashes each file once per run."""
     measurable = measurable_targets() if measurable is None else measurable
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(), "target": _target_digest(device, fleet.targets, measurable),
+           "device": device.entry(),
+           "target": _target_digest(device, fleet.targets, measurable, memo),
            "tools": tool_versions(),
            "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 
-def cached(key: str) -> Path | None:
+def sweep() -> list[Path]:
+    """Remove the build folders left in the cache by runs that were killed (owner gone)."""
+    return remove_dead_temps(_fleet_cache(), BUILD_PREFIX)
+
+
+def build_folder() -> contextlib.AbstractContextManager[Path]:
+    """A `.build-<pid>-<random>` folder in the cache, removed however the block ends."""
+    return owned_temp_dir(_fleet_cache(), BUILD_PREFIX)
+
+
+def publish(out: Path, key: str, scratch: Path) -> None:
+    """Make the finished output folder `out` the cache entry of `key`: its digests written
+    last, then renamed into place; an existing entry (older, damaged, or a concurrent build of
+    the same key) is moved into `scratch`, the caller's build folder."""
+    write_digests(out)
+    publish_dir(out, entry_dir(key), scratch)
+
+
+def install_cached(name: str, key: str, dest: Path) -> bool:
+    """Install the cached build of `key` at `dest` when there is one that checks out. A damaged
+    entry is a miss with a warning naming the device and the problem (its rebuild replaces it)."""
     entry = entry_dir(key)
-    return entry if (entry / "manifest.json").is_file() else None
+    if not os.path.lexists(entry):
+        return False
+    problem = install(entry, dest)
+    if problem is not None:
+        logger.warning("%s: cached build %s is damaged (%s): building it again", name, key,
+                       problem)
+    return problem is None
 
 
-def install(entry: Path, dest: Path) -> None:
-    """Copy a cached device folder into the output folder (atomic per device)."""
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(entry, tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+def install(entry: Path, dest: Path, attempts: int = 3) -> str | None:
+    """Copy a cache entry to `dest` (created, or replaced whole): the copy is made beside `dest`
+    and checked against the entry's digests before the rename, so `dest` only ever holds a
+    verified copy (without digests.json). None when installed, else what is wrong (`dest` is
+    then untouched); the copy is retried, as another run may be replacing the entry."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{dest.name}.tmp-"
+    remove_dead_temps(dest.parent, prefix)
+    problem = None
+    for _ in range(attempts):
+        with owned_temp_dir(dest.parent, prefix) as tmp:
+            problem = _copy_checked(entry, tmp / "copy")
+            if problem is None:
+                publish_dir(tmp / "copy", dest, tmp)
+                return None
+    return problem
+
+
+def _copy_checked(entry: Path, copy: Path) -> str | None:
+    """Copy `entry`'s files to the new folder `copy` (modes from the umask) and check them."""
+    try:
+        copy.mkdir()
+        for src in sorted(entry.rglob("*")):
+            target = copy / src.relative_to(entry)
+            if src.is_dir():
+                target.mkdir()
+            else:
+                shutil.copyfile(src, target)
+    except OSError as err:
+        return f"cannot copy it: {err.strerror or type(err).__name__}"
+    problem = check_digests(copy)
+    if problem is None:
+        (copy / DIGESTS).unlink()
+    return problem

@@ -14,19 +14,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolchain.errors import FleetcError, PartialFailureError
 from toolchain.files import atomic_write, sha256_file
-from toolchain.fleet.cache import cached, device_key, entry_dir, install
+from toolchain.fleet.cache import (
+    build_folder,
+    device_key,
+    entry_dir,
+    install,
+    install_cached,
+    publish,
+    sweep,
+)
 from toolchain.fleet.pool import Pool
 from toolchain.fleet.spec import FLEET_JSON_VERSION, Device, Fleet
-from toolchain.home import cache_dir
 from toolchain.target import measurable_targets
 
 __all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "write_depfile", "raise_if_failed",
@@ -80,27 +85,24 @@ def _cost_for(job: dict, prep):
 
 
 def build_device(job: dict) -> DeviceOutcome:
-    """Build one device into the cache (top level: runs in workers and on Dask)."""
+    """Build one device into the cache (top level: runs in workers and on Dask). The build
+    runs in a `.build-<pid>-*` folder of the cache, removed however it ends; the finished
+    folder becomes the cache entry by rename (`toolchain.fleet.cache`)."""
     from toolchain.compile.driver import compile_model, prepare
 
     if job.get("home"):
         os.environ["FLEETC_HOME"] = job["home"]
     device: Device = job["device"]
     start = time.perf_counter()
-    cache_dir(create=True)
-    entry = entry_dir(job["key"])
-    entry.parent.mkdir(parents=True, exist_ok=True)
     try:
         prep = job["prepared"] or prepare(job["model"], job["calib"])
         cost, predictor_name, warnings = _cost_for(job, prep)
-        with tempfile.TemporaryDirectory(prefix=".build-", dir=entry.parent) as tmp:
-            out = Path(tmp) / "out"
+        with build_folder() as tmp:
+            out = tmp / "out"
             compile_model(prep, job["target"], out, cost=cost, predictor_name=predictor_name,
                           warnings=warnings, **device.budgets())
-            if entry.exists():
-                shutil.rmtree(entry)
-            os.replace(out, entry)
-        summary = _summary(entry)
+            summary = _summary(out)
+            publish(out, job["key"], tmp)
         return DeviceOutcome(device.name, "built", time.perf_counter() - start, job["key"],
                              summary=summary)
     except FleetcError as err:
@@ -138,16 +140,16 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
     model_sha = sha256_file(fleet.model)
     calib_sha = sha256_file(fleet.calib) if fleet.calib else None
     measurable = measurable_targets()
-    keys = {d.name: device_key(fleet, d, model_sha, calib_sha, measurable)
+    memo: dict = {}     # each input file hashed once in this run
+    keys = {d.name: device_key(fleet, d, model_sha, calib_sha, measurable, memo)
             for d in fleet.devices}
+    sweep()
     outcomes: dict[str, DeviceOutcome] = {}
     todo = []
     for d in fleet.devices:
-        entry = cached(keys[d.name]) if use_cache else None
-        if entry is not None:
-            install(entry, outdir / d.name)
+        if use_cache and install_cached(d.name, keys[d.name], outdir / d.name):
             outcomes[d.name] = DeviceOutcome(d.name, "cached", 0.0, keys[d.name],
-                                             summary=_summary(entry))
+                                             summary=_summary(outdir / d.name))
             say(f"[{len(outcomes)}/{len(fleet.devices)}] {d.name}: up to date (cache)")
         else:
             todo.append(d)
@@ -159,9 +161,10 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
             say(f"building {len(todo)} device(s) ({_where(jobs, executor)})")
             jobs_ = [_job(fleet, d, keys[d.name], shared) for d in todo]
             for outcome in pool.run(jobs_):
+                if outcome.status == "built":
+                    outcome = _install_built(outcome, outdir / outcome.name)
                 outcomes[outcome.name] = outcome
                 if outcome.status == "built":
-                    install(entry_dir(outcome.key), outdir / outcome.name)
                     state = f"built in {outcome.seconds:.1f}s"
                 else:
                     state = f"FAILED: {outcome.error}"
@@ -172,6 +175,15 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
     result = FleetResult(outdir, ordered)
     _write_fleet_json(fleet, result, model_sha, calib_sha)
     return result
+
+
+def _install_built(outcome: DeviceOutcome, dest: Path) -> DeviceOutcome:
+    """Copy a device just built from its cache entry; an entry that no longer checks out
+    (damaged in between) fails the device rather than install it."""
+    problem = install(entry_dir(outcome.key), dest)
+    if problem is None:
+        return outcome
+    return replace(outcome, status="failed", error=f"its fresh cache entry is damaged: {problem}")
 
 
 def _where(jobs: int, executor: str | None) -> str:

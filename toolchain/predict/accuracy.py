@@ -11,7 +11,9 @@ measured drop floored at 0, plus a small weight on the output cosine lost. A com
 choice (int8 and width 0.75) is predicted as the sum of its atomic drops, and a plan's
 predicted drop as the sum over its choices - the additive model the exact solver needs.
 Results are cached on disk (keyed by the model bytes, the calibration data, the sample count
-and the fleetc version) and saved after every measurement, so an interrupted run resumes.
+and the fleetc version) and saved after every measurement, so an interrupted run resumes. The
+cache entry is a folder (`drops.json` and its `digests.json`, replaced whole by rename, see
+`toolchain.files`); a damaged one is measured again, with a warning.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +31,13 @@ import onnx
 
 from passes.resize_input import fit_to_shape
 from toolchain.errors import BadInputError
-from toolchain.files import atomic_write
+from toolchain.files import (
+    check_digests,
+    owned_temp_dir,
+    publish_dir,
+    remove_dead_temps,
+    write_digests,
+)
 from toolchain.space import Choice, Plan
 
 __all__ = [
@@ -40,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 ORIGINAL = Choice()
 COSINE_WEIGHT = 0.1   # points per percent of output cosine lost (see effective_drop)
+CACHE_FORMAT = 2      # in the cache key: 2 = an entry folder with digests (1: a bare JSON file)
+_DROPS = "drops.json"
+_TEMP_PREFIX = ".build-"
 
 
 @dataclass(frozen=True)
@@ -241,7 +253,8 @@ def measure_sensitivity(estimator: AccuracyEstimator, apply: Callable[[Plan], on
                         cache: Path | None = None,
                         progress: Callable[[int, int, str], None] | None = None
                         ) -> SensitivityTable:
-    """Measure the drop of every atomic change (see the module doc); `cache` is a JSON file."""
+    """Measure the drop of every atomic change (see the module doc); `cache` is the entry
+    folder (created or replaced after every measurement)."""
     todo = _plans_to_measure(kernels, blocks, resolutions, input_name, input_shape)
     raw: dict[str, list[float]] = _read_cache(cache)
     for i, (key, plan) in enumerate(todo):
@@ -252,7 +265,7 @@ def measure_sensitivity(estimator: AccuracyEstimator, apply: Callable[[Plan], on
         score = estimator.score(apply(plan))
         raw[key] = [round(estimator.baseline.value - score.value, 6), round(score.cosine, 8)]
         if cache is not None:
-            atomic_write(cache, json.dumps(raw, indent=0, sort_keys=True))
+            _write_cache(cache, raw)
     return SensitivityTable({k: effective_drop(*raw[k]) for k, _ in todo}, estimator.baseline)
 
 
@@ -264,23 +277,53 @@ def effective_drop(drop: float, cosine: float) -> float:
     return max(drop, 0.0) + COSINE_WEIGHT * 100.0 * max(0.0, 1.0 - cosine)
 
 
-def _read_cache(path: Path | None) -> dict[str, list[float]]:
-    if path is None or not path.is_file():
+def _read_cache(entry: Path | None) -> dict[str, list[float]]:
+    """The drops measured before, from the cache entry folder. A damaged entry (a file
+    missing, truncated or changed against its digests, or drops.json not a table of number
+    pairs) is a miss with a warning: everything is measured again and the entry replaced.
+    Build folders left beside it by killed runs are removed here."""
+    if entry is None:
         return {}
+    remove_dead_temps(entry.parent, _TEMP_PREFIX)
+    if not os.path.lexists(entry):
+        return {}
+    for _ in range(3):   # a concurrent run may be replacing the entry
+        raw, problem = _load_entry(entry)
+        if problem is None:
+            return raw
+    logger.warning("sensitivity cache %s is damaged (%s): measuring again", entry, problem)
+    return {}
+
+
+def _load_entry(entry: Path) -> tuple[dict[str, list[float]], str | None]:
+    problem = check_digests(entry)
+    if problem is not None:
+        return {}, problem
     try:
-        data = json.loads(path.read_text())
-        return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()}
-    except (ValueError, AttributeError, TypeError, IndexError):
-        logger.warning("ignoring unreadable sensitivity cache %s", path)
-        return {}
+        data = json.loads((entry / _DROPS).read_bytes())
+        return {str(k): [float(v[0]), float(v[1])] for k, v in data.items()}, None
+    except (OSError, ValueError, RecursionError, AttributeError, TypeError, IndexError,
+            KeyError):
+        return {}, f"{_DROPS} is not a table of measured drops"
+
+
+def _write_cache(entry: Path, raw: dict[str, list[float]]) -> None:
+    """Replace the entry by one holding `raw`: written in a `.build-<pid>-*` folder beside it,
+    digests last, renamed into place."""
+    with owned_temp_dir(entry.parent, _TEMP_PREFIX) as tmp:
+        new = tmp / "entry"
+        new.mkdir()
+        (new / _DROPS).write_text(json.dumps(raw, indent=0, sort_keys=True))
+        write_digests(new)
+        publish_dir(new, entry, tmp)
 
 
 def cache_key(model_bytes: bytes, calib_digest: str, samples: int) -> str:
-    """Name of the sensitivity cache file for one model and calibration set."""
+    """Name of the sensitivity cache entry (a folder) for one model and calibration set."""
     try:
         version = md.version("fleetc")
     except md.PackageNotFoundError:
         version = "dev"
     h = hashlib.sha256(model_bytes)
-    h.update(f"|{calib_digest}|{samples}|{version}".encode())
+    h.update(f"|{calib_digest}|{samples}|{version}|{CACHE_FORMAT}".encode())
     return h.hexdigest()[:32]

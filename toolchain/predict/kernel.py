@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError, UnsupportedKernelError
+from toolchain.files import DIGESTS, check_digests
 from toolchain.predict.units import FLOAT, Unit
 from toolchain.space import BYTES_PER_PRECISION
 
@@ -273,31 +274,78 @@ class KernelPredictor:
 
     # ------------------------------------------------------------------ package
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write meta.json and model.json (atomically each)."""
-        from toolchain.files import atomic_write
+        """Write meta.json and model.json (atomically each), then their digests.json (`load`
+        checks it: a package changed or cut short afterwards is refused, not used)."""
+        from toolchain.files import atomic_write, write_digests
 
         folder = Path(folder)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **self.meta}
         doc = {"model": self.model, "kinds": {k: self.weights[k] for k in self.kinds}}
         atomic_write(folder / "model.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
         atomic_write(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_digests(folder, ["model.json", "meta.json"])
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> KernelPredictor:
+        """Read a package, checked first: against its digests.json when it has one (`save`
+        writes it), then meta.json and model.json must be JSON objects of this format whose
+        weights are finite numbers of known features. Anything wrong is a BadInputError naming
+        the file: a package is the user's (fitted or calibrated), fleetc cannot remake it."""
         folder = Path(folder)
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-            doc = json.loads((folder / "model.json").read_text())
-        except FileNotFoundError as err:
-            raise BadInputError(f"{folder}: not a predictor package (missing "
-                                f"{Path(err.filename).name})") from err
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"{folder}: predictor package is not valid JSON: {err}") from err
+        if os.path.lexists(folder / DIGESTS):
+            problem = check_digests(folder)
+            if problem is not None:
+                raise BadInputError(
+                    f"{folder}: predictor package damaged or changed since it was written "
+                    f"({problem}): fit or calibrate it again (or delete {DIGESTS} if the "
+                    "change was yours)")
+        meta = _package_json(folder, "meta.json")
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise BadInputError(f"{folder}: predictor format {meta.get('format')} "
-                                f"v{meta.get('version')} is not {FORMAT} v{FORMAT_VERSION}")
-        return cls(doc["kinds"], doc["model"], meta)
+            raise BadInputError(f"{folder}: predictor format {str(meta.get('format'))[:80]} "
+                                f"v{str(meta.get('version'))[:20]} is not {FORMAT} "
+                                f"v{FORMAT_VERSION}")
+        doc = _package_json(folder, "model.json")
+        kinds, model = doc.get("kinds"), doc.get("model")
+        where = folder / "model.json"
+        if not isinstance(kinds, dict) or not all(
+                isinstance(k, str) and _weights_ok(w, _FEATURES) for k, w in kinds.items()):
+            raise BadInputError(f"{where}: \"kinds\" is not a table of kernel kinds to "
+                                "feature weights (finite numbers of known features)")
+        if not _weights_ok(model, None):
+            raise BadInputError(f"{where}: \"model\" is not a table of finite numbers")
+        return cls(kinds, model, meta)
+
+
+_FEATURES = frozenset(n for basis in (*_BASIS.values(), _DEFAULT_BASIS) for n in basis)
+_PACKAGE_MAX_BYTES = 64 << 20
+
+
+def _package_json(folder: Path, name: str) -> dict:
+    """One JSON object of a package; a missing, unreadable or garbled file is a BadInputError."""
+    path = folder / name
+    if not path.is_file():
+        raise BadInputError(f"{folder}: not a predictor package (missing {name})")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_PACKAGE_MAX_BYTES + 1)
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read the predictor package file: "
+                            f"{err.strerror}") from err
+    try:
+        doc = json.loads(raw) if len(raw) <= _PACKAGE_MAX_BYTES else None
+    except (ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{path}: predictor package file is damaged (not a JSON object)")
+    return doc
+
+
+def _weights_ok(table, names: frozenset | None) -> bool:
+    """A dict of feature name (one of `names`, any if None) to a finite number."""
+    return isinstance(table, dict) and all(
+        isinstance(k, str) and (names is None or k in names)
+        and type(v) in (int, float) and math.isfinite(v) for k, v in table.items())
 
 
 def _design_matrix(designs: Sequence[Sequence[Unit]], columns) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from toolchain.errors import BadInputError
+from toolchain.files import DIGESTS
 from toolchain.home import predictors_dir
 from toolchain.predict.kernel import KernelPredictor, Prediction
 from toolchain.predict.units import (
@@ -59,10 +60,12 @@ def builtin_predictors_dir() -> Path:
 
 
 def predictor_dir(target: Target) -> Path | None:
-    """The folder of the target's predictor package, or None if there is none yet."""
+    """The folder of the target's predictor package, or None if there is none yet. A user's
+    package that lost its meta.json but has digests.json is still the one found (`load`
+    then says what is wrong), never silently replaced by the built-in one."""
     for base in (predictors_dir(), builtin_predictors_dir()):
         folder = base / target.predictor
-        if (folder / "meta.json").is_file():
+        if (folder / "meta.json").is_file() or os.path.lexists(folder / DIGESTS):
             return folder
     return None
 
