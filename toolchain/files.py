@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -152,16 +153,21 @@ def _digest_row(name: str, row) -> bool:
             and bool(parts) and not name.startswith("/") and ".." not in parts)
 
 
-# Temporary folders owned by a process: `<prefix><pid>-<random>`, removed on every way out of
-# the `owned_temp_dir` block; a killed owner's are removed by a later `remove_dead_temps`.
+# Temporary folders owned by a process: `<prefix><pid>-<random>@<host>`, removed on every way
+# out of the `owned_temp_dir` block; a killed owner's are removed by a later `remove_dead_temps`.
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+
 
 @contextlib.contextmanager
 def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
-    """A new folder `parent/<prefix><pid>-<random>` (parent made if needed), removed when the
-    block ends however it ends (SIGKILL aside: see `remove_dead_temps`)."""
+    """A new folder `parent/<prefix><pid>-<random>@<host>` (parent made if needed), removed
+    when the block ends however it ends (SIGKILL aside: see `remove_dead_temps`)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", suffix=f"@{_host()}",
+                                 dir=parent))
     try:
         yield path
     finally:
@@ -181,14 +187,15 @@ def pid_alive(pid: int) -> bool:
 
 def remove_dead_temps(parent: str | os.PathLike, prefix: str) -> list[Path]:
     """Remove the folders `parent/<prefix><pid>-*` of owners that are no longer running; a
-    live owner's are left alone (the names carry no host: one machine per folder)."""
+    live owner's are left alone, and so are those made on another host (`...@<host>`: a
+    shared $FLEETC_HOME, Dask workers), whose pids mean nothing here."""
     parent = Path(parent)
-    pattern = re.compile(re.escape(prefix) + r"([1-9][0-9]{0,9})-")
+    pattern = re.compile(re.escape(prefix) + r"([1-9][0-9]{0,9})-[^@]*(?:@(.*))?$")
     removed = []
     for path in sorted(parent.iterdir()) if parent.is_dir() else []:
         match = pattern.match(path.name)
-        if match and path.is_dir() and not path.is_symlink() \
-                and not pid_alive(int(match.group(1))):
+        if match and match.group(2) in (None, _host()) and path.is_dir() \
+                and not path.is_symlink() and not pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from toolchain.cli import cli
 from toolchain.errors import BadInputError
-from toolchain.files import DIGESTS
 from toolchain.home import predictors_dir
 from toolchain.predict.kernel import KernelPredictor
 from toolchain.predict.latency import builtin_predictors_dir
 
 MODEL = Path(__file__).parents[1] / "fixtures" / "digits_mbv2.onnx"
+DIGESTS = "digests.json"
 
 
 def _user_package() -> Path:
@@ -75,7 +75,7 @@ def test_a_damaged_package_is_bad_input_naming_the_file(damage):
     spoil, named, keep_digests = DAMAGE[damage]
     spoil(folder)
     if not keep_digests:           # a package without digests (older fleetc, hand-made)
-        (folder / DIGESTS).unlink()
+        (folder / DIGESTS).unlink(missing_ok=True)
     with pytest.raises(BadInputError) as err:
         KernelPredictor.load(folder)
     assert str(folder) in str(err.value) and named in str(err.value)
@@ -91,7 +91,7 @@ def test_the_cli_says_so_in_one_line_exit_2(damage, command):
     spoil, named, keep_digests = DAMAGE[damage]
     spoil(folder)
     if not keep_digests:
-        (folder / DIGESTS).unlink()
+        (folder / DIGESTS).unlink(missing_ok=True)
     result = CliRunner().invoke(cli, command)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

@@ -15,11 +15,19 @@ import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from toolchain.files import DIGESTS, check_digests
 from toolchain.predict.accuracy import AccuracyEstimator, measure_sensitivity
 from toolchain.space import Choice, Plan
 
 KERNELS = {"gemm": [Choice(), Choice("int8"), Choice("int8", 0.5)]}
+DIGESTS = "digests.json"
+
+
+def _sound(folder: Path) -> bool:
+    """The folder matches its digests (imported here: the helper is new in issue 21, and the
+    module must load on the commit before it to show which tests fail there)."""
+    from toolchain.files import check_digests
+
+    return check_digests(folder) is None
 
 
 def classifier(W: np.ndarray) -> onnx.ModelProto:
@@ -55,7 +63,7 @@ class Measured:
 def _flip_digit(path: Path) -> None:
     """A measured value changed, the file still valid JSON of the same size."""
     text = path.read_text()
-    i = next(i for i, c in enumerate(text) if c in "123456789")
+    i = next(i for i in range(text.index("["), len(text)) if text[i] in "123456789")
     path.write_text(text[:i] + ("2" if text[i] == "1" else "1") + text[i + 1:])
 
 
@@ -74,7 +82,7 @@ def test_a_damaged_entry_is_measured_again_with_a_warning(tmp_path, caplog, dama
     m = Measured()
     cache = tmp_path / "sensitivity" / "key"
     first = m.run(cache)
-    assert len(m.calls) == 2 and check_digests(cache) is None
+    assert len(m.calls) == 2 and _sound(cache)
     DAMAGE[damage](cache)
     caplog.set_level(logging.WARNING)
     again = m.run(cache)
@@ -83,7 +91,7 @@ def test_a_damaged_entry_is_measured_again_with_a_warning(tmp_path, caplog, dama
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and str(cache) in warned[0] and "damaged" in warned[0]
     assert damage.split()[1] in warned[0]
-    assert check_digests(cache) is None            # replaced by a sound entry
+    assert _sound(cache)            # replaced by a sound entry
     m.run(cache)
     assert len(m.calls) == 4                       # and served from it
 
@@ -94,7 +102,7 @@ def test_an_interrupted_measurement_keeps_what_it_measured(tmp_path):
     m.stop_at = 2
     with pytest.raises(KeyboardInterrupt):
         m.run(cache)
-    assert check_digests(cache) is None
+    assert _sound(cache)
     assert len(json.loads((cache / "drops.json").read_text())) == 1
     assert [p.name for p in cache.parent.iterdir()] == ["key"]   # no build folder left
     m.stop_at = None

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from toolchain.files import (
@@ -80,6 +81,15 @@ def _files_digest(paths: list[Path], memo: dict | None) -> dict[str, str]:
     return out
 
 
+def _once(memo: dict | None, key: tuple, make: Callable[[], object]):
+    """make(), remembered in the run's memo under `key`."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def _check_package(target: Target, memo: dict | None) -> None:
     """The predictor package the build would read loads (a damaged one is a BadInputError
     naming the file, here: before any work); once per package and run."""
@@ -87,10 +97,8 @@ def _check_package(target: Target, memo: dict | None) -> None:
     from toolchain.predict.latency import predictor_dir
 
     folder = predictor_dir(target)
-    seen = memo if memo is not None else {}
-    if folder is not None and ("package", folder) not in seen:
-        KernelPredictor.load(folder)
-        seen["package", folder] = True
+    if folder is not None:
+        _once(memo, ("package", folder), lambda: KernelPredictor.load(folder))
 
 
 def _target_digest(device: Device, targets: dict[str, Target],
@@ -114,12 +122,13 @@ def _target_digest(device: Device, targets: dict[str, Target],
 def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None,
                measurable: list[Target] | None = None, memo: dict | None = None) -> str:
     """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
-    registry when not given; `memo` (one dict per run) hashes each file once per run."""
+    registry when not given; `memo` (one dict per run) hashes each file, checks each package
+    and asks the tool versions once per run."""
     measurable = measurable_targets() if measurable is None else measurable
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
            "device": device.entry(),
            "target": _target_digest(device, fleet.targets, measurable, memo),
-           "tools": tool_versions(),
+           "tools": _once(memo, ("tools",), tool_versions),
            "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
