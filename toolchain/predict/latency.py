@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import onnx
@@ -101,14 +103,16 @@ def model_units(source: str | os.PathLike | onnx.ModelProto,
 def design_units(design: str, folder: Path | None = None) -> list[Unit] | None:
     """Units of a measured design: a probe name, or a model file `folder/design[.onnx]`.
 
-    Probe units are cached as JSON next to the cached probe models (analysis takes a while).
+    Probe units are cached as JSON next to the cached probe models (analysis takes a while);
+    a cached file that is not a list of units is computed again, with a warning.
     """
     from toolchain.measure.probe import build_probe, probe_cache_dir, probe_names
 
     if design in probe_names():
         cache = probe_cache_dir() / f"units-{_UNITS_KEY}" / f"{design}.json"
-        if cache.is_file():
-            return [_unit_from_json(d) for d in json.loads(cache.read_text())]
+        units = _cached_units(cache) if cache.is_file() else None
+        if units is not None:
+            return units
         units = model_units(build_probe(design))
         from toolchain.files import atomic_write
 
@@ -126,8 +130,35 @@ def _unit_to_json(u: Unit) -> dict:
     return asdict(u)
 
 
+def _cached_units(path: Path) -> list[Unit] | None:
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, list) or not doc:
+            raise ValueError("not a list of units")
+        return [_unit_from_json(d) for d in doc]
+    except (OSError, ValueError, RecursionError) as err:
+        logger.warning("cached probe units %s are damaged (%s): computing them again", path,
+                       str(err)[:100])
+        return None
+
+
+_UNIT_FIELDS = {f.name: f.type for f in fields(Unit)}
+
+
 def _unit_from_json(d: dict) -> Unit:
-    return Unit(**{**d, "inputs": tuple(d["inputs"])})
+    """A Unit from its JSON form; ValueError if `d` is not one (every field of its type,
+    numbers finite)."""
+    if not isinstance(d, dict) or not {"name", "cls", "precision"} <= set(d) <= set(_UNIT_FIELDS):
+        raise ValueError("not a unit")
+    for key, value in d.items():
+        kind = _UNIT_FIELDS[key]
+        ok = (isinstance(value, str) if kind == "str" else
+              isinstance(value, list) and all(isinstance(v, str) for v in value)
+              if kind.startswith("tuple") else
+              type(value) in (int, float) and math.isfinite(value))
+        if not ok:
+            raise ValueError(f"unit field {key} is {str(value)[:40]!r}")
+    return Unit(**{**d, "inputs": tuple(d.get("inputs", ()))})
 
 
 def predict_model(predictor: KernelPredictor, source, plan: Plan | None = None,
