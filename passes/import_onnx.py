@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from passes.fold_constants import fold_constants
 from passes.infer_shapes import infer_shapes, value_info_to_tensorinfo
 from toolchain.errors import BadInputError
+from toolchain.files import regular_file
 from toolchain.ir import Graph, TensorInfo
 
 __all__ = ["import_onnx", "load_model", "parse_input_shape"]
@@ -69,6 +70,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
             raise BadInputError(f"{label}: no such file")
         if path.is_dir():
             raise BadInputError(f"{label}: is a directory, not an ONNX model")
+        regular_file(path, "model file")   # a device or FIFO is never read (/dev/zero never ends)
         try:
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, RuntimeError, ValueError, OSError) as err:
@@ -83,7 +85,21 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"{label}: invalid model: {first}") from err
+    _check_initializers(model, label)
     return model
+
+
+def _check_initializers(model: onnx.ModelProto, label: str) -> None:
+    """Every initializer decodes to an array of its declared type and shape (the checker lets a
+    changed data_type or a data field of the wrong length through)."""
+    for init in model.graph.initializer:
+        try:
+            numpy_helper.to_array(init)
+        except (KeyError, ValueError, TypeError) as err:
+            why = "unknown data type" if isinstance(err, KeyError) else str(err)
+            raise BadInputError(f"{label}: invalid model: initializer {init.name!r} (data type "
+                                f"{init.data_type}, dims {list(init.dims)}) cannot be read: "
+                                f"{why}") from err
 
 
 def _given_shape(name: str, given, declared: tuple | None) -> tuple[int, ...]:

@@ -21,29 +21,29 @@ def _save(path, **arrays):
 
 
 def test_inputs_and_labels(graph, tmp_path):
-    x = np.zeros((5, 3, 32, 32), np.float32)
-    calib = load_calib(_save(tmp_path / "c.npz", inputs=x, labels=np.arange(5)), graph)
-    assert len(calib) == 5 and calib.labels.tolist() == [0, 1, 2, 3, 4]
+    x = np.zeros((8, 3, 32, 32), np.float32)
+    calib = load_calib(_save(tmp_path / "c.npz", inputs=x, labels=np.arange(8)), graph)
+    assert len(calib) == 8 and calib.labels.tolist() == list(range(8))
     assert set(calib.inputs) == {"input"} and not calib.synthetic
-    assert [f["input"].shape for f in feeds(calib, graph)] == [(1, 3, 32, 32)] * 5
+    assert [f["input"].shape for f in feeds(calib, graph)] == [(1, 3, 32, 32)] * 8
     assert len(calib.take(2)) == 2 and calib.take(2).labels.tolist() == [0, 1]
 
 
 def test_one_key_per_input_name(graph, tmp_path):
-    calib = load_calib(_save(tmp_path / "c.npz", input=np.ones((2, 3, 32, 32), np.float32)), graph)
-    assert calib.labels is None and calib.inputs["input"].shape == (2, 3, 32, 32)
+    calib = load_calib(_save(tmp_path / "c.npz", input=np.ones((8, 3, 32, 32), np.float32)), graph)
+    assert calib.labels is None and calib.inputs["input"].shape == (8, 3, 32, 32)
 
 
 @pytest.mark.parametrize(("arrays", "match"), [
     ({"inputs": np.zeros((4, 3, 16, 16), np.float32)}, "expects N x 3 x 32 x 32"),
     ({"inputs": np.zeros((4, 3, 32), np.float32)}, "expects N x 3 x 32 x 32"),
-    ({"inputs": np.zeros((4, 3, 32, 32), np.float64)}, "dtype float64"),
+    ({"inputs": np.zeros((8, 3, 32, 32), np.int32)}, "dtype int32"),
     ({"other": np.zeros((4, 3, 32, 32), np.float32)}, "no data for model input"),
     ({"inputs": np.zeros((0, 3, 32, 32), np.float32)}, "non-zero number of samples"),
-    ({"inputs": np.zeros((4, 3, 32, 32), np.float32), "labels": np.zeros(3, np.int64)},
-     "'labels' must be 4 integers"),
-    ({"inputs": np.zeros((4, 3, 32, 32), np.float32), "labels": np.zeros(4, np.float32)},
-     "'labels' must be 4 integers"),
+    ({"inputs": np.zeros((8, 3, 32, 32), np.float32), "labels": np.zeros(3, np.int64)},
+     "'labels' must be 8 integers"),
+    ({"inputs": np.zeros((8, 3, 32, 32), np.float32), "labels": np.zeros(8, np.float32)},
+     "'labels' must be 8 integers"),
 ])
 def test_bad_calibration_files(graph, tmp_path, arrays, match):
     with pytest.raises(BadInputError, match=match):

@@ -4,7 +4,12 @@ Format (the same in every command that takes `--calib`): a `.npz` file with
 - `inputs`: one array N x <input shape without batch> for a single-input model, or
 - one array per model input, keyed by the input's name (each with the same N);
 - optional `labels`: int array of N class indices (accuracy is measured when present).
-Arrays must have the model input's dtype and, after the leading N, its dimensions.
+Arrays must have the model input's dtype (float64 data for a float32 input is cast, with a
+note) and, after the leading N, its dimensions; every value finite. N is at least
+MIN_CALIB_SAMPLES (8) and at least the model's batch size: with fewer, int8 ranges and pruning
+reconstruction rest on a handful of images and top-1 accuracy moves in steps of 12.5 points or
+more (100+ labelled samples are recommended for accuracy limits around 1 point). Labels are
+class indices of the model's output: 0 <= label < the number of classes.
 
 Without a file the documented fallback is `synthetic_calib`: seeded standard-normal inputs,
 announced by a loud warning, because int8 ranges and reconstruction are then fit to noise and
@@ -23,11 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import BadInputError
+from toolchain.files import regular_file
 from toolchain.ir import Graph
 
-__all__ = ["CalibData", "load_calib", "synthetic_calib", "feeds", "SYNTHETIC_WARNING"]
+__all__ = ["CalibData", "load_calib", "synthetic_calib", "feeds", "SYNTHETIC_WARNING",
+           "MIN_CALIB_SAMPLES", "MAX_CALIB_BYTES"]
 
 logger = logging.getLogger(__name__)
+
+MIN_CALIB_SAMPLES = 8
+MAX_CALIB_BYTES = 4 << 30   # uncompressed arrays of one .npz
 
 SYNTHETIC_WARNING = ("WARNING: no calibration data (--calib): using {n} random inputs; int8 "
                      "ranges and pruning reconstruction are fit to noise and the accuracy of "
@@ -60,13 +70,30 @@ def _model_inputs(graph: Graph) -> dict[str, tuple[tuple, str]]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such calibration file")
+    """The arrays of a .npz file: a regular file, a zip of .npy members of at most
+    MAX_CALIB_BYTES in all (no pickles)."""
+    regular_file(path, "calibration file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            size = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise BadInputError(f"{path}: not a .npz calibration file ({_npy_hint(path, err)})"
+                            ) from None
+    if size > MAX_CALIB_BYTES:
+        raise BadInputError(f"{path}: {size / 1e9:.1f} GB of arrays; a calibration file holds "
+                            f"at most {MAX_CALIB_BYTES / 1e9:.0f} GB")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise BadInputError(f"{path}: not a .npz calibration file ({err})") from err
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise BadInputError(f"{path}: not a .npz calibration file ({err})") from None
+
+
+def _npy_hint(path: Path, err: Exception) -> str:
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            return ("a single .npy array; save a .npz: np.savez(path, inputs=x, labels=y)")
+    return str(err)
 
 
 def _match_inputs(arrays: dict[str, np.ndarray], graph: Graph, label: str) -> dict:
@@ -81,6 +108,28 @@ def _match_inputs(arrays: dict[str, np.ndarray], graph: Graph, label: str) -> di
         raise BadInputError(f"{label}: no data for model input(s) {missing} (keys: "
                             f"{sorted(arrays)}; use 'inputs' for a single-input model)")
     return {name: arrays[name] for name in expected}
+
+
+def _cast(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> dict[str, np.ndarray]:
+    """float64 data for a float32 input, cast with a note (numpy's default dtype is float64)."""
+    out = dict(inputs)
+    for name, arr in inputs.items():
+        if arr.dtype == np.float64 and _model_inputs(graph)[name][1] == "float32":
+            logger.warning("%s: input %r is float64; cast to float32, the model's dtype", label,
+                           name)
+            with np.errstate(over="ignore"):   # values beyond float32 become inf: refused next
+                out[name] = arr.astype(np.float32)
+    return out
+
+
+def _check_finite(name: str, arr: np.ndarray, label: str) -> None:
+    if arr.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    if bad.any():
+        raise BadInputError(f"{label}: input {name!r} has NaN or infinite values in "
+                            f"{int(bad.sum())} of {len(arr)} samples (the first: sample "
+                            f"{int(np.argmax(bad))}); calibration data must be finite")
 
 
 def _check(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> int:
@@ -98,13 +147,41 @@ def _check(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> int:
     if len(counts) != 1 or 0 in counts:
         raise BadInputError(f"{label}: every input needs the same, non-zero number of samples "
                             f"(got {sorted(counts)})")
-    return counts.pop()
+    n = counts.pop()
+    least = max(MIN_CALIB_SAMPLES, _batch(graph))
+    if n < least:
+        raise BadInputError(f"{label}: {n} sample(s); calibration needs at least {least} "
+                            "(int8 ranges, pruning reconstruction and accuracy are measured on "
+                            "them)")
+    for name, arr in inputs.items():
+        _check_finite(name, arr, label)
+    return n
 
 
-def _check_labels(labels: np.ndarray, n: int, label: str) -> np.ndarray:
+def _batch(graph: Graph) -> int:
+    """The model's batch size (the IR fixes it, usually to 1)."""
+    return max(1, int((graph.shape(graph.inputs[0]) or (1,))[0]))
+
+
+def _classes(graph: Graph) -> int | None:
+    """Classes of a classifier's output (N x C), or None when the output is not one."""
+    shape = graph.shape(graph.outputs[0]) if graph.outputs else None
+    if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
+        return None
+    return shape[1]
+
+
+def _check_labels(labels: np.ndarray, n: int, graph: Graph, label: str) -> np.ndarray:
     if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
         raise BadInputError(f"{label}: 'labels' must be {n} integers (one per sample), got "
                             f"{labels.dtype.name} array of shape {list(labels.shape)}")
+    classes = _classes(graph)
+    wrong = labels < 0 if classes is None else (labels < 0) | (labels >= classes)
+    if wrong.any():
+        i = int(np.argmax(wrong))
+        within = f"0..{classes - 1} (the model has {classes} classes)" if classes else ">= 0"
+        raise BadInputError(f"{label}: 'labels' must be class indices {within}; sample {i} has "
+                            f"{labels[i]}")
     return labels.astype(np.int64)
 
 
@@ -112,10 +189,10 @@ def load_calib(path: str | os.PathLike, graph: Graph) -> CalibData:
     """Read and validate a calibration file against the model's inputs (BadInputError if not)."""
     path = Path(path)
     arrays = _read_npz(path)
-    inputs = _match_inputs(arrays, graph, str(path))
+    inputs = _cast(_match_inputs(arrays, graph, str(path)), graph, str(path))
     n = _check(inputs, graph, str(path))
     labels = arrays.get("labels")
-    labels = None if labels is None else _check_labels(labels, n, str(path))
+    labels = None if labels is None else _check_labels(labels, n, graph, str(path))
     logger.info("calibration data %s: %d samples%s", path, n, ", labelled" if labels is not None
                 else "")
     return CalibData(inputs, labels, str(path))
@@ -139,6 +216,6 @@ def synthetic_calib(graph: Graph, n: int = 32, seed: int = 0, warn: bool = True)
 
 def feeds(calib: CalibData, graph: Graph) -> Iterator[dict[str, np.ndarray]]:
     """Feed dicts with the model's own batch size (the IR fixes the batch, usually to 1)."""
-    batch = max(1, int((graph.shape(graph.inputs[0]) or (1,))[0]))
+    batch = _batch(graph)
     for start in range(0, len(calib) - batch + 1, batch):
         yield {k: v[start:start + batch] for k, v in calib.inputs.items()}

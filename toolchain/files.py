@@ -6,13 +6,18 @@ import errno
 import hashlib
 import importlib.metadata as md
 import json
+import math
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+
+from toolchain.errors import BadInputError
 
 __all__ = ["atomic_write", "replace_dir", "sha256_file", "tool_versions", "TOOLS",
            "DIGESTS", "sha256_once", "write_digests", "check_digests", "owned_temp_dir",
@@ -219,3 +224,123 @@ def publish_dir(tmp: str | os.PathLike, dest: str | os.PathLike,
         with contextlib.suppress(FileNotFoundError):
             os.rename(dest, scratch / f".old-{attempt}")
     raise OSError(errno.EEXIST, "other writers keep replacing it", str(dest))
+
+
+# Input files read at the edge (plans, fleet files, targets, calibration data, models): regular
+# files only; JSON and TOML of bounded size, nesting and numbers, so a hostile file is a one-line
+# BadInputError naming it, never a hang, a memory blow-up or a RecursionError.
+
+MAX_TEXT_BYTES = 16 << 20     # a plan, fleet file or target file is a few kB
+MAX_DEPTH = 32                # the deepest fleetc schema nests 4 levels
+_MAX_NUMBER_CHARS = 64        # int64 has 19 digits; a float's shortest repr at most 24
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def safe_name(value) -> bool:
+    """Whether `value` can name a file or folder fleetc writes (a device's output folder, a
+    target file, a predictor package): 1-64 letters, digits, '.', '_' or '-', the first a letter
+    or digit, and nothing more (fullmatch: `$` would let a trailing newline through)."""
+    return isinstance(value, str) and _SAFE_NAME.fullmatch(value) is not None
+
+
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` if it is a regular file (symlinks followed); else BadInputError saying what it
+    is: missing, a folder, or a device, FIFO or socket (never read: /dev/zero never ends)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such {what}") from None
+    except (OSError, ValueError) as err:
+        raise BadInputError(f"{path}: cannot open the {what} "
+                            f"({getattr(err, 'strerror', None) or err})") from None
+    if stat.S_ISDIR(mode):
+        raise BadInputError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"{path}: is a special file (device, FIFO or socket), not a {what}")
+    return path
+
+
+def read_text(path: str | os.PathLike, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes (BadInputError otherwise)."""
+    path = regular_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    if len(raw) > limit:
+        raise BadInputError(f"{path}: larger than {limit >> 20} MB; a {what} is a small text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def load_json(path: str | os.PathLike, what: str):
+    """The JSON document in `path`, checked by `check_tree`; numbers of at most 64 characters
+    (no NaN / Infinity). Every problem is a BadInputError naming the file."""
+    text = read_text(path, what)
+
+    def number(kind):
+        def parse(s: str):
+            if len(s) > _MAX_NUMBER_CHARS:
+                raise BadInputError(f"{path}: a number of {len(s)} characters (at most "
+                                    f"{_MAX_NUMBER_CHARS})")
+            return kind(s)
+        return parse
+
+    def constant(s: str):
+        raise BadInputError(f"{path}: {s} is not a JSON number (finite numbers only)")
+
+    try:
+        doc = json.loads(text, parse_int=number(int), parse_float=number(float),
+                         parse_constant=constant)
+    except RecursionError:
+        raise BadInputError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{path}: not valid JSON ({err})") from None
+    check_tree(doc, str(path))
+    return doc
+
+
+def load_toml(path: str | os.PathLike, what: str) -> dict:
+    """The TOML table in `path`, checked by `check_tree`. Every problem is a BadInputError
+    naming the file."""
+    text = read_text(path, what)
+    try:
+        doc = tomllib.loads(text)
+    except RecursionError:
+        raise BadInputError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    except tomllib.TOMLDecodeError as err:
+        raise BadInputError(f"{path}: malformed TOML: {err}") from None
+    except ValueError:  # int() refuses integers of more than 4300 digits
+        raise BadInputError(f"{path}: an integer of more than 4300 digits") from None
+    check_tree(doc, str(path))
+    return doc
+
+
+def check_tree(doc, label: str) -> None:
+    """A parsed document's bounds: nesting at most MAX_DEPTH, integers within int64, floats
+    finite. The error names the key (`device[0].latency_ms`) and the value."""
+    stack = [(doc, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        where = f"{label}: {key or 'document'}"
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise BadInputError(f"{label}: nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, f"{key}[{k}]" if isinstance(k, int) else
+                          f"{key}.{k}" if key else str(k), depth + 1) for k, v in items)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
+            raise BadInputError(f"{where}: integer out of range (64 bits), "
+                                f"{len(str(abs(value)))} digits")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise BadInputError(f"{where}: {value} is not a finite number")
+
+
+__all__ += ["safe_name", "regular_file", "read_text", "load_json", "load_toml", "check_tree",
+            "MAX_TEXT_BYTES", "MAX_DEPTH"]

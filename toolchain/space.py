@@ -12,10 +12,9 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from toolchain.errors import BadInputError
-from toolchain.files import atomic_write
+from toolchain.files import atomic_write, load_json
 
 __all__ = ["Kernel", "Choice", "Space", "Plan", "PLAN_VERSION", "PRECISIONS", "BYTES_PER_PRECISION",
            "WIDTHS", "pruned_channels"]
@@ -146,46 +145,32 @@ class Plan:
 
     @classmethod
     def from_dict(cls, doc: dict, label: str = "plan") -> Plan:
+        """A plan from its JSON document, validated against the schema (docs/rewrite.md):
+        types, ranges, finite numbers, lengths. Each error is a BadInputError naming `label`,
+        the key and the value. Whether the model allows the choices is `check`'s job."""
         if not isinstance(doc, dict):
-            raise BadInputError(f"{label}: a plan is a JSON object")
-        if doc.get("version") != PLAN_VERSION:
+            raise BadInputError(f"{label}: a plan is a JSON object, got {_kind(doc)}")
+        if type(doc.get("version")) is not int or doc["version"] != PLAN_VERSION:
             raise BadInputError(f"{label}: plan version {doc.get('version')!r} is not supported "
                                 f"(this fleetc reads version {PLAN_VERSION})")
-        unknown = set(doc) - {"version", "target", "model", "kernels", "skip_blocks"}
-        if unknown:
-            raise BadInputError(f"{label}: unknown keys {sorted(unknown)}")
-        kernels = {}
-        for name, c in (doc.get("kernels") or {}).items():
-            if not isinstance(c, dict) or set(c) - {"precision", "width", "kernel_size"}:
-                raise BadInputError(f"{label}: kernel {name!r}: expected an object with "
-                                    "precision / width / kernel_size")
-            precision = c.get("precision", "fp32")
-            if precision not in PRECISIONS:
-                raise BadInputError(f"{label}: kernel {name!r}: precision {precision!r} is not "
-                                    f"one of {list(PRECISIONS)}")
-            width = c.get("width", 1.0)
-            if not isinstance(width, (int, float)) or not 0 < width <= 1:
-                raise BadInputError(f"{label}: kernel {name!r}: width {width!r} must be in (0, 1]")
-            ks = c.get("kernel_size")
-            if ks is not None and (not isinstance(ks, int) or ks < 1 or ks % 2 == 0):
-                raise BadInputError(f"{label}: kernel {name!r}: kernel_size {ks!r} must be a "
-                                    "positive odd integer")
-            kernels[name] = Choice(precision, float(width), ks)
-        model = doc.get("model") or {}
-        shapes = {k: [int(d) for d in v] for k, v in (model.get("input_shape") or {}).items()}
-        return cls(kernels=kernels, skip_blocks=list(doc.get("skip_blocks") or []),
-                   input_shape=shapes, target=doc.get("target"))
+        _keys(doc, _PLAN_KEYS, label)
+        target = doc.get("target")
+        if target is not None and not _text(target):
+            raise BadInputError(f"{label}: target must be a target name (a string) or null, got "
+                                f"{target!r}")
+        kernels = _mapping(doc, "kernels", label)
+        skip = doc.get("skip_blocks") or []
+        if not isinstance(skip, list) or not all(_text(b) for b in skip):
+            raise BadInputError(f"{label}: skip_blocks must be a list of block names, got "
+                                f"{skip!r}")
+        return cls(kernels={name: _choice(c, f"{label}: kernels.{name}")
+                            for name, c in kernels.items()},
+                   skip_blocks=list(skip), input_shape=_input_shapes(doc, label), target=target)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        if not path.is_file():
-            raise BadInputError(f"{path}: no such plan file")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadInputError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(doc, str(path))
+        """Read and validate a plan file (a regular file of bounded size, depth and numbers)."""
+        return cls.from_dict(load_json(path, "plan file"), str(path))
 
     def check(self, space: Space, precisions: tuple[str, ...] = PRECISIONS) -> None:
         """Raise BadInputError naming the first choice the space does not allow."""
@@ -213,3 +198,79 @@ class Plan:
                     or shape[2] != shape[3]:
                 raise BadInputError(f"plan input shape {name}={shape} is not legal (allowed: "
                                     f"{space.input_name} at resolutions {space.resolutions})")
+
+
+_PLAN_KEYS = ("version", "target", "model", "kernels", "skip_blocks")
+_CHOICE_KEYS = ("precision", "width", "kernel_size")
+_MAX_NAME = 1000       # characters of a kernel, block or input name
+_MAX_RANK, _MAX_DIM = 8, 1 << 16
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _text(value) -> bool:
+    """A name: a non-empty string of at most _MAX_NAME characters."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_NAME
+
+
+def _keys(doc: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(map(str, set(doc) - set(allowed)))
+    if unknown:
+        raise BadInputError(f"{where}: unknown keys {unknown} (allowed: {list(allowed)})")
+
+
+def _mapping(doc: dict, key: str, where: str) -> dict:
+    """doc[key]: an object whose keys are names (missing or null: empty)."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInputError(f"{where}: {key} must be an object, got {_kind(value)} {value!r}")
+    for name in value:
+        if not _text(name):
+            raise BadInputError(f"{where}: {key}: a name must be 1-{_MAX_NAME} characters, got "
+                                f"{name!r}")
+    return value
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _choice(c, where: str) -> Choice:
+    if not isinstance(c, dict):
+        raise BadInputError(f"{where}: expected an object with precision / width / kernel_size, "
+                            f"got {c!r}")
+    _keys(c, _CHOICE_KEYS, where)
+    precision = c.get("precision", "fp32")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise BadInputError(f"{where}: precision must be one of {list(PRECISIONS)}, got "
+                            f"{precision!r}")
+    width = c.get("width", 1.0)
+    if not _number(width) or not 0 < width <= 1:
+        raise BadInputError(f"{where}: width must be a number in (0, 1], got {width!r}")
+    ks = c.get("kernel_size")
+    if ks is not None and (type(ks) is not int or not 1 <= ks <= _MAX_DIM or ks % 2 == 0):
+        raise BadInputError(f"{where}: kernel_size must be a positive odd integer, got {ks!r}")
+    return Choice(precision, float(width), ks)
+
+
+def _input_shapes(doc: dict, label: str) -> dict[str, list[int]]:
+    """model.input_shape: {input name: [positive integers]}."""
+    model = doc.get("model")
+    if model is None:
+        return {}
+    if not isinstance(model, dict):
+        raise BadInputError(f"{label}: model must be an object, got {_kind(model)} {model!r}")
+    _keys(model, ("input_shape",), f"{label}: model")
+    shapes = _mapping(model, "input_shape", f"{label}: model")
+    for name, dims in shapes.items():
+        if not isinstance(dims, list) or not 1 <= len(dims) <= _MAX_RANK or not all(
+                type(d) is int and 1 <= d <= _MAX_DIM for d in dims):
+            raise BadInputError(f"{label}: model.input_shape.{name} must be a list of 1-"
+                                f"{_MAX_RANK} integers in 1..{_MAX_DIM}, got {dims!r}")
+    return {name: list(dims) for name, dims in shapes.items()}

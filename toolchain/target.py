@@ -23,12 +23,14 @@ Built-in targets live in `targets/devices/*.toml`; user targets in `$FLEETC_HOME
 from __future__ import annotations
 
 import logging
-import tomllib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toolchain.errors import BadInputError
+from toolchain.files import load_toml, safe_name
 from toolchain.home import targets_dir
 from toolchain.space import PRECISIONS
 
@@ -147,8 +149,18 @@ def load_target(name: str | Path) -> Target:
 
 
 def measurable_targets() -> list[Target]:
-    """Every known target this machine can measure (the host's), in name order."""
-    return [t for t in map(load_target, list_targets()) if t.measurable_here]
+    """Every known target this machine can measure (the host's), in name order. A broken user
+    target file is left out with a warning; a command that names it fails naming the file."""
+    out = []
+    for name in list_targets():
+        try:
+            target = load_target(name)
+        except BadInputError as err:
+            logger.warning("%s (target left out)", str(err)[:200])
+            continue
+        if target.measurable_here:
+            out.append(target)
+    return out
 
 
 def resolve_target(target: str | Path | Target) -> Target:
@@ -158,12 +170,7 @@ def resolve_target(target: str | Path | Target) -> Target:
 
 
 def _load_file(path: Path) -> Target:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise BadInputError(f"target file {path} not found") from err
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"malformed target file {path}: {err}") from err
+    data = load_toml(path, "target file")
     target = parse_target(data, source=str(path))
     if target.name != path.stem:
         raise BadInputError(f"target file {path}: name {target.name!r} differs from the file name")
@@ -171,61 +178,122 @@ def _load_file(path: Path) -> Target:
 
 
 def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
-    """Validate a parsed TOML table and build the Target; errors name the file and the key."""
+    """Validate a parsed TOML table against the schema (module docstring) and build the Target;
+    each error names the file, the key and the value."""
     def bad(msg: str) -> BadInputError:
         return BadInputError(f"target file {source}: {msg}")
 
-    unknown = set(data) - _TOP_KEYS
+    if not isinstance(data, dict):
+        raise bad(f"expected a table, got {data!r}")
+    unknown = sorted(map(str, set(data) - _TOP_KEYS))
     if unknown:
-        raise bad(f"unknown keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
+        raise bad(f"unknown keys {unknown} (allowed: {sorted(_TOP_KEYS)})")
     for key in ("name", "tvm_target", "measure"):
         if key not in data:
             raise bad(f"missing key {key!r}")
     name = data["name"]
-    if not isinstance(name, str) or not name:
-        raise bad("name must be a non-empty string")
-    precisions = tuple(data.get("precisions", ["fp32"]))
-    wrong = [p for p in precisions if p not in PRECISIONS]
-    if wrong or not precisions:
-        raise bad(f"precisions must be a non-empty subset of {list(PRECISIONS)}, got {wrong}")
-    tvm_target = data["tvm_target"]
-    if not isinstance(tvm_target, str | dict) or (isinstance(tvm_target, dict)
-                                                  and "kind" not in tvm_target):
-        raise bad("tvm_target must be a TVM tag or a table with a 'kind'")
-    if isinstance(tvm_target, str) and " " in tvm_target.strip():
-        raise bad(f"tvm_target {tvm_target!r}: TVM 0.27 rejects target strings with options; "
-                  "use a tag or a table")
+    if not safe_name(name):
+        raise bad(f"name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+    predictor = data.get("predictor", name)
+    if not safe_name(predictor):
+        raise bad(f"predictor must be a package name (1-64 letters, digits, '.', '_' or '-'), "
+                  f"got {predictor!r}")
+    for key in ("description", "cross_compiler"):
+        if key in data and not _text(data[key], key == "description"):
+            raise bad(f"{key} must be a string of at most {_MAX_TEXT} characters, got "
+                      f"{data[key]!r}")
     power = data.get("power_w")
-    if power is not None and (not isinstance(power, int | float) or power <= 0):
-        raise bad("power_w must be a positive number")
-    features = data.get("features", {})
-    if not isinstance(features, dict):
-        raise bad("[features] must be a table")
+    if power is not None and not _positive(power, _MAX_POWER_W):
+        raise bad(f"power_w must be a number in (0, {_MAX_POWER_W}] (watts), got {power!r}")
     return Target(
-        name=name, description=str(data.get("description", "")), tvm_target=tvm_target,
-        precisions=precisions, measure=_parse_measure(data["measure"], bad),
-        predictor=str(data.get("predictor", name)), features=dict(features),
+        name=name, description=data.get("description", ""), tvm_target=_tvm_target(data, bad),
+        precisions=_precisions(data, bad), measure=_parse_measure(data["measure"], bad),
+        predictor=predictor, features=_features(data, bad),
         cross_compiler=data.get("cross_compiler"),
         power_w=float(power) if power is not None else None, source=source,
     )
 
 
+_MAX_TEXT = 1000            # characters of a description, key, path or compiler command
+_MAX_POWER_W = 1e5
+MAX_THREADS = 1024
+_MAX_TIMEOUT_S = 86400.0
+_TRACKER = re.compile(r"[^\s]+:[0-9]{1,5}")
+
+
+def _text(value, empty_ok: bool = False) -> bool:
+    return isinstance(value, str) and (empty_ok or bool(value)) and len(value) <= _MAX_TEXT
+
+
+def _positive(value, most: float) -> bool:
+    """A finite number in (0, most] (booleans are not numbers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value) and 0 < value <= most
+
+
+def _precisions(data: dict, bad) -> tuple[str, ...]:
+    value = data.get("precisions", ["fp32"])
+    if not isinstance(value, list) or not value or len(set(map(repr, value))) != len(value) \
+            or not all(isinstance(p, str) and p in PRECISIONS for p in value):
+        raise bad(f"precisions must be a non-empty list of distinct values from "
+                  f"{list(PRECISIONS)}, got {value!r}")
+    return tuple(value)
+
+
+def _tvm_target(data: dict, bad) -> str | dict[str, Any]:
+    tvm_target = data["tvm_target"]
+    if isinstance(tvm_target, dict):
+        if not isinstance(tvm_target.get("kind"), str) or not tvm_target["kind"]:
+            raise bad(f"tvm_target table needs a 'kind' string, got {tvm_target!r}")
+        return tvm_target
+    if not _text(tvm_target):
+        raise bad(f"tvm_target must be a TVM tag or a table with a 'kind', got {tvm_target!r}")
+    if any(c.isspace() for c in tvm_target.strip()):
+        raise bad(f"tvm_target {tvm_target!r}: TVM 0.27 rejects target strings with options; "
+                  "use a tag or a table")
+    return tvm_target
+
+
+def _features(data: dict, bad) -> dict[str, Any]:
+    """[features]: specs, each a finite number, a boolean or a string."""
+    features = data.get("features", {})
+    if not isinstance(features, dict):
+        raise bad(f"[features] must be a table, got {features!r}")
+    for key, value in features.items():
+        ok = isinstance(value, bool) or _text(value, empty_ok=True) or (
+            isinstance(value, int | float) and math.isfinite(value))
+        if not ok:
+            raise bad(f"[features] {key} must be a finite number, a boolean or a string, got "
+                      f"{value!r}")
+    return dict(features)
+
+
 def _parse_measure(table: Any, bad) -> Measure:
     if not isinstance(table, dict):
-        raise bad("[measure] must be a table")
-    unknown = set(table) - _MEASURE_KEYS
+        raise bad(f"[measure] must be a table, got {table!r}")
+    unknown = sorted(map(str, set(table) - _MEASURE_KEYS))
     if unknown:
-        raise bad(f"[measure] unknown keys {sorted(unknown)}")
+        raise bad(f"[measure] unknown keys {unknown} (allowed: {sorted(_MEASURE_KEYS)})")
     kind = table.get("kind")
-    if kind not in MEASURE_KINDS:
+    if not isinstance(kind, str) or kind not in MEASURE_KINDS:
         raise bad(f"[measure] kind must be one of {list(MEASURE_KINDS)}, got {kind!r}")
     threads = table.get("threads", 1)
-    if not isinstance(threads, int) or threads < 0:
-        raise bad("[measure] threads must be an integer >= 0")
-    if kind == "rpc" and not table.get("rpc_key"):
+    if type(threads) is not int or not 0 <= threads <= MAX_THREADS:
+        raise bad(f"[measure] threads must be an integer in 0..{MAX_THREADS} (0 = one per "
+                  f"core), got {threads!r}")
+    rpc_key = table.get("rpc_key")
+    if rpc_key is not None and not _text(rpc_key):
+        raise bad(f"[measure] rpc_key must be a non-empty string, got {rpc_key!r}")
+    if kind == "rpc" and rpc_key is None:
         raise bad("[measure] kind 'rpc' needs an rpc_key")
+    tracker = table.get("tracker")
+    if tracker is not None and not (isinstance(tracker, str) and len(tracker) <= _MAX_TEXT
+                                    and _TRACKER.fullmatch(tracker)
+                                    and int(tracker.rsplit(":", 1)[1]) <= 65535):
+        raise bad(f"[measure] tracker must be HOST:PORT, got {tracker!r}")
     timeout = table.get("timeout_s", 60.0)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise bad("[measure] timeout_s must be a positive number")
-    return Measure(kind=kind, threads=threads, rpc_key=table.get("rpc_key"),
-                   tracker=table.get("tracker"), timeout_s=float(timeout))
+    if not _positive(timeout, _MAX_TIMEOUT_S):
+        raise bad(f"[measure] timeout_s must be a number in (0, {_MAX_TIMEOUT_S:g}] (seconds), "
+                  f"got {timeout!r}")
+    return Measure(kind=kind, threads=threads, rpc_key=rpc_key, tracker=tracker,
+                   timeout_s=float(timeout))

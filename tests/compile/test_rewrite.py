@@ -89,8 +89,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("rewrite")
     model = zoo.mobilenet_v2(32, 0.25, 10)
     onnx.save(model, d / "m.onnx")
-    x = np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)
-    np.savez_compressed(d / "calib.npz", inputs=x, labels=np.arange(4))
+    x = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)  # the least
+    np.savez_compressed(d / "calib.npz", inputs=x, labels=np.arange(8))
     np.savez_compressed(d / "bad.npz", inputs=x[:, :, :16, :16])
     return d
 

@@ -24,6 +24,10 @@ target = "host-ort-1t"
 latency_ms = 2.0
 '''
 
+# three probe designs: the fewest a fingerprint may have (load_fleet checks it)
+FP_CSV = ("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n"
+          "conv-3-16-3-2-224-1-relu-fp16,0.15\nconv-3-16-3-2-224-1-relu-int8,0.1\n")
+
 
 def _keys(folder: Path) -> dict[str, str]:
     fleet = load_fleet(folder / "fleet.toml")
@@ -34,7 +38,7 @@ def test_a_refitted_profiled_package_rebuilds_the_fingerprint_devices(tmp_path):
     """A device known by a fingerprint is priced by a mix of every profiled device's package
     (toolchain.fleet.pricing), so a refit of any of them changes its key."""
     (tmp_path / "m.onnx").write_bytes(b"not read by the key")
-    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fp.csv").write_text(FP_CSV)
     (tmp_path / "fleet.toml").write_text(FLEET)
     before = _keys(tmp_path)
     assert before == _keys(tmp_path)   # stable
@@ -50,7 +54,7 @@ def test_a_user_package_beside_the_built_in_one_counts(tmp_path):
     """A package under $FLEETC_HOME takes precedence over the built-in one of the same name;
     the key covers both (they once shared file names in the digest, and the built-in won)."""
     (tmp_path / "m.onnx").write_bytes(b"")
-    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fp.csv").write_text(FP_CSV)
     (tmp_path / "fleet.toml").write_text(FLEET)
     before = _keys(tmp_path)
     user = predictors_dir() / "host-ort-1t"
@@ -67,7 +71,7 @@ def test_fleetc_sources_are_in_the_key(tmp_path, monkeypatch):
     import toolchain.fleet.cache as fleet_module
 
     (tmp_path / "m.onnx").write_bytes(b"")
-    (tmp_path / "fp.csv").write_text("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,0.2\n")
+    (tmp_path / "fp.csv").write_text(FP_CSV)
     (tmp_path / "fleet.toml").write_text(FLEET)
     before = _keys(tmp_path)
     fleet_module._source_digest.cache_clear()

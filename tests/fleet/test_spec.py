@@ -32,10 +32,15 @@ latency_ms = 12
 fingerprint = "fp.csv"
 '''
 
+CSV = ("design,latency_ms\nconv-3-16-3-2-224-1-relu-fp32,{}\nconv-3-16-3-2-224-1-relu-fp16,1.0\n"
+       "conv-3-16-3-2-224-1-relu-int8,0.5\n")
+
 
 def _write(tmp_path: Path, text: str) -> Path:
-    for name in ("m.onnx", "c.npz", "pi.csv", "fp.csv"):
+    for name in ("m.onnx", "c.npz"):
         (tmp_path / name).write_bytes(b"x")
+    for name in ("pi.csv", "fp.csv"):  # read with the fleet file: 3 probe designs at least
+        (tmp_path / name).write_text(CSV.format(1.5))
     path = tmp_path / "fleet.toml"
     path.write_text(text)
     return path
@@ -53,7 +58,7 @@ def test_good_fleet(tmp_path):
 def test_device_entry_changes_with_measurement_bytes(tmp_path):
     path = _write(tmp_path, GOOD)
     before = load_fleet(path).devices[1].entry()
-    (tmp_path / "pi.csv").write_bytes(b"y")
+    (tmp_path / "pi.csv").write_text(CSV.format(2.5))
     assert load_fleet(path).devices[1].entry() != before
     assert load_fleet(path).devices[0].entry() == load_fleet(path).devices[0].entry()
 

@@ -14,8 +14,19 @@ from toolchain.errors import FleetcError
 __all__ = ["main", "cli"]
 
 
+MAX_ERROR_CHARS = 200   # of an error message: inputs are echoed, and may be megabytes long
+
+
+def _line(text: str) -> str:
+    """An error message as one line of at most MAX_ERROR_CHARS characters."""
+    text = " ".join(part.strip() for part in text[:4 * MAX_ERROR_CHARS].splitlines()
+                    if part.strip())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
 class _Group(click.Group):
-    """Turns FleetcError and bad files into one line on stderr and the documented exit code."""
+    """Turns FleetcError and bad files into one line on stderr and the documented exit code;
+    the one place where error messages are cut to one line of MAX_ERROR_CHARS."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,17 +34,20 @@ class _Group(click.Group):
         except FleetcError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"fleetc: error: {err}", err=True)
+            click.echo(f"fleetc: error: {_line(str(err))}", err=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("fleetc: interrupted", err=True)
             sys.exit(130)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+        except click.ClickException as err:   # a usage error echoes the option's value
+            err.message = _line(err.message)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except Exception as err:  # a bug: one line by default, the traceback with --debug
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"fleetc: internal error: {type(err).__name__}: {err} "
+            click.echo(f"fleetc: internal error: {type(err).__name__}: {_line(str(err))} "
                        "(run with --debug for the traceback and report it)", err=True)
             sys.exit(1)
 

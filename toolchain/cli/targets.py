@@ -26,11 +26,16 @@ logger = logging.getLogger(__name__)
 @click.group(invoke_without_command=True)
 @click.pass_context
 def targets(ctx: click.Context) -> None:
-    """List the known targets (built-in and under $FLEETC_HOME/targets)."""
+    """List the known targets (built-in and under $FLEETC_HOME/targets); a broken target file
+    is listed as BROKEN with its first problem, the others as usual."""
     if ctx.invoked_subcommand is not None:
         return
     for name in list_targets():
-        target = load_target(name)
+        try:
+            target = load_target(name)
+        except BadInputError as err:
+            click.echo(f"{name[:64]:<18} BROKEN     {str(err)[:160]}")
+            continue
         where = "here" if target.measurable_here else f"rpc:{target.measure.rpc_key}"
         click.echo(f"{name:<18} {target.measure.kind:<10} {where:<20} {target.description}")
 

@@ -1,16 +1,22 @@
 """`toolchain.inspect(path)`: what the toolchain sees in a model and what it could change.
 
 The returned dict is exactly what `fleetc inspect --json` prints (schema version 1, README).
+Before the analysis the model must pass onnx's full check (`check_model(full_check=True)`:
+the checker plus strict shape and type inference) and, when it uses no custom op domain, load
+in an onnxruntime session; a model that fails either is a BadInputError with the reason.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 import onnx
 
 from passes import load_and_analyze, unknown_ops
+from passes.import_onnx import load_model
+from toolchain.errors import BadInputError
 from toolchain.ir import Graph
 
 __all__ = ["inspect", "inspect_graph", "INSPECT_SCHEMA_VERSION", "format_table"]
@@ -56,8 +62,58 @@ def inspect_graph(graph: Graph) -> dict:
 
 def inspect(path: str | os.PathLike | onnx.ModelProto,
             input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
-    """Import and analyse a model; the dict `fleetc inspect --json` prints."""
-    return inspect_graph(load_and_analyze(path, input_shapes))
+    """Check, import and analyse a model; the dict `fleetc inspect --json` prints."""
+    model = load_model(path)
+    check_full(model, path)
+    graph = load_and_analyze(model, input_shapes)
+    graph.source = "<model>" if isinstance(path, onnx.ModelProto) else str(path)
+    return inspect_graph(graph)
+
+
+_STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+
+
+def check_full(model: onnx.ModelProto, source: str | os.PathLike | onnx.ModelProto) -> None:
+    """onnx's full check, then an onnxruntime session load unless a node or opset uses a custom
+    domain (onnxruntime would not know its ops). `source` is the model's path when it has one
+    (models of 2 GB and more are checked from the file). BadInputError with the first line of
+    the reason."""
+    label = "<model>" if isinstance(source, onnx.ModelProto) else str(source)
+    target = model if isinstance(source, onnx.ModelProto) else str(source)
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
+        raise BadInputError(f"{label}: invalid model (onnx full check): {_first(err)}") from err
+    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
+    if domains <= set(_STANDARD_DOMAINS):
+        _ort_load(model if isinstance(source, onnx.ModelProto) else str(source), label)
+
+
+def _ort_load(model: onnx.ModelProto | str, label: str) -> None:
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    errors = tuple(v for v in vars(state).values()
+                   if isinstance(v, type) and issubclass(v, Exception)) + (RuntimeError,)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except errors as err:
+        raise BadInputError(f"{label}: onnxruntime cannot load the model: {_first(err)}") from err
+
+
+def _first(err: Exception) -> str:
+    """The first non-empty line of an error, without onnxruntime's prefixes and the C++ source
+    location and signature it puts before the reason."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?", "",
+                  text)
+    return re.sub(r"/onnxruntime_src/\S+:\d+ .*?\) ", "", text)
 
 
 def _human(n: int) -> str:

@@ -24,15 +24,18 @@ file and the device.
 """
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import re
-import tomllib
+import math
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import BadInputError
-from toolchain.files import sha256_file
+from toolchain.files import MAX_TEXT_BYTES, load_toml, regular_file, safe_name, sha256_file
+from toolchain.measure.records import read_measurements
 from toolchain.target import Target, load_target
 
 __all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS", "FLEET_JSON_VERSION", "canonical"]
@@ -43,7 +46,10 @@ BUDGET_KEYS = ("latency_ms", "energy_mj", "max_accuracy_drop")
 FLEET_JSON_VERSION = 1   # the format of the fleet.json a run writes (docs/fleet.md)
 _TOP_KEYS = {"model", "calib", "device", *BUDGET_KEYS}
 _DEVICE_KEYS = {"name", "target", "proxy", "measurements", "fingerprint", *BUDGET_KEYS}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_NAMES = frozenset({"fleet.json"})   # files a fleet run writes beside the device folders
+MAX_DEVICES = 10000
+MIN_DESIGNS = 3      # few-shot calibration and a fingerprint fit need 3 measured designs
+_MAX_TARGET_NAME = 1000
 
 
 @dataclass(frozen=True)
@@ -96,39 +102,83 @@ class Fleet:
 
 
 def _number(value, what: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-            or value != value:
-        raise BadInputError(f"{where}: {what} must be a non-negative number, got {value!r}")
+    """A budget: a finite number, positive (max_accuracy_drop: 0 to 100 points)."""
+    top = 100.0 if what == "max_accuracy_drop" else math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 <= value <= top:
+        raise BadInputError(f"{where}: {what} must be a non-negative number (finite"
+                            f"{', at most 100' if top < math.inf else ''}), got {value!r}")
     if what != "max_accuracy_drop" and value == 0:
         raise BadInputError(f"{where}: {what} must be positive, got 0")
     return float(value)
 
 
 def _file(base: Path, value, what: str, where: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise BadInputError(f"{where}: {what} must be a file path")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise BadInputError(f"{where}: {what} must be a file path, got {value!r}")
     path = (base / value).resolve()
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"{where}: {what} file {value!r} not found ({path})")
-    return path
+    try:
+        return regular_file(path, f"{what} file")
+    except BadInputError as err:
+        raise BadInputError(f"{where}: {what} {value!r}: {err}") from None
+
+
+def _probe_rows(path: Path, what: str, where: str) -> None:
+    """A measurements / fingerprint CSV read and checked now, before any work: the format, the
+    numbers of every row, and at least MIN_DESIGNS designs pricing can use (probe names of
+    `fleetc probe`, or model files beside the CSV: the rule of predict.latency.design_units)."""
+    if os.stat(path).st_size > MAX_TEXT_BYTES:
+        raise BadInputError(f"{where}: {what} {path}: larger than {MAX_TEXT_BYTES >> 20} MB")
+    try:
+        rows = read_measurements(path)
+    except csv.Error as err:
+        raise BadInputError(f"{where}: {what} {path}: not a CSV file ({err})") from None
+    except BadInputError as err:
+        raise BadInputError(f"{where}: {what}: {err}") from None
+    from toolchain.measure.probe import probe_names  # slow to import: only when needed
+
+    probes = probe_names()
+    usable = [r.design for r in rows if r.design in probes or (path.parent / r.design).is_file()
+              or (path.parent / f"{r.design}.onnx").is_file()]
+    if len(usable) < MIN_DESIGNS:
+        raise BadInputError(f"{where}: {what} {path}: {len(usable)} usable designs (probe names "
+                            f"of `fleetc probe` or model files beside it); at least {MIN_DESIGNS} "
+                            "are needed")
+
+
+def _name(raw: dict, where: str) -> str:
+    name = raw.get("name")
+    if not safe_name(name):
+        raise BadInputError(f"{where}: name must be 1-64 letters, digits, '.', '_' or '-' "
+                            f"(starting with a letter or digit), got {name!r}")
+    if name.lower() in RESERVED_NAMES:
+        raise BadInputError(f"{where}: name {name!r} is reserved (a file of the output folder)")
+    return name
+
+
+def _target_name(value, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_TARGET_NAME:
+        raise BadInputError(f"{where}: {key} must be a target name (see `fleetc targets`), got "
+                            f"{value!r}")
+    return value
 
 
 def _device(raw, index: int, defaults: dict, base: Path, label: str) -> Device:
     where = f"{label}: device #{index + 1}"
     if not isinstance(raw, dict):
-        raise BadInputError(f"{where}: expected a [[device]] table")
-    unknown = set(raw) - _DEVICE_KEYS
+        raise BadInputError(f"{where}: expected a [[device]] table, got {raw!r}")
+    unknown = sorted(map(str, set(raw) - _DEVICE_KEYS))
     if unknown:
-        raise BadInputError(f"{where}: unknown keys {sorted(unknown)} (allowed: "
+        raise BadInputError(f"{where}: unknown keys {unknown} (allowed: "
                             f"{sorted(_DEVICE_KEYS)})")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise BadInputError(f"{where}: name must be 1-64 letters, digits, '.', '_' or '-', got "
-                            f"{name!r}")
+    name = _name(raw, where)
     where = f"{label}: device {name!r}"
-    target = raw.get("target")
-    if not isinstance(target, str) or not target:
+    if "target" not in raw:
         raise BadInputError(f"{where}: target is required (see `fleetc targets`)")
+    target = _target_name(raw["target"], "target", where)
+    proxy = _target_name(raw["proxy"], "proxy", where) if "proxy" in raw else None
     budgets = {k: _number(raw.get(k, defaults.get(k)), k, where)
                for k in BUDGET_KEYS if raw.get(k, defaults.get(k)) is not None}
     if not budgets:
@@ -141,34 +191,35 @@ def _device(raw, index: int, defaults: dict, base: Path, label: str) -> Device:
         raise BadInputError(f"{where}: few-shot calibration needs both proxy and measurements")
     files = {k: _file(base, raw[k], k, where) for k in ("measurements", "fingerprint")
              if k in raw}
-    return Device(name=name, target=target, proxy=raw.get("proxy"), **budgets, **files)
+    for key, path in files.items():
+        _probe_rows(path, key, where)
+    return Device(name=name, target=target, proxy=proxy, **budgets, **files)
 
 
 def load_fleet(path: str | Path) -> Fleet:
+    """Read and validate a fleet file: every problem (types, ranges, finite numbers, names,
+    files and the contents of the measurement CSVs, targets) is a BadInputError naming the file,
+    the device and the key, raised before any work."""
     path = Path(path)
     label = str(path)
-    if not path.is_file():
-        raise BadInputError(f"{label}: no such fleet file")
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"{label}: malformed TOML: {err}") from err
-    unknown = set(doc) - _TOP_KEYS
+    doc = load_toml(path, "fleet file")
+    unknown = sorted(map(str, set(doc) - _TOP_KEYS))
     if unknown:
-        raise BadInputError(f"{label}: unknown keys {sorted(unknown)} (allowed: "
+        raise BadInputError(f"{label}: unknown keys {unknown} (allowed: "
                             f"{sorted(_TOP_KEYS)})")
     base = path.resolve().parent
     if "model" not in doc:
         raise BadInputError(f"{label}: model is required")
     model = _file(base, doc["model"], "model", label)
     calib = _file(base, doc["calib"], "calib", label) if "calib" in doc else None
-    defaults = {k: doc[k] for k in BUDGET_KEYS if k in doc}
+    defaults = {k: _number(doc[k], k, label) for k in BUDGET_KEYS if k in doc}
     raw_devices = doc.get("device")
     if not isinstance(raw_devices, list) or not raw_devices:
         raise BadInputError(f"{label}: no devices: add at least one [[device]] table")
+    if len(raw_devices) > MAX_DEVICES:
+        raise BadInputError(f"{label}: {len(raw_devices)} devices (at most {MAX_DEVICES})")
     devices = tuple(_device(raw, i, defaults, base, label) for i, raw in enumerate(raw_devices))
-    names = [d.name for d in devices]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(d.name for d in devices).items() if k > 1)
     if dupes:
         raise BadInputError(f"{label}: device names must be unique; repeated: {dupes}")
     return Fleet(path.resolve(), model, calib, devices, _targets(devices, label))
