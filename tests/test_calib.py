@@ -65,3 +65,67 @@ def test_synthetic_fallback_warns_loudly(graph, capsys):
     assert "UNMEASURED" in capsys.readouterr().err
     again = synthetic_calib(graph, n=3, warn=False)
     np.testing.assert_array_equal(again.inputs["input"], calib.inputs["input"])
+
+
+# --- issue 21: calibration data is validated before any work --------------------------------
+
+def _x(n: int = 8, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 3, 32, 32)).astype(dtype)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_refused(graph, tmp_path, value, recwarn):
+    x = _x()
+    x[3, 0, 1, 2] = value
+    with pytest.raises(BadInputError, match="NaN or infinite values in 1 of 8 samples "
+                                            r"\(the first: sample 3\)"):
+        load_calib(_save(tmp_path / "c.npz", inputs=x), graph)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("bad", [10, -1, 10**12])
+def test_labels_outside_the_models_classes_are_refused(graph, tmp_path, bad):
+    labels = np.zeros(8, np.int64)
+    labels[6] = bad
+    with pytest.raises(BadInputError, match=rf"0\.\.9 \(the model has 10 classes\); sample 6 "
+                                            rf"has {bad}"):
+        load_calib(_save(tmp_path / "c.npz", inputs=_x(), labels=labels), graph)
+
+
+def test_labels_of_every_class_are_accepted(graph, tmp_path):
+    labels = np.array([0, 9, 1, 8, 2, 7, 3, 6], np.uint8)
+    calib = load_calib(_save(tmp_path / "c.npz", inputs=_x(), labels=labels), graph)
+    assert calib.labels.dtype == np.int64 and calib.labels.tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_fewer_than_eight_samples_are_refused(graph, tmp_path, n):
+    with pytest.raises(BadInputError, match=f"{n} sample.*at least 8"):
+        load_calib(_save(tmp_path / "c.npz", inputs=_x(n)), graph)
+
+
+def test_at_least_the_models_batch(tmp_path):
+    """A model with a fixed batch of 12 needs 12 samples (feeds() yields whole batches)."""
+    graph = import_onnx(zoo.resnet(32, 10, 0.25, 10), input_shapes={"input": (12, 3, 32, 32)})
+    with pytest.raises(BadInputError, match="10 sample.*at least 12"):
+        load_calib(_save(tmp_path / "c.npz", inputs=_x(10)), graph)
+    assert len(load_calib(_save(tmp_path / "d.npz", inputs=_x(12)), graph)) == 12
+
+
+def test_float64_is_cast_to_float32_with_a_note(graph, tmp_path, caplog):
+    x = _x(dtype=np.float64)
+    calib = load_calib(_save(tmp_path / "c.npz", inputs=x), graph)
+    assert calib.inputs["input"].dtype == np.float32
+    np.testing.assert_array_equal(calib.inputs["input"], x.astype(np.float32))
+    assert "input 'input' is float64; cast to float32" in caplog.text
+
+
+def test_npy_and_special_files_are_named(graph, tmp_path):
+    np.save(tmp_path / "x.npy", _x())
+    with pytest.raises(BadInputError, match=r"x\.npy: not a \.npz .*single \.npy array"):
+        load_calib(tmp_path / "x.npy", graph)
+    with pytest.raises(BadInputError, match="/dev/null: is a special file") as err:
+        load_calib("/dev/null", graph)
+    assert "no such" not in str(err.value)
+    with pytest.raises(BadInputError, match="is a folder"):
+        load_calib(tmp_path, graph)

@@ -99,3 +99,66 @@ def test_cli_targets_list_and_show():
     assert doc["measure"]["kind"] == "rpc" and doc["measurable_here"] is False
     bad = _cli("targets", "show", "nope")
     assert bad.exit_code == 2 and "unknown target" in bad.output
+
+
+# --- issue 21: the target schema (types, ranges, finite numbers, names) ----------------------
+
+@pytest.mark.parametrize("change,message", [
+    ({"precisions": 5}, "precisions must be a non-empty list.*got 5"),
+    ({"precisions": "fp32"}, "precisions must be a non-empty list"),
+    ({"precisions": ["fp32", "fp32"]}, "distinct"),
+    ({"precisions": [["fp32"]]}, "precisions"),
+    ({"name": "t\n"}, r"name must be .*got 't\\n'"),
+    ({"name": "../t"}, "name must be"),
+    ({"name": 5}, "name must be"),
+    ({"predictor": "a/b"}, "predictor must be a package name"),
+    ({"description": ["x"]}, "description must be a string"),
+    ({"cross_compiler": ""}, "cross_compiler must be a string"),
+    ({"tvm_target": {"mcpu": "native"}}, "needs a 'kind' string"),
+    ({"tvm_target": 5}, "tvm_target must be a TVM tag"),
+    ({"power_w": float("nan")}, r"power_w must be a number in \(0, 100000\].*got nan"),
+    ({"power_w": float("inf")}, "power_w must be"),
+    ({"power_w": True}, "power_w must be"),
+    ({"features": {"cores": float("nan")}}, r"\[features\] cores must be a finite number"),
+    ({"features": {"nested": {"a": 1}}}, r"\[features\] nested"),
+    ({"features": [1]}, r"\[features\] must be a table"),
+    ({"measure": {"kind": "local-ort", "threads": 100000}}, r"threads must be .* 0\.\.1024"),
+    ({"measure": {"kind": "local-ort", "threads": -1}}, "threads must be"),
+    ({"measure": {"kind": "local-ort", "threads": True}}, "threads must be"),
+    ({"measure": {"kind": ["rpc"]}}, "kind must be one of"),
+    ({"measure": {"kind": "rpc", "rpc_key": 5}}, "rpc_key must be a non-empty string"),
+    ({"measure": {"kind": "local-ort", "timeout_s": float("inf")}}, "timeout_s must be"),
+    ({"measure": {"kind": "local-ort", "timeout_s": 1e9}}, "timeout_s must be"),
+    ({"measure": {"kind": "local-ort", "tracker": "host"}}, "tracker must be HOST:PORT"),
+    ({"measure": {"kind": "local-ort", "tracker": "host:99999"}}, "tracker must be HOST:PORT"),
+    ({"measure": [1]}, r"\[measure\] must be a table"),
+])
+def test_target_schema(change, message):
+    data = {"name": "t", "tvm_target": "llvm", "measure": {"kind": "local-ort"}, **change}
+    with pytest.raises(BadInputError, match=message) as err:
+        parse_target(data)
+    assert "\n" not in str(err.value)
+
+
+def test_target_bounds_that_are_accepted():
+    data = {"name": "t.v2_a-b", "tvm_target": {"kind": "llvm"}, "power_w": 6, "features":
+            {"cores": 4, "fp16": True, "arch": "x"},
+            "measure": {"kind": "rpc", "rpc_key": "k", "threads": 1024, "tracker": "10.0.0.1:9190",
+                        "timeout_s": 86400}}
+    target = parse_target(data)
+    assert target.measure.threads == 1024 and target.power_w == 6.0
+    assert target.measure.tracker == "10.0.0.1:9190"
+
+
+def test_a_broken_user_target_is_listed_as_broken(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLEETC_HOME", str(tmp_path))
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "five.toml").write_text(
+        'name = "five"\nprecisions = 5\ntvm_target = "llvm"\n[measure]\nkind = "local-ort"\n')
+    listed = _cli("targets")
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert set(BUILTINS) <= set(rows)
+    assert "BROKEN" in rows["five"] and "precisions" in rows["five"]
+    shown = _cli("targets", "show", "five")
+    assert shown.exit_code == 2 and "five.toml" in shown.stderr and "precisions" in shown.stderr

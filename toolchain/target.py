@@ -204,7 +204,7 @@ def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
                       f"{data[key]!r}")
     power = data.get("power_w")
     if power is not None and not _positive(power, _MAX_POWER_W):
-        raise bad(f"power_w must be a number in (0, {_MAX_POWER_W}] (watts), got {power!r}")
+        raise bad(f"power_w must be a number in (0, {_MAX_POWER_W:g}] (watts), got {power!r}")
     return Target(
         name=name, description=data.get("description", ""), tvm_target=_tvm_target(data, bad),
         precisions=_precisions(data, bad), measure=_parse_measure(data["measure"], bad),

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,27 +126,29 @@ def _file(base: Path, value, what: str, where: str) -> Path:
         raise BadInputError(f"{where}: {what} {value!r}: {err}") from None
 
 
-def _probe_rows(path: Path, what: str, where: str) -> None:
+def _probe_rows(path: Path, given: str, what: str, where: str) -> None:
     """A measurements / fingerprint CSV read and checked now, before any work: the format, the
     numbers of every row, and at least MIN_DESIGNS designs pricing can use (probe names of
-    `fleetc probe`, or model files beside the CSV: the rule of predict.latency.design_units)."""
+    `fleetc probe`, or model files beside the CSV: the rule of predict.latency.design_units).
+    Errors name the file as the fleet file gives it (`given`)."""
+    where = f"{where}: {what} {given!r}"
     if os.stat(path).st_size > MAX_TEXT_BYTES:
-        raise BadInputError(f"{where}: {what} {path}: larger than {MAX_TEXT_BYTES >> 20} MB")
+        raise BadInputError(f"{where}: larger than {MAX_TEXT_BYTES >> 20} MB")
     try:
         rows = read_measurements(path)
     except csv.Error as err:
-        raise BadInputError(f"{where}: {what} {path}: not a CSV file ({err})") from None
-    except BadInputError as err:
-        raise BadInputError(f"{where}: {what}: {err}") from None
+        raise BadInputError(f"{where}: not a CSV file ({err})") from None
+    except BadInputError as err:   # "<path>[:<line>]: <problem>"
+        text = re.sub(rf"^{re.escape(str(path))}(:(\d+))?: ", r"line \2: ", str(err))
+        raise BadInputError(f"{where}: {text.removeprefix('line : ')}") from None
     from toolchain.measure.probe import probe_names  # slow to import: only when needed
 
     probes = probe_names()
     usable = [r.design for r in rows if r.design in probes or (path.parent / r.design).is_file()
               or (path.parent / f"{r.design}.onnx").is_file()]
     if len(usable) < MIN_DESIGNS:
-        raise BadInputError(f"{where}: {what} {path}: {len(usable)} usable designs (probe names "
-                            f"of `fleetc probe` or model files beside it); at least {MIN_DESIGNS} "
-                            "are needed")
+        raise BadInputError(f"{where}: {len(usable)} usable designs, at least {MIN_DESIGNS} are "
+                            "needed (probe names of `fleetc probe` or model files beside it)")
 
 
 def _name(raw: dict, where: str) -> str:
@@ -192,7 +195,7 @@ def _device(raw, index: int, defaults: dict, base: Path, label: str) -> Device:
     files = {k: _file(base, raw[k], k, where) for k in ("measurements", "fingerprint")
              if k in raw}
     for key, path in files.items():
-        _probe_rows(path, key, where)
+        _probe_rows(path, raw[key], key, where)
     return Device(name=name, target=target, proxy=proxy, **budgets, **files)
 
 
