@@ -16,6 +16,7 @@ case that allocates without bound fails with MemoryError instead of exhausting t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import re
@@ -60,8 +61,8 @@ def _worker(conn, root: str, memory_gb: float, light_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import toolchain.cli  # noqa: F401  (imported once, before the memory cap)
 
-    with memory_limit(int(memory_gb * (1 << 30))):
-        while (job := conn.recv()) is not None:
+    with memory_limit(int(memory_gb * (1 << 30))), contextlib.suppress(EOFError):
+        while (job := conn.recv()) is not None:   # EOFError: the parent is gone
             conn.send(_run_job(job, Path(root), light_s))
 
 
@@ -80,7 +81,8 @@ class _Slot:
 
     def __init__(self, ctx, args) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, *args), daemon=True)
+        # not daemonic: fleetc itself starts child processes (a daemon may not have any)
+        self.proc = ctx.Process(target=_worker, args=(child, *args))
         self.proc.start()
         child.close()
         self.job, self.started, self.done, self.lost = None, 0.0, 0, False

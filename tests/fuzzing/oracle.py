@@ -23,6 +23,7 @@ import logging
 import os
 import resource
 import shlex
+import shutil
 import signal
 import stat
 import tempfile
@@ -174,13 +175,7 @@ def run_case(case: Case, root: Path, timeout: float = 30.0, command=None,
         return _judge(case, folder, before, after, result, seconds, allowed)
     finally:
         if not keep:
-            _remove(folder)
-
-
-def _remove(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _judge(case, folder, before, after, result, seconds, allowed) -> Outcome:
