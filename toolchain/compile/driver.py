@@ -469,6 +469,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             say: Progress) -> CompileResult:
     from passes.emit_tvm import emit_tvm
     from toolchain.compile.output import kernel_rows, report_points, write_outdir
+    from toolchain.measure.child import call as in_child
 
     model = prep.rewrite(chosen.plan)
     parent = outdir.resolve().parent
@@ -478,7 +479,8 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         atomic_write(tmp / "model.onnx", model.SerializeToString(deterministic=True))
         say(f"building for {tgt.name} with TVM")
         feeds = {k: v[:1] for k, v in prep.calib.inputs.items()}
-        emitted = emit_tvm(model, tgt, tmp, cross_compiler=tgt.cross_compiler,
+        # In a child process (toolchain.measure.child): Ctrl-C need not wait for TVM's C++.
+        emitted = in_child(emit_tvm, model, tgt, tmp, cross_compiler=tgt.cross_compiler,
                            inputs=_at_input_size(feeds, model))
         warnings += list(emitted.warnings)
         latency = _measured_latency(tgt, model, say) if measure_latency else None
