@@ -27,7 +27,8 @@ TOOLS = ("fleetc", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "numpy
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file through a temporary file in the same folder and a rename."""
+    """Write a file through a temporary file in the same folder and a rename; its mode is what
+    open() would give a new file (0666 & ~umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
@@ -35,6 +36,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -344,3 +346,196 @@ def check_tree(doc, label: str) -> None:
 
 __all__ += ["safe_name", "regular_file", "read_text", "load_json", "load_toml", "check_tree",
             "MAX_TEXT_BYTES", "MAX_DEPTH"]
+
+
+# Output folders and files are fleetc's alone (docs/compile.md "OUTDIR", docs/fleet.md
+# "Outputs"): a folder fleetc writes is new, empty or one it wrote before (its marker says which
+# kind); no output is, holds or sits inside an input; modes follow the umask.
+
+OUTPUT_MARKER = ".fleetc-output"    # in every output folder fleetc writes: "compile" or "fleet"
+OUTPUT_KINDS = ("compile", "fleet")
+# Folders written before the marker: a fleetc manifest.json / fleet.json (file, keys it has).
+_LEGACY_OUTPUTS = {"compile": ("manifest.json", ("artifacts", "predicted")),
+                   "fleet": ("fleet.json", ("devices", "summary"))}
+_SPECIAL = "a special file (FIFO, device or socket)"
+
+
+def check_output_dir(path: str | os.PathLike, inputs: Iterable, kind: str,
+                     force: bool = False) -> Path:
+    """Where an output folder of `kind` ("compile" / "fleet") may be written: `path` resolved
+    (a symlinked folder is followed; its target is what gets written).
+
+    Allowed: a new path, an empty folder, or a folder fleetc wrote before as a `kind` output
+    (`output_kind`); any other folder is a BadInputError naming it, unless `force`. Never, even
+    with `force`: an empty path, a filesystem root, a last part that is a file, a special file,
+    a link to one or a broken link, a path below a file, a folder that is, holds or sits inside
+    one of `inputs` (files the command reads)."""
+    dest = _output_path(path, "folder")
+    if dest.exists() and not dest.is_dir():
+        raise BadInputError(f"{os.fspath(path)}: is {_what_is(Path(path))}, not a folder")
+    _refuse_inputs(path, dest, inputs, "folder")
+    if dest.is_dir() and not force:
+        _refuse_foreign(path, dest, kind)
+    return dest
+
+
+def check_output_file(path: str | os.PathLike, inputs: Iterable) -> Path:
+    """Where an output file (`rewrite -o`, `fleet --depfile`) may be written: `path` resolved (a
+    link to a regular file is followed: that file is replaced, the link kept). A BadInputError
+    for an empty path, a folder, a special file (a FIFO is never replaced), a link to either, a
+    broken link, a path below a file, or one of `inputs` (by path or as the same file)."""
+    dest = _output_path(path, "file")
+    if dest.exists() and not dest.is_file():
+        raise BadInputError(f"{os.fspath(path)}: is {_what_is(Path(path))}, not a file")
+    _refuse_inputs(path, dest, inputs, "file")
+    return dest
+
+
+def output_kind(folder: str | os.PathLike) -> str | None:
+    """The kind of fleetc output `folder` holds ("compile" / "fleet"): the word in its
+    `.fleetc-output` marker or, in folders written before markers, a fleetc manifest.json
+    (compile) / fleet.json (fleet); None for anything else."""
+    folder = Path(folder)
+    raw = _small_regular_file(folder / OUTPUT_MARKER, 64)
+    if raw is not None:
+        word = raw.decode("utf-8", "replace").strip()
+        return word if word in OUTPUT_KINDS else None
+    for kind, (name, keys) in _LEGACY_OUTPUTS.items():
+        raw = _small_regular_file(folder / name, MAX_TEXT_BYTES)
+        try:
+            doc = json.loads(raw) if raw is not None else None
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, dict) and all(k in doc for k in keys):
+            return kind
+    return None
+
+
+def write_output_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark `folder` as a fleetc output of `kind` (what `check_output_dir` accepts next time)."""
+    atomic_write(Path(folder) / OUTPUT_MARKER, f"{kind}\n")
+
+
+def temp_dir_beside(dest: Path) -> Path:
+    """A new temporary folder beside `dest` (one file system: it can be renamed onto `dest`),
+    with the mode mkdir would give it (mkdtemp's is 0700 whatever the umask)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    follow_umask(tmp)
+    return tmp
+
+
+def current_umask() -> int:
+    """The process's umask, read from /proc where there is one (os.umask must set it to read
+    it, which races with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file or folder the mode open() / mkdir() would have given it: 0666 & ~umask for a
+    file, 0777 & ~umask for a folder or an executable file (mkstemp / mkdtemp use 0600 / 0700)."""
+    mode = os.stat(path).st_mode
+    full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
+    os.chmod(path, full & ~current_umask())
+
+
+def _output_path(path: str | os.PathLike, what: str) -> Path:
+    """`path` resolved, after the checks every output path gets: not empty, not a broken link
+    or a link loop, not a filesystem root, not below a file."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise BadInputError(f"the output {what} path is empty")
+    try:
+        given = Path(text)
+        if given.is_symlink() and not given.exists():
+            raise BadInputError(f"{text}: is a broken symbolic link; give the output {what} "
+                                "itself")
+        dest = given.resolve()
+        above = next((p for p in dest.parents if p.exists()), None)
+    except (OSError, RuntimeError, ValueError) as err:   # link loop, NUL byte, permission
+        raise BadInputError(f"{text}: not a usable output {what} path "
+                            f"({getattr(err, 'strerror', None) or err})") from None
+    if dest.parent == dest:
+        raise BadInputError(f"{text}: a filesystem root cannot be an output {what}")
+    if above is not None and not above.is_dir():
+        raise BadInputError(f"{text}: {above} is not a folder")
+    return dest
+
+
+def _what_is(path: Path) -> str:
+    link = "a symbolic link to " if path.is_symlink() else ""
+    mode = os.stat(path).st_mode
+    kind = "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else _SPECIAL
+    return link + kind
+
+
+def _refuse_inputs(path: str | os.PathLike, dest: Path, inputs: Iterable, what: str) -> None:
+    """No output is, holds or sits inside a file the command reads (`--force` or not)."""
+    label = os.fspath(path)
+    for item in inputs:
+        if item is None:
+            continue
+        try:
+            src = Path(item).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if src == dest or _same_file(src, dest):
+            relation = "is"
+        elif dest in src.parents:
+            relation = "holds"
+        elif src in dest.parents:
+            relation = "is inside"
+        else:
+            continue
+        raise BadInputError(f"{label}: refusing to overwrite an input: the output {what} "
+                            f"{relation} the input {Path(item).name}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _refuse_foreign(path: str | os.PathLike, dest: Path, kind: str) -> None:
+    """An existing folder must be empty or fleetc's own output of `kind`."""
+    try:
+        with os.scandir(dest) as entries:
+            empty = next(entries, None) is None
+    except OSError as err:
+        raise BadInputError(f"{os.fspath(path)}: cannot read the output folder "
+                            f"({err.strerror})") from None
+    found = None if empty else output_kind(dest)
+    if empty or found == kind:
+        return
+    holds = f"a fleetc {found} output, not a {kind} one" if found else \
+        "files fleetc did not write"
+    raise BadInputError(f"{os.fspath(path)}: holds {holds} (--force to use it anyway)")
+
+
+def _small_regular_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes, else None (a FIFO
+    is never opened: it could block)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with open(path, "rb") as f:
+            return f.read(limit + 1)
+    except OSError:
+        return None
+
+
+__all__ += ["OUTPUT_MARKER", "OUTPUT_KINDS", "check_output_dir", "check_output_file",
+            "output_kind", "write_output_marker", "temp_dir_beside", "current_umask",
+            "follow_umask"]

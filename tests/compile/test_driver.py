@@ -60,7 +60,7 @@ def test_compile_meets_budget_and_writes_everything(prep, tmp_path):
     res = compile_model(prep, "host-ort-1t", out, latency_ms=0.6 * full, cost=cost,
                         predictor_name="macs", measure_latency=False)
     assert sorted(p.name for p in out.iterdir()) == [
-        "manifest.json", "model.onnx", "model.so", "plan.json", "report.html"]
+        ".fleetc-output", "manifest.json", "model.onnx", "model.so", "plan.json", "report.html"]
     m = json.loads((out / "manifest.json").read_text())
     assert m == res.manifest
     for key in ("version", "target", "inputs", "tools", "plan", "predicted", "measured",
@@ -122,11 +122,12 @@ def test_failing_tvm_build_leaves_no_output(prep, tmp_path, monkeypatch):
     out = tmp_path / "build" / "out"
     out.mkdir(parents=True)
     (out / "old.txt").write_text("previous build")
+    (out / ".fleetc-output").write_text("compile\n")   # a previous compile output
     with pytest.raises(EmitError, match="failed in pass"):
         compile_model(prep, "broken", out, latency_ms=0.8 * cost(Plan()).latency_ms,
                       cost=cost, measure_latency=False)
     # The previous OUTDIR is untouched and no temporary folder is left beside it.
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".fleetc-output", "old.txt"]
     assert [p.name for p in out.parent.iterdir()] == ["out"]
 
 

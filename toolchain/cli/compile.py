@@ -22,10 +22,13 @@ logger = logging.getLogger(__name__)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the evolutionary search.")
 @click.option("--no-measure", is_flag=True, help="Do not time the result (report only).")
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
-              help="Output folder (replaced atomically).")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(),
+              help="Output folder: new, empty or an earlier compile output (replaced "
+              "atomically).")
+@click.option("--force", is_flag=True,
+              help="Replace OUTDIR even if it holds files fleetc did not write (never an input).")
 def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, seed,
-                no_measure, outdir) -> None:
+                no_measure, outdir, force) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
     from toolchain.compile.driver import compile_model
     from toolchain.target import load_target
@@ -33,7 +36,7 @@ def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, 
     result = compile_model(model, load_target(target), outdir, latency_ms=latency_ms,
                            energy_mj=energy_mj,
                            max_accuracy_drop=max_accuracy_drop, calib=calib, seed=seed,
-                           measure_latency=not no_measure,
+                           measure_latency=not no_measure, force=force,
                            progress=lambda msg: click.echo(f"compile: {msg}", err=True))
     m = result.manifest
     p, meas = m["predicted"], m["measured"]

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from toolchain.fleet.run import raise_if_failed, run_fleet, write_depfile
+from toolchain.fleet.run import (
+    check_depfile,
+    check_output,
+    raise_if_failed,
+    run_fleet,
+    write_depfile,
+)
 from toolchain.fleet.spec import load_fleet
 from toolchain.home import cache_dir
 
@@ -36,25 +42,31 @@ def summary_table(result, fleet) -> str:
 
 @click.command("fleet")
 @click.argument("fleet_file", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(path_type=Path),
-              help="Output folder: one sub-folder per device plus fleet.json.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(),
+              help="Output folder: one sub-folder per device plus fleet.json (new, empty or an "
+              "earlier fleet output).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Devices built in parallel worker processes.")
 @click.option("--executor", metavar="dask://HOST:PORT",
               help="Build the devices on a Dask cluster instead of local processes.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every device (the cache is refreshed).")
-@click.option("--depfile", type=click.Path(path_type=Path),
+@click.option("--depfile", type=click.Path(),
               help="Write a Make dependency file listing every input the builds read.")
-def fleet_command(fleet_file: Path, outdir: Path, jobs: int, executor: str | None,
-                  no_cache: bool, depfile: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Write into OUTDIR and its device folders even if "
+              "they hold files fleetc did not write (never an input).")
+def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None,
+                  no_cache: bool, depfile: str | None, force: bool) -> None:
     """Build every device of FLEET_FILE (TOML, see docs/fleet.md): shared work once, unchanged
     devices from the cache, the rest in parallel. Exit 4 if any device failed."""
     fleet = load_fleet(fleet_file)
+    check_output(fleet, outdir, force)      # before any work, as is the depfile's
+    if depfile is not None:
+        check_depfile(fleet, outdir, depfile)
     say = lambda msg: click.echo(f"fleetc: {msg}", err=True)  # noqa: E731
     result = run_fleet(fleet, outdir, jobs=jobs, executor=executor, use_cache=not no_cache,
-                       progress=say)
+                       progress=say, force=force)
     if depfile is not None:
-        write_depfile(fleet, outdir, depfile)
+        write_depfile(fleet, Path(outdir), depfile)
     click.echo(summary_table(result, fleet))
     raise_if_failed(result)
 

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import click
 
 from toolchain.compile.rewrite import RewriteResult, rewrite
-from toolchain.errors import BadInputError
-from toolchain.files import atomic_write
+from toolchain.files import atomic_write, check_output_file
 
 __all__ = ["rewrite_command", "format_costs"]
 
@@ -44,8 +42,9 @@ def format_costs(result: RewriteResult) -> str:
 @click.argument("model", type=click.Path(dir_okay=True, path_type=str))
 @click.option("--plan", "plan_path", required=True, type=click.Path(path_type=str),
               help="Plan JSON (schema: docs/rewrite.md).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Where to write the rewritten ONNX model (written atomically).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=str),
+              help="Where to write the rewritten ONNX model (written atomically; never an "
+              "input, a folder or a special file).")
 @click.option("--calib", type=click.Path(path_type=str), default=None,
               help="Calibration data (.npz: 'inputs' or one key per input, optional 'labels').")
 @click.option("--target", "-t", default=None, help="Target whose precisions the plan must respect "
@@ -53,8 +52,7 @@ def format_costs(result: RewriteResult) -> str:
 def rewrite_command(model: str, plan_path: str, output: str, calib: str | None,
                     target: str | None) -> None:
     """Apply a plan to MODEL and write the checked result to OUT.onnx."""
-    if Path(output).resolve() == Path(model).resolve():
-        raise BadInputError(f"{output}: refusing to overwrite the input model; choose another -o")
+    dest = check_output_file(output, [model, plan_path, calib])
     click.echo(f"rewrite: applying {plan_path} to {model}", err=True)
     from toolchain.target import load_target
 
@@ -65,7 +63,7 @@ def rewrite_command(model: str, plan_path: str, output: str, calib: str | None,
     if result.dropped:
         click.echo(f"rewrite: choices for kernels inside skipped blocks ignored: "
                    f"{', '.join(result.dropped)}", err=True)
-    atomic_write(output, result.model.SerializeToString())
+    atomic_write(dest, result.model.SerializeToString())
     click.echo(format_costs(result))
     click.echo(f"wrote {output} (checked: onnx.checker, onnxruntime, output shapes)"
                + (" - accuracy UNMEASURED (no --calib)" if result.synthetic_calib else ""))

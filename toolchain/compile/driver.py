@@ -23,12 +23,12 @@ predictions and the measured accuracy, never on timing.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +49,15 @@ from toolchain.compile.tables import (
     plan_of,
 )
 from toolchain.errors import BadInputError, InfeasibleError
-from toolchain.files import atomic_write, replace_dir, sha256_file, tool_versions
+from toolchain.files import (
+    atomic_write,
+    check_output_dir,
+    follow_umask,
+    replace_dir,
+    sha256_file,
+    temp_dir_beside,
+    tool_versions,
+)
 from toolchain.optimize.costs import Budget, Metrics, check_feasible
 from toolchain.optimize.evolve import solve_evolve
 from toolchain.optimize.exact import solve_exact
@@ -202,15 +210,20 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                   calib: str | os.PathLike | None = None, cost: PlanCostFn | None = None,
                   predictor_name: str | None = None, warnings: list[str] | None = None,
                   retries: int = 3, seed: int = 0,
-                  measure_latency: bool = True, progress: Progress | None = None
-                  ) -> CompileResult:
+                  measure_latency: bool = True, progress: Progress | None = None,
+                  force: bool = False) -> CompileResult:
     """Optimize, rewrite, build and write OUTDIR for one target (see the module doc).
 
     `model` may be a Prepared (shared work of a fleet); `cost` overrides the target's predictor
-    (a function from Plan to PlanCosts) and `predictor_name` then names it in the manifest."""
+    (a function from Plan to PlanCosts) and `predictor_name` then names it in the manifest.
+    OUTDIR follows the output folder rule (`toolchain.files.check_output_dir`: new, empty or a
+    compile output, unless `force`; never an input), checked before any work."""
     from toolchain.target import resolve_target
 
     say = progress or (lambda msg: None)
+    output = functools.partial(check_output_dir, outdir, _input_paths(model, calib), "compile",
+                               force)
+    output()
     tgt = resolve_target(target)   # the API edge: a name or a Target
     if latency_ms is None and energy_mj is None and max_accuracy_drop is None:
         raise BadInputError("give a budget: --latency-ms, --energy-mj and/or "
@@ -242,7 +255,16 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
     chosen, candidates = _choose(prep, ctx, tset, budget, objective, tgt.name, retries, seed,
                                  say)
     return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
-                   warnings, Path(outdir), measure_latency, say)
+                   warnings, Path(outdir), output, measure_latency, say)
+
+
+def _input_paths(model, calib) -> list:
+    """The files compile reads, which its output folder may not be, hold or sit inside."""
+    if isinstance(model, Prepared):
+        model = None if model.source == "<model>" else model.source
+    elif isinstance(model, onnx.ModelProto):
+        model = None
+    return [p for p in (model, calib) if p is not None]
 
 
 def _cost_function(tgt, prep: Prepared, cost: PlanCostFn | None, name: str | None,
@@ -465,16 +487,16 @@ def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | Non
 
 def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, objective: str,
             chosen: Candidate, candidates: list[Candidate], predictor: str,
-            warnings: list[str], outdir: Path, measure_latency: bool,
-            say: Progress) -> CompileResult:
+            warnings: list[str], outdir: Path, output: Callable[[], Path],
+            measure_latency: bool, say: Progress) -> CompileResult:
+    """Emit the chosen model and write OUTDIR: built in a temporary folder beside it, which
+    replaces it at the end; `output()` re-checks the folder rule and gives the path to write."""
     from passes.emit_tvm import emit_tvm
     from toolchain.compile.output import kernel_rows, report_points, write_outdir
     from toolchain.measure.child import call as in_child
 
     model = prep.rewrite(chosen.plan)
-    parent = outdir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=parent))
+    tmp = temp_dir_beside(output())
     try:
         atomic_write(tmp / "model.onnx", model.SerializeToString(deterministic=True))
         say(f"building for {tgt.name} with TVM")
@@ -483,6 +505,8 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         emitted = in_child(emit_tvm, model, tgt, tmp, cross_compiler=tgt.cross_compiler,
                            inputs=_at_input_size(feeds, model))
         warnings += list(emitted.warnings)
+        for artifact in emitted.artifacts:
+            follow_umask(tmp / artifact.path)
         latency = _measured_latency(tgt, model, say) if measure_latency else None
         m = chosen.metrics
         manifest = {
@@ -516,7 +540,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         }
         write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
                      kernel_rows(ctx, chosen.plan), candidates, budget)
-        replace_dir(tmp, outdir)
+        replace_dir(tmp, output())      # checked again: the folder may have changed since
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from toolchain.compile.report import Point, render_report
-from toolchain.files import atomic_write
+from toolchain.files import atomic_write, write_output_marker
 from toolchain.optimize.costs import Budget
 from toolchain.optimize.pareto import nondominated, pareto_front
 from toolchain.space import Plan
@@ -73,7 +73,10 @@ def candidate_rows(candidates, budget: Budget) -> list[list]:
 
 def write_outdir(folder: Path, plan: Plan, manifest: dict, points, rows, candidates,
                  budget: Budget) -> None:
+    """plan.json, manifest.json, report.html and the `.fleetc-output` marker (kind "compile")
+    that lets a later compile replace the folder (toolchain.files.check_output_dir)."""
     plan.save(folder / "plan.json")
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     html = render_report(manifest, points, rows, candidate_rows(candidates, budget))
     atomic_write(folder / "report.html", html)
+    write_output_marker(folder, "compile")

@@ -11,16 +11,26 @@ Build cache: see `toolchain.fleet.cache`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolchain.errors import FleetcError, PartialFailureError
-from toolchain.files import atomic_write, sha256_file
+from toolchain.errors import BadInputError, FleetcError, PartialFailureError
+from toolchain.files import (
+    OUTPUT_MARKER,
+    atomic_write,
+    check_output_dir,
+    check_output_file,
+    output_kind,
+    sha256_file,
+    write_output_marker,
+)
 from toolchain.fleet.cache import (
     build_folder,
     device_key,
@@ -35,7 +45,7 @@ from toolchain.fleet.spec import FLEET_JSON_VERSION, Device, Fleet
 from toolchain.target import measurable_targets
 
 __all__ = ["run_fleet", "FleetResult", "DeviceOutcome", "write_depfile", "raise_if_failed",
-           "build_device"]
+           "build_device", "check_output", "check_depfile"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +143,28 @@ def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
 
 
 def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str | None = None,
-              use_cache: bool = True, progress: Progress | None = None) -> FleetResult:
+              use_cache: bool = True, progress: Progress | None = None,
+              force: bool = False) -> FleetResult:
+    """Build every device into OUTDIR/<name>/ and write OUTDIR/fleet.json (module doc). The
+    folders follow the output folder rule (`check_output`) before any work; `force` lets
+    folders fleetc did not write be written. A run that raises (bad input found during the
+    shared work, Ctrl-C) leaves an OUTDIR that was missing or empty as it found it."""
     say = progress or (lambda msg: None)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    dests = check_output(fleet, outdir, force)
+    fresh = _fresh(outdir)
+    try:
+        return _run(fleet, outdir, dests, jobs, executor, use_cache, say)
+    except BaseException:
+        if fresh is not None:
+            _restore(outdir, fresh, dests)
+        raise
+
+
+def _run(fleet: Fleet, outdir: Path, dests: dict[str, Path], jobs: int, executor: str | None,
+         use_cache: bool, say: Progress) -> FleetResult:
+    """run_fleet after the output check (OUTDIR is made at the start)."""
+    _open_output(outdir, dests, say)
     model_sha = sha256_file(fleet.model)
     calib_sha = sha256_file(fleet.calib) if fleet.calib else None
     measurable = measurable_targets()
@@ -147,9 +175,9 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
     outcomes: dict[str, DeviceOutcome] = {}
     todo = []
     for d in fleet.devices:
-        if use_cache and install_cached(d.name, keys[d.name], outdir / d.name):
+        if use_cache and install_cached(d.name, keys[d.name], dests[d.name]):
             outcomes[d.name] = DeviceOutcome(d.name, "cached", 0.0, keys[d.name],
-                                             summary=_summary(outdir / d.name))
+                                             summary=_summary(dests[d.name]))
             say(f"[{len(outcomes)}/{len(fleet.devices)}] {d.name}: up to date (cache)")
         else:
             todo.append(d)
@@ -162,7 +190,7 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
             jobs_ = [_job(fleet, d, keys[d.name], shared) for d in todo]
             for outcome in pool.run(jobs_):
                 if outcome.status == "built":
-                    outcome = _install_built(outcome, outdir / outcome.name)
+                    outcome = _install_built(outcome, dests[outcome.name])
                 outcomes[outcome.name] = outcome
                 if outcome.status == "built":
                     state = f"built in {outcome.seconds:.1f}s"
@@ -211,13 +239,68 @@ def _write_fleet_json(fleet: Fleet, result: FleetResult, model_sha: str,
     atomic_write(result.outdir / "fleet.json", json.dumps(doc, indent=2) + "\n")
 
 
+def check_output(fleet: Fleet, outdir: str | Path, force: bool = False) -> dict[str, Path]:
+    """The output folder rule (`toolchain.files.check_output_dir`) for OUTDIR (a "fleet"
+    output) and for each device's folder in it (a "compile" output): where each device's
+    folder is to be written (a symlinked one is followed). A BadInputError before any work."""
+    inputs = fleet.inputs()
+    check_output_dir(outdir, inputs, "fleet", force)
+    return {d.name: check_output_dir(Path(outdir) / d.name, inputs, "compile", force)
+            for d in fleet.devices}
+
+
+def _open_output(outdir: Path, dests: dict[str, Path], say: Progress) -> None:
+    """Make and mark OUTDIR (checked), and list the folders of devices no longer in the fleet:
+    they are kept."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_output_marker(outdir, "fleet")
+    gone = [p.name for p in sorted(outdir.iterdir()) if p.name not in dests
+            and not p.name.startswith(".") and p.is_dir() and output_kind(p) == "compile"]
+    if gone:
+        say(f"kept the folders of {len(gone)} device(s) no longer in the fleet (fleetc never "
+            f"deletes them): {', '.join(gone)}")
+
+
+def _fresh(outdir: Path) -> str | None:
+    """"missing" or "empty" when OUTDIR is (a failed run puts it back so), else None."""
+    if not os.path.lexists(outdir):
+        return "missing"
+    return "empty" if outdir.is_dir() and not any(outdir.iterdir()) else None
+
+
+def _restore(outdir: Path, fresh: str, dests: dict[str, Path]) -> None:
+    """Take back what this run put in an OUTDIR that was missing or empty - the marker and
+    the device folders, nothing else - and remove a missing one if that empties it."""
+    (outdir / OUTPUT_MARKER).unlink(missing_ok=True)
+    for dest in dests.values():
+        shutil.rmtree(dest, ignore_errors=True)
+    if fresh == "missing":
+        with contextlib.suppress(OSError):
+            outdir.rmdir()
+
+
+def check_depfile(fleet: Fleet, outdir: str | Path, path: str | Path) -> Path:
+    """Where `--depfile` may be written: the output file rule (never an input, a folder or a
+    special file: `toolchain.files.check_output_file`), and not a file the run writes itself
+    (OUTDIR, its fleet.json or marker, anything in a device's folder)."""
+    dest = check_output_file(path, fleet.inputs())
+    top = Path(outdir).resolve()
+    own = {top, top / "fleet.json", top / OUTPUT_MARKER}
+    if dest in own or any(top / d.name in (dest, *dest.parents) for d in fleet.devices):
+        raise BadInputError(f"{path}: the depfile would overwrite the run's own output in "
+                            f"{outdir}; put it beside the folder or directly in it")
+    return dest
+
+
 def write_depfile(fleet: Fleet, outdir: Path, path: Path) -> None:
-    """Make dependency format: the fleet's output depends on every file it read."""
+    """Make dependency format: the fleet's output depends on every file it read
+    (`check_depfile` says where it may go)."""
     def esc(p: Path) -> str:
         return str(p).replace(" ", "\\ ")
+    dest = check_depfile(fleet, outdir, path)
     target = esc(outdir / "fleet.json")
     deps = " \\\n  ".join(esc(p) for p in fleet.inputs())
-    atomic_write(path, f"{target}: \\\n  {deps}\n")
+    atomic_write(dest, f"{target}: \\\n  {deps}\n")
 
 
 def raise_if_failed(result: FleetResult) -> None:
