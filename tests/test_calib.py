@@ -83,6 +83,17 @@ def test_non_finite_inputs_are_refused(graph, tmp_path, value, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
+def test_values_beyond_1e6_are_refused(graph, tmp_path):
+    """1e38 is finite, but int8 ranges overflow float32 ("AssertionError: scale issue")."""
+    x = _x()
+    x[2, 0, 0, 0] = -1e38
+    with pytest.raises(BadInputError, match=r"beyond \+-1e\+06 in 1 of 8 samples \(the first: "
+                                            r"sample 2\)"):
+        load_calib(_save(tmp_path / "c.npz", inputs=x), graph)
+    x[2, 0, 0, 0] = -1e6    # the bound itself is fine
+    assert len(load_calib(_save(tmp_path / "d.npz", inputs=x), graph)) == 8
+
+
 @pytest.mark.parametrize("bad", [10, -1, 10**12])
 def test_labels_outside_the_models_classes_are_refused(graph, tmp_path, bad):
     labels = np.zeros(8, np.int64)

@@ -5,7 +5,8 @@ Format (the same in every command that takes `--calib`): a `.npz` file with
 - one array per model input, keyed by the input's name (each with the same N);
 - optional `labels`: int array of N class indices (accuracy is measured when present).
 Arrays must have the model input's dtype (float64 data for a float32 input is cast, with a
-note) and, after the leading N, its dimensions; every value finite. N is at least
+note) and, after the leading N, its dimensions; every value finite and at most 1e6 in
+magnitude (int8 ranges and pruning reconstruction overflow float32 beyond). N is at least
 MIN_CALIB_SAMPLES (8) and at least the model's batch size: with fewer, int8 ranges and pruning
 reconstruction rest on a handful of images and top-1 accuracy moves in steps of 12.5 points or
 more (100+ labelled samples are recommended for accuracy limits around 1 point). Labels are
@@ -32,12 +33,13 @@ from toolchain.files import regular_file
 from toolchain.ir import Graph
 
 __all__ = ["CalibData", "load_calib", "synthetic_calib", "feeds", "SYNTHETIC_WARNING",
-           "MIN_CALIB_SAMPLES", "MAX_CALIB_BYTES"]
+           "MIN_CALIB_SAMPLES", "MAX_CALIB_BYTES", "MAX_CALIB_ABS"]
 
 logger = logging.getLogger(__name__)
 
 MIN_CALIB_SAMPLES = 8
 MAX_CALIB_BYTES = 4 << 30   # uncompressed arrays of one .npz
+MAX_CALIB_ABS = 1e6         # int8 ranges and reconstruction overflow float32 far beyond it
 
 SYNTHETIC_WARNING = ("WARNING: no calibration data (--calib): using {n} random inputs; int8 "
                      "ranges and pruning reconstruction are fit to noise and the accuracy of "
@@ -122,14 +124,21 @@ def _cast(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> dict[str, 
     return out
 
 
-def _check_finite(name: str, arr: np.ndarray, label: str) -> None:
+def _check_values(name: str, arr: np.ndarray, label: str) -> None:
+    """Finite values of at most MAX_CALIB_ABS in magnitude (float inputs)."""
     if arr.dtype.kind not in "fc":
         return
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    flat = arr.reshape(len(arr), -1)
+    bad = ~np.isfinite(flat).all(axis=1)
     if bad.any():
         raise BadInputError(f"{label}: input {name!r} has NaN or infinite values in "
                             f"{int(bad.sum())} of {len(arr)} samples (the first: sample "
                             f"{int(np.argmax(bad))}); calibration data must be finite")
+    big = (np.abs(flat) > MAX_CALIB_ABS).any(axis=1)
+    if big.any():
+        raise BadInputError(f"{label}: input {name!r} has values beyond +-{MAX_CALIB_ABS:g} in "
+                            f"{int(big.sum())} of {len(arr)} samples (the first: sample "
+                            f"{int(np.argmax(big))}); float32 arithmetic would overflow")
 
 
 def _check(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> int:
@@ -154,7 +163,7 @@ def _check(inputs: dict[str, np.ndarray], graph: Graph, label: str) -> int:
                             "(int8 ranges, pruning reconstruction and accuracy are measured on "
                             "them)")
     for name, arr in inputs.items():
-        _check_finite(name, arr, label)
+        _check_values(name, arr, label)
     return n
 
 

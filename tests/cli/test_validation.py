@@ -252,6 +252,7 @@ CALIBS = {   # name: (arrays, words the error names)
     "inf": ({"inputs": _with(np.inf)}, ["NaN or infinite", "sample 5"]),
     "float64-beyond-float32": ({"inputs": _x().astype(np.float64) * 1e300},
                                ["NaN or infinite"]),
+    "1e38": ({"inputs": _with(1e38)}, ["beyond +-1e+06", "sample 5", "overflow"]),
     "label-10": ({"inputs": _x(), "labels": np.r_[np.zeros(15, int), 10]},
                  ["labels", "0..9", "sample 15 has 10"]),
     "label-minus-1": ({"inputs": _x(), "labels": np.r_[-1, np.zeros(15, int)]},
@@ -322,14 +323,17 @@ def _mutant(case: str) -> onnx.ModelProto:
         model.graph.initializer[0].data_type = 77
     elif case == "initializer-dtype-float16":     # raw data twice the size: "cannot reshape"
         model.graph.initializer[0].data_type = TensorProto.FLOAT16
+    elif case == "initializer-dims-vs-data":      # 3x2 kernels, data for 3x3: "cannot reshape"
+        model.graph.initializer[0].dims[3] = 2
     return model
 
 
-MUTANTS = {"conv-rank-3-input": "onnx full check", "negative-pads": "onnx full check",
-           "batchnorm-wrong-length": "onnx full check", "int64-input": "onnx full check",
-           "string-input": "onnx full check", "opset-1000000": "onnxruntime cannot load",
-           "initializer-dtype-77": "unknown data type",
-           "initializer-dtype-float16": "cannot be read"}
+MUTANTS = {"conv-rank-3-input": "invalid model", "negative-pads": "invalid model",
+           "batchnorm-wrong-length": "invalid model", "int64-input": "invalid model",
+           "string-input": "invalid model", "opset-1000000": "onnxruntime cannot load",
+           "initializer-dtype-77": "type 77",
+           "initializer-dtype-float16": "W has inconsistent type",
+           "initializer-dims-vs-data": "initializer 'w' (data type 1, dims [4, 3, 3, 2]) cannot"}
 
 
 @pytest.mark.parametrize("case", sorted(MUTANTS))
@@ -354,6 +358,45 @@ def test_inspect_still_accepts_the_valid_model_and_a_custom_domain(tmp_path):
     result = _run("inspect", "--json", tmp_path / "custom.onnx")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unknown_ops"][0]["op_type"] == "MyRelu"
+
+
+def test_every_command_refuses_a_model_that_fails_the_full_check(work):
+    """Pads of the wrong length pass onnx's plain checker; rewrite found out only after the
+    rewrite (RuntimeError, exit 1). load_model runs the full check for every command."""
+    model = _classifier()
+    attr = model.graph.node[0].attribute[0]
+    del attr.ints[:]
+    attr.ints.extend([1] * 6)
+    onnx.save(model, work / "pads.onnx")
+    result = _run("rewrite", work / "pads.onnx", "--plan", work / "int8.json", "-o",
+                  work / "out.onnx")
+    _error(result, "pads.onnx", "invalid model", "pads")
+
+
+def test_a_stale_declared_shape_is_checked_by_inspect_only(work):
+    """Exporters leave stale declared shapes: the import infers its own, so every command but
+    inspect (onnx's full check as it is) takes the model, and the file is left as it was."""
+    model = _classifier()
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 7   # 10 classes, in fact
+    onnx.save(model, work / "stale.onnx")
+    before = (work / "stale.onnx").read_bytes()
+    _error(_run("inspect", work / "stale.onnx"), "stale.onnx", "onnx full check")
+    result = _run("rewrite", work / "stale.onnx", "--plan", work / "int8.json", "-o",
+                  work / "out.onnx", "--calib", work / "calib.npz")
+    assert result.exit_code == 0, result.output
+    assert (work / "stale.onnx").read_bytes() == before
+
+
+@pytest.mark.parametrize("key, value", [("length", "-1"), ("offset", "-5")])
+def test_a_negative_external_data_entry_is_bad_input(tmp_path, key, value):
+    model = _classifier()
+    onnx.save_model(model, tmp_path / "ext.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="ext.bin", size_threshold=0)
+    model = onnx.load(tmp_path / "ext.onnx", load_external_data=False)
+    entry = model.graph.initializer[0].external_data.add()
+    entry.key, entry.value = key, value
+    onnx.save_model(model, tmp_path / "ext.onnx")
+    _error(_run("inspect", tmp_path / "ext.onnx"), "ext.onnx", "external data", value)
 
 
 def test_model_must_be_a_regular_file(tmp_path):

@@ -2,8 +2,9 @@
 
 The returned dict is exactly what `fleetc inspect --json` prints (schema version 1, README).
 Before the analysis the model must pass onnx's full check (`check_model(full_check=True)`:
-the checker plus strict shape and type inference) and, when it uses no custom op domain, load
-in an onnxruntime session; a model that fails either is a BadInputError with the reason.
+the checker plus strict shape and type inference, declared shapes included - every command's
+`load_model` runs it without them) and, when it uses no custom op domain, load in an
+onnxruntime session; a model that fails either is a BadInputError with the reason.
 """
 from __future__ import annotations
 
@@ -64,32 +65,25 @@ def inspect(path: str | os.PathLike | onnx.ModelProto,
             input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Check, import and analyse a model; the dict `fleetc inspect --json` prints."""
     model = load_model(path)
-    check_full(model, path)
+    label = "<model>" if isinstance(path, onnx.ModelProto) else str(path)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
+        raise BadInputError(f"{label}: invalid model (onnx full check): {_first(err)}") from err
+    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
+    if domains <= set(_STANDARD_DOMAINS):   # onnxruntime knows no custom domain's ops
+        _ort_load(model if isinstance(path, onnx.ModelProto) else label, label)
     graph = load_and_analyze(model, input_shapes)
-    graph.source = "<model>" if isinstance(path, onnx.ModelProto) else str(path)
+    graph.source = label
     return inspect_graph(graph)
 
 
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
-def check_full(model: onnx.ModelProto, source: str | os.PathLike | onnx.ModelProto) -> None:
-    """onnx's full check, then an onnxruntime session load unless a node or opset uses a custom
-    domain (onnxruntime would not know its ops). `source` is the model's path when it has one
-    (models of 2 GB and more are checked from the file). BadInputError with the first line of
-    the reason."""
-    label = "<model>" if isinstance(source, onnx.ModelProto) else str(source)
-    target = model if isinstance(source, onnx.ModelProto) else str(source)
-    try:
-        onnx.checker.check_model(target, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
-        raise BadInputError(f"{label}: invalid model (onnx full check): {_first(err)}") from err
-    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
-    if domains <= set(_STANDARD_DOMAINS):
-        _ort_load(model if isinstance(source, onnx.ModelProto) else str(source), label)
-
-
 def _ort_load(model: onnx.ModelProto | str, label: str) -> None:
+    """An onnxruntime session of the model (from its file when it has one: models of 2 GB and
+    more), no graph optimization; BadInputError with the first line of the reason."""
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as state
 
