@@ -151,7 +151,11 @@ class ChildProcess:
     def call(self, fn: Callable, *args, **kwargs):
         if self._proc is None or not self._proc.is_alive():
             self.close()
-            self._start()
+            try:
+                self._start()
+            except BaseException:   # Ctrl-C during the start: do not leave the child
+                self.close(kill=True)
+                raise
         try:
             self._conn.send((fn, args, kwargs))
             while not self._conn.poll(POLL_SECONDS) and self._proc.is_alive():
