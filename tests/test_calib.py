@@ -140,3 +140,41 @@ def test_npy_and_special_files_are_named(graph, tmp_path):
     assert "no such" not in str(err.value)
     with pytest.raises(BadInputError, match="is a folder"):
         load_calib(tmp_path, graph)
+
+
+def _npz_with(path, members: dict[str, bytes]):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _npy(arr: np.ndarray, shape: tuple | None = None) -> bytes:
+    """The .npy bytes of `arr`, its header declaring `shape` (a lie) when given."""
+    import io
+
+    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
+              "shape": shape or arr.shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + arr.tobytes()
+
+
+def test_a_lying_npy_header_is_refused_before_any_allocation(graph, tmp_path):
+    """A header declaring 10^10 samples over 8 bytes of data was a 7 TB MemoryError (exit 1)."""
+    path = _npz_with(tmp_path / "c.npz", {"inputs.npy": _npy(np.zeros(2, np.float32),
+                                                             (10**10, 3, 32, 32))})
+    with pytest.raises(BadInputError, match=r"member 'inputs.npy': its header declares "
+                                            r"\[10000000000, 3, 32, 32\] float32"):
+        load_calib(path, graph)
+
+
+def test_members_that_are_not_npy_arrays_are_refused(graph, tmp_path):
+    x = _npy(_x())
+    with pytest.raises(BadInputError, match=r"member 'notes.txt': not a .npy array"):
+        load_calib(_npz_with(tmp_path / "c.npz", {"inputs.npy": x, "notes.txt": b"hi"}), graph)
+    with pytest.raises(BadInputError, match="not a .npz calibration file"):
+        load_calib(_npz_with(tmp_path / "d.npz", {"inputs.npy": b"garbage" * 20}), graph)
+    assert len(load_calib(_npz_with(tmp_path / "e.npz", {"inputs.npy": x}), graph)) == 8

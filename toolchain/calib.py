@@ -19,6 +19,7 @@ accuracy is unmeasured.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import zipfile
@@ -72,12 +73,13 @@ def _model_inputs(graph: Graph) -> dict[str, tuple[tuple, str]]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of a .npz file: a regular file, a zip of .npy members of at most
-    MAX_CALIB_BYTES in all (no pickles)."""
+    """The arrays of a .npz file: a regular file, a zip of .npy members (no other members, no
+    pickles) whose headers match their data and declare at most MAX_CALIB_BYTES in all - read
+    before any array is, so a lying header never allocates."""
     regular_file(path, "calibration file")
     try:
         with zipfile.ZipFile(path) as zf:
-            size = sum(info.file_size for info in zf.infolist())
+            size = sum(_member_bytes(zf, info, path) for info in zf.infolist())
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
         raise BadInputError(f"{path}: not a .npz calibration file ({_npy_hint(path, err)})"
                             ) from None
@@ -89,6 +91,32 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise BadInputError(f"{path}: not a .npz calibration file ({err})") from None
+
+
+def _member_bytes(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> int:
+    """Bytes of one member's array, from its .npy header; BadInputError unless it is a .npy
+    array (format 1.0 or 2.0, no objects) holding exactly the data its header declares."""
+    where = f"{path}: member {info.filename!r}"
+    if info.file_size > MAX_CALIB_BYTES:
+        raise BadInputError(f"{where}: {info.file_size / 1e9:.1f} GB unpacked; a calibration "
+                            f"file holds at most {MAX_CALIB_BYTES / 1e9:.0f} GB")
+    if not info.filename.endswith(".npy"):
+        raise BadInputError(f"{where}: not a .npy array (np.savez writes one per key)")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise BadInputError(f"{where}: .npy format {version} (1.0 or 2.0 expected)")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise BadInputError(f"{where}: an array of Python objects (pickles are not read)")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != info.file_size - header:
+        raise BadInputError(f"{where}: its header declares {list(shape)} {dtype} "
+                            f"({declared} bytes), it holds {info.file_size - header}")
+    return declared
 
 
 def _npy_hint(path: Path, err: Exception) -> str:

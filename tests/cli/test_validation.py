@@ -274,6 +274,21 @@ def test_bad_calibration_data_is_exit_2(work, case, recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]   # numpy's
 
 
+def test_calib_with_a_lying_header_is_refused_before_reading(work):
+    """A .npy header declaring 10^10 samples over 8 bytes was MemoryError, exit 1."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (10**10, 3, 8, 8)})
+    with zipfile.ZipFile(work / "lying.npz", "w") as zf:
+        zf.writestr("inputs.npy", buf.getvalue() + np.zeros(2, np.float32).tobytes())
+    result = _run("rewrite", work / "m.onnx", "--plan", work / "int8.json", "-o",
+                  work / "out.onnx", "--calib", work / "lying.npz")
+    _error(result, "lying.npz", "header declares [10000000000, 3, 8, 8]")
+
+
 def test_calib_npy_file_is_named(work):
     np.save(work / "x.npy", _x())
     result = _run("rewrite", work / "m.onnx", "--plan", work / "int8.json", "-o",
