@@ -3,10 +3,11 @@ group a terminal's Ctrl-C goes to), stderr read line by line as it comes, its de
 seen through psutil, orphans reaped here.
 
 Orphans: a process whose parent died is adopted by the nearest "child subreaper", else by
-pid 1. On a normal system pid 1 reaps them; in a container whose pid 1 does not (this one's
-does not), a dead orphan stays a zombie and its pid looks alive to `os.kill(pid, 0)`. The
-tests make themselves the subreaper (`adopting_orphans`) so that they reap the orphans of a
-killed fleetc as init would, and count a zombie as dead.
+pid 1, which reaps them - at once on a normal system, seconds later or never in some
+containers (this machine's pid 1 takes about 3 s). Until then a dead orphan is a zombie
+whose pid looks alive to `os.kill(pid, 0)`. The tests make themselves the subreaper
+(`adopting_orphans`), reap the orphans of a killed fleetc as init would, and count a zombie
+as dead.
 """
 from __future__ import annotations
 
