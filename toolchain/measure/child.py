@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 
 from toolchain.errors import FleetcError
@@ -110,16 +111,21 @@ def _serve(conn, parent_pid: int) -> None:
         except OSError:   # the parent is gone or stopped waiting
             return
         except Exception as err:  # noqa: BLE001 - a value that does not pickle
-            conn.send(("error", _portable(err)))
+            with contextlib.suppress(OSError):
+                conn.send(("error", _portable(err)))
 
 
 def _portable(err: Exception) -> Exception:
-    """`err` if it survives pickling, else a RuntimeError that names it."""
+    """`err` if it survives pickling, else a RuntimeError that names it; with the child's
+    traceback as a note where the exception keeps its attributes (shown with tracebacks:
+    `fleetc --debug`)."""
+    note = "in the child process:\n" + "".join(traceback.format_exception(err)).rstrip()
     try:
         pickle.loads(pickle.dumps(err))
-        return err
     except Exception:  # noqa: BLE001 - any pickling failure
-        return RuntimeError(f"{type(err).__name__}: {err}")
+        err = RuntimeError(f"{type(err).__name__}: {err}")
+    err.add_note(note)
+    return err
 
 
 class ChildProcess:
