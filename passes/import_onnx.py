@@ -86,6 +86,8 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         if not model.graph.node and not model.graph.output:
             raise BadInputError(f"{label}: not an ONNX model (no graph; empty or truncated file)")
         _load_external_data(model, path)
+    if not model.graph.output:
+        raise BadInputError(f"{label}: invalid model: the graph has no outputs")
     try:
         _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:

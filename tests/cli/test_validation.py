@@ -414,6 +414,16 @@ def test_a_negative_external_data_entry_is_bad_input(tmp_path, key, value):
     _error(_run("inspect", tmp_path / "ext.onnx"), "ext.onnx", "external data", value)
 
 
+def test_a_graph_without_outputs_is_refused_by_every_command(work):
+    """compile found out in the fp32 scoring (IndexError, exit 1; benchmarks/fuzz.py)."""
+    model = _classifier()
+    del model.graph.output[:]
+    onnx.save(model, work / "none.onnx")
+    for args in (["inspect"], ["compile", "--target", "host-ort-1t", "--latency-ms", 100,
+                               "--no-measure", "-o", work / "out"]):
+        _error(_run(args[0], work / "none.onnx", *args[1:]), "none.onnx", "no outputs")
+
+
 def test_model_must_be_a_regular_file(tmp_path):
     _error(_run("inspect", "--json", "/dev/zero"), "/dev/zero", "special file")
     fifo = tmp_path / "fifo.onnx"
@@ -422,6 +432,13 @@ def test_model_must_be_a_regular_file(tmp_path):
 
 
 # --- options and the error line ---------------------------------------------------------------
+
+@pytest.mark.parametrize("dims", ["1x3x" + "9" * 21 + "x8", "1x3x2147483648x8"])
+def test_an_input_shape_beyond_int32_is_exit_2(work, dims):
+    """A 21-digit dimension was `ValueError: Value out of range` in the export (exit 1)."""
+    _error(_run("inspect", work / "m.onnx", "--input-shape", f"x={dims}"), "--input-shape x",
+           "2147483647")
+
 
 def test_a_30_mb_target_string_comes_back_as_a_short_line(work):
     huge = "t" * (30 << 20)

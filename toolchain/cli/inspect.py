@@ -7,8 +7,11 @@ import click
 
 from passes.import_onnx import parse_input_shape
 from toolchain.compile.inspection import format_table, inspect
+from toolchain.errors import BadInputError
 
 __all__ = ["inspect_command"]
+
+MAX_INPUT_DIM = (1 << 31) - 1
 
 
 @click.command("inspect")
@@ -19,5 +22,9 @@ __all__ = ["inspect_command"]
 def inspect_command(model: str, as_json: bool, input_shapes: tuple[str, ...]) -> None:
     """Show what fleetc sees in MODEL: summary, per-kernel costs and legal rewrite options."""
     shapes = dict(parse_input_shape(s) for s in input_shapes)
+    for name, dims in shapes.items():
+        if max(dims) > MAX_INPUT_DIM:   # ONNX shapes are int64; shape arithmetic overflows
+            raise BadInputError(f"--input-shape {name}: a dimension above {MAX_INPUT_DIM} "
+                                f"(2^31 - 1): {'x'.join(map(str, dims))}")
     report = inspect(model, shapes)
     click.echo(json.dumps(report, indent=1) if as_json else format_table(report))
