@@ -182,14 +182,23 @@ def owned_temp_dir(parent: str | os.PathLike, prefix: str) -> Iterator[Path]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (os.kill(pid, 0); another user's process counts)."""
+    """Whether process `pid` runs (os.kill(pid, 0); another user's process counts). A zombie
+    (exited, not yet reaped by its parent) is dead: its temp folders are leftovers."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:   # Linux: the state letter follows the parenthesized command name
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 1:].split()[:1] == ["Z"]
 
 
 def remove_dead_temps(parent: str | os.PathLike, prefix: str) -> list[Path]:
