@@ -8,7 +8,8 @@ the repeats, and the ratio of each median to fp32's.
     .venv/bin/python benchmarks/bench_rewrites.py [--resolution 224] [--repeats 40]
 
 Calibration is 16 random inputs (the zoo model's weights are random too): latency does not
-depend on it, accuracy is measured on the digits fixture instead (tests/test_digits_accuracy.py).
+depend on it, accuracy is measured on the digits fixture instead
+(tests/predict/test_digits_accuracy.py).
 """
 from __future__ import annotations
 

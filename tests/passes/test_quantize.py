@@ -49,7 +49,8 @@ def test_only_the_named_kernels_are_quantized():
     assert not ops & {"QLinearConv", "ConvInteger", "DynamicQuantizeLinear"}  # QDQ format only
     # On a calibration sample (inside the calibrated ranges) int8 stays near fp32. Random-weight
     # models amplify any change ~5-10x (fp16 rounding of these kernels moves the logits 0.2%),
-    # so this only catches gross errors; tests/test_digits_accuracy.py measures real accuracy.
+    # so this only catches gross errors; tests/predict/test_digits_accuracy.py measures real
+    # accuracy.
     feeds = {"input": calib.inputs["input"][:1]}
     a, b = run_ort(out, feeds)[0], run_ort(model, feeds)[0]
     assert a.shape == b.shape
