@@ -25,9 +25,11 @@ from toolchain.errors import BadInputError
 from toolchain.files import regular_file
 from toolchain.ir import Graph, TensorInfo
 
-__all__ = ["import_onnx", "load_model", "parse_input_shape"]
+__all__ = ["import_onnx", "load_model", "parse_input_shape", "MAX_INPUT_DIM"]
 
 logger = logging.getLogger(__name__)
+
+MAX_INPUT_DIM = (1 << 31) - 1   # of a model input's dimension (declared or --input-shape)
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -88,6 +90,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         _load_external_data(model, path)
     if not model.graph.output:
         raise BadInputError(f"{label}: invalid model: the graph has no outputs")
+    _check_input_dims(model, label)
     try:
         _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
@@ -116,6 +119,16 @@ def _full_check(model: onnx.ModelProto) -> None:
         graph.value_info.extend(onnx.ValueInfoProto.FromString(v) for v in value_info)
         for out, saved in zip(graph.output, outputs, strict=True):
             out.type.ParseFromString(saved)
+
+
+def _check_input_dims(model: onnx.ModelProto, label: str) -> None:
+    """Declared input dimensions of at most MAX_INPUT_DIM (ONNX shapes are int64, and shape
+    arithmetic on a 2^62 dimension overflows)."""
+    for vi in model.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value > MAX_INPUT_DIM:
+                raise BadInputError(f"{label}: invalid model: input {vi.name!r} has a dimension "
+                                    f"above {MAX_INPUT_DIM} (2^31 - 1): {dim.dim_value}")
 
 
 def _check_initializers(model: onnx.ModelProto, label: str) -> None:

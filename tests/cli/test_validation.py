@@ -424,6 +424,14 @@ def test_a_graph_without_outputs_is_refused_by_every_command(work):
         _error(_run(args[0], work / "none.onnx", *args[1:]), "none.onnx", "no outputs")
 
 
+def test_a_declared_input_dimension_beyond_int32_is_exit_2(work):
+    """rewrite of a model whose input declares 2^62 rows: `array is too big` (exit 1)."""
+    onnx.save(_classifier(x_shape=("N", 3, 1 << 62, 8)), work / "huge.onnx")
+    result = _run("rewrite", work / "huge.onnx", "--plan", work / "int8.json", "-o",
+                  work / "out.onnx")
+    _error(result, "huge.onnx", "input 'x' has a dimension above 2147483647")
+
+
 def test_model_must_be_a_regular_file(tmp_path):
     _error(_run("inspect", "--json", "/dev/zero"), "/dev/zero", "special file")
     fifo = tmp_path / "fifo.onnx"

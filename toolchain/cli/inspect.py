@@ -5,13 +5,11 @@ import json
 
 import click
 
-from passes.import_onnx import parse_input_shape
+from passes.import_onnx import MAX_INPUT_DIM, parse_input_shape
 from toolchain.compile.inspection import format_table, inspect
 from toolchain.errors import BadInputError
 
 __all__ = ["inspect_command"]
-
-MAX_INPUT_DIM = (1 << 31) - 1
 
 
 @click.command("inspect")
