@@ -471,3 +471,15 @@ def test_a_usage_error_is_cut_too(work):
     result = _run("fleet", work / "fleet.toml", "-o", work / "o", "--jobs", "9" * 100_000)
     assert result.exit_code == 2
     assert max(map(len, result.stderr.splitlines())) <= 300
+
+
+def test_a_long_error_keeps_the_file_name_and_the_reason():
+    from toolchain.cli import MAX_ERROR_CHARS, _line
+
+    deep = "/tmp/" + "/".join(["pytest-of-someone-with-a-long-name"] * 6) + "/fleet.toml"
+    line = _line(f"{deep}: calib 'c.npz': {deep[:-10]}c.npz: is a folder, not a calib file")
+    assert len(line) <= MAX_ERROR_CHARS
+    assert line.startswith(".../fleet.toml: calib 'c.npz'") and line.endswith("is a folder, "
+                                                                             "not a calib file")
+    huge = _line("unknown target " + "x" * 10_000_000 + " (see fleetc targets)")
+    assert len(huge) <= MAX_ERROR_CHARS and huge.endswith("(see fleetc targets)")

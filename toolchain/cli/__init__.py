@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -15,13 +16,22 @@ __all__ = ["main", "cli"]
 
 
 MAX_ERROR_CHARS = 200   # of an error message: inputs are echoed, and may be megabytes long
+_LONG_PATH = re.compile(r"(?<![\w.])/[^\s'\"]{60,}")   # shown as .../<file> when too long
 
 
 def _line(text: str) -> str:
-    """An error message as one line of at most MAX_ERROR_CHARS characters."""
-    text = " ".join(part.strip() for part in text[:4 * MAX_ERROR_CHARS].splitlines()
-                    if part.strip())
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+    """An error message as one line of at most MAX_ERROR_CHARS characters. A longer one loses
+    its middle: it starts with what was wrong (the file) and ends with why."""
+    if len(text) > 8 * MAX_ERROR_CHARS:
+        text = text[:4 * MAX_ERROR_CHARS] + "\n" + text[-4 * MAX_ERROR_CHARS:]
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    text = _LONG_PATH.sub(lambda m: ".../" + m.group(0).rsplit("/", 1)[-1], text)
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    head = (MAX_ERROR_CHARS - 3) // 2
+    return text[:head] + "..." + text[len(text) - (MAX_ERROR_CHARS - 3 - head):]
 
 
 class _Group(click.Group):
