@@ -91,6 +91,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.graph.output:
         raise BadInputError(f"{label}: invalid model: the graph has no outputs")
     _check_input_dims(model, label)
+    _check_opset(model, label)
     try:
         _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
@@ -98,6 +99,18 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise BadInputError(f"{label}: invalid model: {first}") from err
     _check_initializers(model, label)
     return model
+
+
+MIN_OPSET = 7   # onnxruntime guarantees the default domain from opset 7 (Gemm-6 has no kernel)
+
+
+def _check_opset(model: onnx.ModelProto, label: str) -> None:
+    """The default domain's opset is one onnxruntime runs and onnx knows (7 .. onnx's latest)."""
+    latest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= latest:
+            raise BadInputError(f"{label}: opset {entry.version} of the default ONNX domain is not "
+                                f"supported: fleetc reads opsets {MIN_OPSET} to {latest}")
 
 
 def _full_check(model: onnx.ModelProto) -> None:

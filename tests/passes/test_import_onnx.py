@@ -192,3 +192,19 @@ def test_bad_input_is_a_one_line_bad_input_error(tmp_path, make, shapes, match):
     with pytest.raises(BadInputError, match=match) as info:
         import_onnx(make(tmp_path), shapes)
     assert "\n" not in str(info.value) and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize("opset", [6, 1_000_000])
+def test_an_opset_onnxruntime_cannot_run_is_bad_input(opset):
+    """Gemm-6 has no onnxruntime kernel and opset 1000000 does not exist: both were exit 1
+    after the rewrite (the final onnxruntime check), found by benchmarks/fuzz.py --seed 11."""
+    from onnx import TensorProto, helper
+
+    from passes.import_onnx import MIN_OPSET
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    with pytest.raises(BadInputError, match=f"opset {opset} .* fleetc reads opsets {MIN_OPSET} to"):
+        import_onnx(model)
