@@ -345,7 +345,8 @@ def _mutant(case: str) -> onnx.ModelProto:
 
 MUTANTS = {"conv-rank-3-input": "invalid model", "negative-pads": "invalid model",
            "batchnorm-wrong-length": "invalid model", "int64-input": "invalid model",
-           "string-input": "invalid model", "opset-1000000": "opset 1000000 of the default ONNX domain is not supported",
+           "string-input": "invalid model",
+           "opset-1000000": "opset 1000000 of the default ONNX domain is not supported",
            "initializer-dtype-77": "type 77",
            "initializer-dtype-float16": "W has inconsistent type",
            "initializer-dims-vs-data": "initializer 'w' (data type 1, dims [4, 3, 3, 2]) cannot"}
