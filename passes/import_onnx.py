@@ -92,6 +92,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise BadInputError(f"{label}: invalid model: the graph has no outputs")
     _check_input_dims(model, label)
     _check_opset(model, label)
+    _check_auto_pad(model, label)
     try:
         _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
@@ -111,6 +112,20 @@ def _check_opset(model: onnx.ModelProto, label: str) -> None:
         if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= latest:
             raise BadInputError(f"{label}: opset {entry.version} of the default ONNX domain is not "
                                 f"supported: fleetc reads opsets {MIN_OPSET} to {latest}")
+
+
+_AUTO_PADS = (b"NOTSET", b"SAME_UPPER", b"SAME_LOWER", b"VALID")
+
+
+def _check_auto_pad(model: onnx.ModelProto, label: str) -> None:
+    """`auto_pad` is one of ONNX's four values (onnx's checker lets any string through and
+    onnxruntime then fails inside a session)."""
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.name == "auto_pad" and attr.s not in _AUTO_PADS:
+                raise BadInputError(f"{label}: invalid model: node {node.name[:60]!r} has "
+                                    f"auto_pad {attr.s[:40].decode(errors='replace')!r}, not one "
+                                    "of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
 
 
 def _full_check(model: onnx.ModelProto) -> None:

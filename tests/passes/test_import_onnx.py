@@ -208,3 +208,18 @@ def test_an_opset_onnxruntime_cannot_run_is_bad_input(opset):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     with pytest.raises(BadInputError, match=f"opset {opset} .* fleetc reads opsets {MIN_OPSET} to"):
         import_onnx(model)
+
+
+def test_an_unknown_auto_pad_is_bad_input():
+    """onnx's checker accepts any auto_pad string; onnxruntime then failed inside the rewrite
+    (exit 1, benchmarks/fuzz.py --seed 1 case model:1:189)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((2, 1, 3, 3), np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c", auto_pad="WRONG")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                      [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(BadInputError, match="node 'c' has auto_pad 'WRONG', not one of"):
+        import_onnx(model)
