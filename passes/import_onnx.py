@@ -11,6 +11,7 @@ ops the toolchain does not know stay as opaque nodes (listed by `unknown_ops`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -29,6 +30,8 @@ __all__ = ["import_onnx", "load_model", "parse_input_shape", "MAX_INPUT_DIM"]
 
 logger = logging.getLogger(__name__)
 
+MAX_INPUT_ELEMENTS = 1 << 26   # per input sample: 256 MiB of float32 (calibration data is
+#                                made of such samples; a 4096 x 4096 RGB image is 50 M)
 MAX_INPUT_DIM = (1 << 31) - 1   # of a model input's dimension (declared or --input-shape)
 
 
@@ -119,9 +122,21 @@ _AUTO_PADS = (b"NOTSET", b"SAME_UPPER", b"SAME_LOWER", b"VALID")
 
 def _check_auto_pad(model: onnx.ModelProto, label: str) -> None:
     """`auto_pad` is one of ONNX's four values (onnx's checker lets any string through and
-    onnxruntime then fails inside a session)."""
-    for node in model.graph.node:
+    onnxruntime then fails inside a session); text attributes are UTF-8 (ONNX strings)."""
+    graph = model.graph
+    names = [n for node in graph.node for n in (node.name, node.op_type, node.domain,
+                                                  *node.input, *node.output)]
+    names += [v.name for v in (*graph.input, *graph.output, *graph.initializer)]
+    if any(not isinstance(n, str) for n in names):   # protobuf hands invalid UTF-8 back as bytes
+        raise BadInputError(f"{label}: invalid model: a node or tensor name is not UTF-8 text")
+    for node in graph.node:
         for attr in node.attribute:
+            for text in [attr.s, *attr.strings]:
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadInputError(f"{label}: invalid model: node {node.name[:60]!r}'s "
+                                        f"attribute {attr.name[:60]!r} is not UTF-8 text") from None
             if attr.name == "auto_pad" and attr.s not in _AUTO_PADS:
                 raise BadInputError(f"{label}: invalid model: node {node.name[:60]!r} has "
                                     f"auto_pad {attr.s[:40].decode(errors='replace')!r}, not one "
@@ -157,6 +172,10 @@ def _check_input_dims(model: onnx.ModelProto, label: str) -> None:
             if dim.HasField("dim_value") and dim.dim_value > MAX_INPUT_DIM:
                 raise BadInputError(f"{label}: invalid model: input {vi.name!r} has a dimension "
                                     f"above {MAX_INPUT_DIM} (2^31 - 1): {dim.dim_value}")
+        elements = math.prod(max(1, d.dim_value) for d in vi.type.tensor_type.shape.dim)
+        if elements > MAX_INPUT_ELEMENTS:
+            raise BadInputError(f"{label}: invalid model: input {vi.name!r} has {elements} "
+                                f"elements, more than fleetc handles ({MAX_INPUT_ELEMENTS})")
 
 
 def _check_initializers(model: onnx.ModelProto, label: str) -> None:

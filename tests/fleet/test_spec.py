@@ -125,3 +125,10 @@ def test_targets_are_resolved_once_when_the_file_is_read(tmp_path):
     fleet = load_fleet(_write(tmp_path, GOOD))
     assert sorted(fleet.targets) == ["host-ort-1t", "jetson-nano", "rpi4"]
     assert all(t.name == name for name, t in fleet.targets.items())
+
+
+def test_a_path_too_long_for_the_file_system_is_bad_input(tmp_path):
+    """A 300,000-character model path was OSError ENAMETOOLONG, exit 1 (fuzz seed 2)."""
+    path = _write(tmp_path, GOOD.replace('model = "m.onnx"', f'model = "{"a" * 300_000}"'))
+    with pytest.raises(BadInputError, match="File name too long"):
+        load_fleet(path)

@@ -223,3 +223,31 @@ def test_an_unknown_auto_pad_is_bad_input():
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(BadInputError, match="node 'c' has auto_pad 'WRONG', not one of"):
         import_onnx(model)
+
+
+def _relu_model(name: str = "relu", shape=(1, 2)):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name=name)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_input_too_large_to_hold_is_bad_input():
+    """32 x 3 x 8 x 2^31-1 passed the per-dimension bound and ran out of memory making random
+    calibration data (exit 1, fuzz seed 2 case model:2:431)."""
+    from passes.import_onnx import MAX_INPUT_ELEMENTS
+
+    with pytest.raises(BadInputError, match=f"more than fleetc handles \\({MAX_INPUT_ELEMENTS}"):
+        import_onnx(_relu_model(shape=(1, 3, 8, (1 << 31) - 1)))
+
+
+def test_a_name_that_is_not_utf8_is_bad_input(tmp_path):
+    """Flipped bytes in a node name: protobuf hands the name back as bytes and the export
+    failed (UnicodeDecodeError, exit 1, fuzz seed 2 case model:2:710)."""
+    data = _relu_model(name="nodeQQ").SerializeToString().replace(b"nodeQQ", b"\xb3odeQQ")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    with pytest.raises(BadInputError, match="not UTF-8 text"):
+        import_onnx(path)

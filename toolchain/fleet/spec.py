@@ -117,7 +117,11 @@ def _number(value, what: str, where: str) -> float:
 def _file(base: Path, value, what: str, where: str) -> Path:
     if not isinstance(value, str) or not value or "\0" in value:
         raise BadInputError(f"{where}: {what} must be a file path, got {value!r}")
-    path = (base / value).resolve()
+    try:
+        path = (base / value).resolve()
+        path.exists()
+    except OSError as err:   # a name too long for the file system, say
+        raise BadInputError(f"{where}: {what} {value[:60]!r}...: {err.strerror}") from None
     if not path.exists():
         raise BadInputError(f"{where}: {what} file {value!r} not found ({path})")
     try:
