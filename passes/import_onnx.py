@@ -95,7 +95,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise BadInputError(f"{label}: invalid model: the graph has no outputs")
     _check_input_dims(model, label)
     _check_opset(model, label)
-    _check_auto_pad(model, label)
+    _check_nodes(model, label)
     try:
         _full_check(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
@@ -120,9 +120,10 @@ def _check_opset(model: onnx.ModelProto, label: str) -> None:
 _AUTO_PADS = (b"NOTSET", b"SAME_UPPER", b"SAME_LOWER", b"VALID")
 
 
-def _check_auto_pad(model: onnx.ModelProto, label: str) -> None:
-    """`auto_pad` is one of ONNX's four values (onnx's checker lets any string through and
-    onnxruntime then fails inside a session); text attributes are UTF-8 (ONNX strings)."""
+def _check_nodes(model: onnx.ModelProto, label: str) -> None:
+    """Names and text attributes are UTF-8 (ONNX strings); `auto_pad` is one of ONNX's four
+    values and a Conv bias fits its weights (onnx's checker lets both through and onnxruntime
+    then fails inside a session)."""
     graph = model.graph
     names = [n for node in graph.node for n in (node.name, node.op_type, node.domain,
                                                   *node.input, *node.output)]
@@ -141,6 +142,22 @@ def _check_auto_pad(model: onnx.ModelProto, label: str) -> None:
                 raise BadInputError(f"{label}: invalid model: node {node.name[:60]!r} has "
                                     f"auto_pad {attr.s[:40].decode(errors='replace')!r}, not one "
                                     "of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+    _check_conv_bias(model, label)
+
+
+def _check_conv_bias(model: onnx.ModelProto, label: str) -> None:
+    """A Conv's bias initializer is 1-D with one value per output channel (onnx's inference does
+    not check it; onnxruntime then failed while running the model)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] not in inits \
+                or node.input[1] not in inits:
+            continue
+        bias, weight = inits[node.input[2]], inits[node.input[1]]
+        if list(bias.dims) != list(weight.dims[:1]):
+            raise BadInputError(f"{label}: invalid model: Conv {node.name[:60]!r} has a bias of "
+                                f"shape {list(bias.dims)[:8]}, not [{weight.dims[0]}] (one value "
+                                "per output channel)")
 
 
 def _full_check(model: onnx.ModelProto) -> None:

@@ -251,3 +251,18 @@ def test_a_name_that_is_not_utf8_is_bad_input(tmp_path):
     path.write_bytes(data)
     with pytest.raises(BadInputError, match="not UTF-8 text"):
         import_onnx(path)
+
+
+def test_a_conv_bias_of_the_wrong_shape_is_bad_input():
+    """A [C, 1] bias passed onnx's full check and failed in onnxruntime during the rewrite
+    (exit 1, fuzz seed 3 case model:3:294)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((2, 1, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros((2, 1), np.float32), "b")
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="c", pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                      [1, 1, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    with pytest.raises(BadInputError, match=r"bias of shape \[2, 1\], not \[2\]"):
+        import_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
