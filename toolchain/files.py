@@ -130,7 +130,7 @@ def check_digests(folder: str | os.PathLike, memo: dict | None = None) -> str | 
         except OSError as err:
             return f"{name} is unreadable ({err.strerror})"
         if digest != want["sha256"]:
-            return f"{name} differs from what was written (sha256)"
+            return f"{name} has changed (sha256)"
     return None
 
 

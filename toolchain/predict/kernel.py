@@ -296,10 +296,8 @@ class KernelPredictor:
         if os.path.lexists(folder / DIGESTS):
             problem = check_digests(folder)
             if problem is not None:
-                raise BadInputError(
-                    f"{folder}: predictor package damaged or changed since it was written "
-                    f"({problem}): fit or calibrate it again (or delete {DIGESTS} if the "
-                    "change was yours)")
+                raise BadInputError(f"{folder}: damaged predictor package ({problem}); fit it "
+                                    f"again or delete {DIGESTS}")
         meta = _package_json(folder, "meta.json")
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise BadInputError(f"{folder}: predictor format {str(meta.get('format'))[:80]} "
