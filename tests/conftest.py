@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -12,8 +14,29 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("FLEETC_HYPOTHESIS", "fixed"))
 
 
+def pytest_configure(config):
+    """Code that runs outside a test's own FLEETC_HOME (module fixtures, collection) gets one for
+    the session: nothing in the suite reads or writes the user's ~/.cache/fleetc."""
+    config._fleetc_home = tempfile.mkdtemp(prefix="fleetc_home_session_")
+    os.environ["FLEETC_HOME"] = config._fleetc_home
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_fleetc_home", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _probe_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("probe_cache")
+
+
 @pytest.fixture(autouse=True)
-def _fleetc_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own FLEETC_HOME: no test reads or writes the user's cache."""
+def _fleetc_home(tmp_path_factory, monkeypatch, _probe_cache):
+    """Every test gets its own FLEETC_HOME: no test reads or writes the user's cache. The probe
+    models and units (deterministic for this code) are shared by the tests of one worker, in
+    the worker's own folder: rebuilding them per test would cost minutes."""
+    from toolchain.measure import probe
+
     monkeypatch.setenv("FLEETC_HOME", str(tmp_path_factory.mktemp("fleetc_home")))
+    monkeypatch.setattr(probe, "probe_cache_dir", lambda: _probe_cache / probe._probe_key())
     monkeypatch.setenv("FLEETC_DEBUG", "1")  # every pipeline verifies the IR after each pass

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from toolchain.measure.probe import probe_cache_dir
+from toolchain.measure import probe
 from toolchain.predict.latency import _UNITS_KEY, design_units
 
 PROBE = "conv-3-16-3-2-224-1-relu-fp32"
@@ -28,7 +28,7 @@ DAMAGE = {
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_probe_units_are_computed_again(caplog, damage):
     units = design_units(PROBE)
-    path = probe_cache_dir() / f"units-{_UNITS_KEY}" / f"{PROBE}.json"
+    path = probe.probe_cache_dir() / f"units-{_UNITS_KEY}" / f"{PROBE}.json"
     good = path.read_bytes()
     path.write_bytes(DAMAGE[damage] if DAMAGE[damage] is not None else good[:30])
     caplog.set_level(logging.WARNING)

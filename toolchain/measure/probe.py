@@ -538,22 +538,29 @@ def _cache_path(name: str) -> Path:
     return probe_cache_dir() / f"{name}.onnx"
 
 
-@functools.lru_cache(maxsize=1)
 def probe_cache_dir() -> Path:
-    """Cached probe models and their units, keyed by everything that shapes them: the probe
-    version, onnxruntime's version and the source of the int8 passes (fold_batchnorm, quantize)."""
+    """Cached probe models and their units under $FLEETC_HOME (read at each call), keyed by
+    everything that shapes them (`_probe_key`)."""
+    from toolchain.home import cache_dir
+
+    return cache_dir() / "probes" / _probe_key()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_key() -> str:
+    """The probe version, onnxruntime's version and the source of the int8 passes
+    (fold_batchnorm, quantize)."""
     import hashlib
 
     import onnxruntime
 
     import passes.fold_batchnorm
     import passes.quantize
-    from toolchain.home import cache_dir
 
     source = b"".join(Path(m.__file__).read_bytes()
                       for m in (passes.fold_batchnorm, passes.quantize))
     key = hashlib.sha256(source).hexdigest()[:10]
-    return cache_dir() / "probes" / f"v{PROBE_VERSION}-ort{onnxruntime.__version__}-q{key}"
+    return f"v{PROBE_VERSION}-ort{onnxruntime.__version__}-q{key}"
 
 
 def _build(probe: Probe) -> onnx.ModelProto:
