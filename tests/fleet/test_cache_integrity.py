@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
+from tests.processes import HOST_FP32
 from toolchain.cli import cli
 from toolchain.fleet.cache import entry_dir
 from toolchain.fleet.run import run_fleet
@@ -297,16 +298,6 @@ target = "host-fp32"
 latency_ms = 50.0
 '''
 
-HOST_FP32 = '''
-name = "host-fp32"
-description = "this CPU through onnxruntime, 1 thread, fp32 only (test target)"
-precisions = ["fp32"]
-predictor = "host-ort-1t"
-tvm_target = "llvm"
-[measure]
-kind = "local-ort"
-threads = 1
-'''
 
 
 def _tiny_model(path: Path) -> None:
