@@ -114,3 +114,17 @@ def test_unknown_ops_are_kept_and_listed(tmp_path):
     assert doc["summary"]["nodes"] == 3
     table = CliRunner().invoke(cli, ["inspect", str(path)])
     assert "FancyOp_1" in table.output and "unknown ops" in table.output
+
+
+def test_rewriting_through_an_unknown_op_is_exit_2_naming_it(tmp_path):
+    """inspect lists it; a command that must transform through it says so (it was exit 1:
+    onnxruntime could not load the rewritten model, fuzz seed 5 case model:5:918)."""
+    path, plan = tmp_path / "custom.onnx", tmp_path / "plan.json"
+    onnx.save(_model_with_custom_op(), str(path))
+    plan.write_text(json.dumps({"version": 1, "kernels": {}}))
+    result = CliRunner().invoke(cli, ["rewrite", str(path), "--plan", str(plan),
+                                      "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 2, result.output
+    assert "op 'FancyOp' of domain 'com.example' (node 'FancyOp_1') is not an ONNX op" \
+        in result.output
+    assert not (tmp_path / "out.onnx").exists()

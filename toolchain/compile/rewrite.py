@@ -24,6 +24,7 @@ from passes.count_costs import node_macs
 from passes.export_onnx import export_onnx
 from passes.resize_input import fit_to_shape
 from toolchain.calib import CalibData, load_calib, synthetic_calib
+from toolchain.errors import UnsupportedOpError
 from toolchain.ir import Graph
 from toolchain.pipeline import PassContext, PassRecord, Pipeline
 from toolchain.space import PRECISIONS, Plan
@@ -195,9 +196,15 @@ def rewrite(source: Graph | onnx.ModelProto | str | os.PathLike, plan: Plan | di
             calib: CalibData | str | os.PathLike | None = None, target: str | Target | None = None,
             check: bool = True, reconstruct: bool = True) -> RewriteResult:
     """Apply `plan`; the source is never modified. See the module doc for the order."""
-    from passes import analyze
+    from passes import analyze, unknown_ops
 
     graph = _graph(source)
+    unknown = unknown_ops(graph)
+    if unknown:   # the rewritten model is checked in onnxruntime, which cannot run them
+        op = unknown[0]
+        raise UnsupportedOpError(f"op {op['op_type']!r} of domain {op['domain']!r} (node "
+                                 f"{op['name']!r}) is not an ONNX op: fleetc cannot rewrite or "
+                                 "check a model through it")
     plan = _plan(plan)
     tgt = _target_of(plan, target)
     precisions = tuple(tgt.precisions) if tgt else PRECISIONS
