@@ -33,9 +33,12 @@ def test_rpc_timing_agrees_with_local(farm):
     from toolchain.measure.timing import pick_cpus, pinned
     with pinned(pick_cpus(1)):
         local = time_vm(executable, tvm.cpu(), input_arrays(model), CONFIG)
-    # Noise bound: the larger of 35% and three times the two runs' spreads.
+    # Noise bound: the larger of 35% and three times the two runs' spreads. Compared on the
+    # fastest sample (the estimator docs/measure.md keeps): the other xdist worker can slow a
+    # whole run of one side 2x (a clean-clone CI run: remote median 49.1 ms, spread 2%, fastest
+    # 25.0 ms; local 24.9 ms).
     tolerance = max(0.35, 3 * (remote.spread_pct + local.spread_pct) / 100)
-    assert abs(remote.median_ms / local.median_ms - 1) < tolerance, (remote, local)
+    assert abs(remote.min_ms / local.min_ms - 1) < tolerance, (remote, local)
     assert remote.median_ms > 0 and remote.repeats >= 3
 
 
