@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from toolchain.errors import BadInputError
 
-__all__ = ["atomic_write", "replace_dir", "sha256_file", "tool_versions", "TOOLS",
+__all__ = ["atomic_write", "sha256_file", "tool_versions", "TOOLS",
            "DIGESTS", "sha256_once", "write_digests", "check_digests", "owned_temp_dir",
            "pid_alive", "remove_dead_temps", "publish_dir"]
 
@@ -42,17 +42,6 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def replace_dir(tmp: Path, outdir: Path) -> None:
-    """Put the finished folder `tmp` in place; an existing `outdir` is replaced only at the end."""
-    if outdir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old.", dir=outdir.parent))
-        os.replace(outdir, old / "x")
-        os.replace(tmp, outdir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, outdir)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -223,7 +212,7 @@ def publish_dir(tmp: str | os.PathLike, dest: str | os.PathLike,
     finds the old folder, none, or the new one, never a mix. What was at `dest` is moved into
     `scratch` (the caller's `owned_temp_dir`, whose removal deletes it); when another writer
     puts its folder in between, that one is moved aside too and the rename retried. For
-    shared entries under $FLEETC_HOME (a user's output folder: `replace_dir`)."""
+    shared entries under $FLEETC_HOME and for a user's output folder."""
     tmp, dest, scratch = Path(tmp), Path(dest), Path(scratch)
     for attempt in range(10):
         try:
@@ -425,15 +414,6 @@ def write_output_marker(folder: str | os.PathLike, kind: str) -> None:
     atomic_write(Path(folder) / OUTPUT_MARKER, f"{kind}\n")
 
 
-def temp_dir_beside(dest: Path) -> Path:
-    """A new temporary folder beside `dest` (one file system: it can be renamed onto `dest`),
-    with the mode mkdir would give it (mkdtemp's is 0700 whatever the umask)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    follow_umask(tmp)
-    return tmp
-
-
 def current_umask() -> int:
     """The process's umask, read from /proc where there is one (os.umask must set it to read
     it, which races with other threads creating files)."""
@@ -546,5 +526,5 @@ def _small_regular_file(path: Path, limit: int) -> bytes | None:
 
 
 __all__ += ["OUTPUT_MARKER", "OUTPUT_KINDS", "check_output_dir", "check_output_file",
-            "output_kind", "write_output_marker", "temp_dir_beside", "current_umask",
+            "output_kind", "write_output_marker", "current_umask",
             "follow_umask"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,18 +245,24 @@ def test_output_modes_follow_the_umask(work, mask):
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077])
-def test_atomic_write_and_temp_folders_follow_the_umask(tmp_path, mask):
-    from toolchain.files import temp_dir_beside
-
+def test_atomic_write_follows_the_umask(tmp_path, mask):
     old = os.umask(mask)
     try:
         atomic_write(tmp_path / "a.txt", "x")
-        tmp = temp_dir_beside(tmp_path / "out")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
-    assert stat.S_IMODE(tmp.stat().st_mode) == 0o777 & ~mask
-    assert tmp.parent == tmp_path and tmp.name.startswith(".out.")
+
+
+def test_a_killed_compiles_temp_folder_is_removed_by_the_next(work):
+    """The temp folder beside OUTDIR carries its owner's pid: one whose owner is dead (a
+    SIGKILLed compile) goes with the next compile, a live owner's stays."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (work / f".out.tmp-{dead.pid}-x").mkdir()
+    (work / f".out.tmp-{os.getpid()}-x").mkdir()
+    assert _compile(work, work / "out").code == 0
+    assert sorted(p.name for p in work.iterdir()) == [f".out.tmp-{os.getpid()}-x", "in", "out"]
 
 
 # --- rewrite -o -------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,9 +52,10 @@ from toolchain.files import (
     atomic_write,
     check_output_dir,
     follow_umask,
-    replace_dir,
+    owned_temp_dir,
+    publish_dir,
+    remove_dead_temps,
     sha256_file,
-    temp_dir_beside,
     tool_versions,
 )
 from toolchain.optimize.costs import Budget, Metrics, check_feasible
@@ -489,15 +489,20 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             chosen: Candidate, candidates: list[Candidate], predictor: str,
             warnings: list[str], outdir: Path, output: Callable[[], Path],
             measure_latency: bool, say: Progress) -> CompileResult:
-    """Emit the chosen model and write OUTDIR: built in a temporary folder beside it, which
-    replaces it at the end; `output()` re-checks the folder rule and gives the path to write."""
+    """Emit the chosen model and write OUTDIR: built in a temporary folder beside it (owned by
+    this process: a killed run's is removed by the next), which replaces it at the end by
+    rename; `output()` re-checks the folder rule and gives the path to write."""
     from passes.emit_tvm import emit_tvm
     from toolchain.compile.output import kernel_rows, report_points, write_outdir
     from toolchain.measure.child import call as in_child
 
     model = prep.rewrite(chosen.plan)
-    tmp = temp_dir_beside(output())
-    try:
+    dest = output()
+    prefix = f".{dest.name}.tmp-"
+    remove_dead_temps(dest.parent, prefix)     # left by a compile that was killed
+    with owned_temp_dir(dest.parent, prefix) as work:
+        tmp = work / "out"
+        tmp.mkdir()                              # the mode mkdir gives: the umask's
         atomic_write(tmp / "model.onnx", model.SerializeToString(deterministic=True))
         say(f"building for {tgt.name} with TVM")
         feeds = {k: v[:1] for k, v in prep.calib.inputs.items()}
@@ -540,10 +545,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         }
         write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
                      kernel_rows(ctx, chosen.plan), candidates, budget)
-        replace_dir(tmp, output())      # checked again: the folder may have changed since
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish_dir(tmp, output(), work)    # checked again: the folder may have changed since
     say(f"wrote {outdir}")
     return CompileResult(outdir, chosen.plan, manifest, tuple(candidates))
 
