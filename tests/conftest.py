@@ -16,7 +16,15 @@ settings.load_profile(os.environ.get("FLEETC_HYPOTHESIS", "fixed"))
 
 def pytest_configure(config):
     """Code that runs outside a test's own FLEETC_HOME (module fixtures, collection) gets one for
-    the session: nothing in the suite reads or writes the user's ~/.cache/fleetc."""
+    the session: nothing in the suite reads or writes the user's ~/.cache/fleetc. A Python
+    without fleetc's dependencies (pytest run outside .venv) stops here with one line."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import psutil  # noqa: F401
+    except ImportError as err:
+        pytest.exit(f"{err}: fleetc's dependencies are not in this Python; run `make test` "
+                    "(it installs them into .venv) or .venv/bin/python -m pytest", returncode=2)
     config._fleetc_home = tempfile.mkdtemp(prefix="fleetc_home_session_")
     os.environ["FLEETC_HOME"] = config._fleetc_home
 
