@@ -14,9 +14,22 @@ from toolchain.optimize.costs import Budget
 from toolchain.optimize.pareto import nondominated, pareto_front
 from toolchain.space import Plan
 
-__all__ = ["write_outdir", "report_points", "kernel_rows", "candidate_rows"]
+__all__ = ["write_outdir", "report_points", "kernel_rows", "candidate_rows", "budget_met",
+           "BUDGET_TOLERANCE"]
 
 logger = logging.getLogger(__name__)
+
+BUDGET_TOLERANCE = 0.05     # measured latency may exceed the budget by 5% (timing noise)
+
+
+def budget_met(measured_ms: float | None, budget_ms: float | None,
+               tolerance: float = BUDGET_TOLERANCE) -> bool | None:
+    """Whether the artifact's measured latency meets the latency budget, within `tolerance`
+    (a fraction of the budget): None when either is missing (no latency budget, or the target
+    is not measurable here). One rule for compile's manifest and the fleet's fleet.json."""
+    if measured_ms is None or budget_ms is None:
+        return None
+    return bool(measured_ms <= budget_ms * (1.0 + tolerance))
 
 
 def report_points(tset, candidates, chosen) -> list[Point]:
