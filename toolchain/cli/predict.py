@@ -31,13 +31,15 @@ def fit_cmd(target_name: str, data: str, out: str | None) -> None:
     """Fit the kernel-level latency predictor of a target on measurements."""
     from toolchain.home import predictors_dir
     from toolchain.measure.records import read_measurements
-    from toolchain.predict.kernel import data_hash, fit_rows
+    from toolchain.predict.kernel import cpu_record, data_hash, fit_rows
     from toolchain.predict.latency import design_units
 
     target = load_target(target_name)
     rows = read_measurements(data)
     meta = {"name": target.predictor, "target": target.name,
             "training": {"file": Path(data).name, "hash": data_hash(data), "rows": len(rows)}}
+    if target.measurable_here:   # measured here (fleetc profile): on this CPU
+        meta["cpu"] = cpu_record(target.measure.threads)
     folder = Path(data).resolve().parent
 
     def progress(i: int, n: int, design: str) -> None:

@@ -23,7 +23,10 @@ A kernel whose kind never occurred in the training data has no model: it is list
 `Prediction.unknown` (and `strict=True` raises UnsupportedKernelError); it never counts as zero.
 
 Package (a folder): `meta.json` (name, version, target, training-data hash and size, held-out
-error) and `model.json` (per kind: feature names and weights). No pickles.
+error and, for a package measured on this machine's kind of CPU, `cpu`: the `cpu_record` of the
+CPU it was measured on) and `model.json` (per kind: feature names and weights). No pickles.
+A package whose `cpu` is not this CPU's (`same_cpu`), or that records none, describes another
+CPU (`toolchain.predict.latency` then calibrates it to this one).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from toolchain.space import BYTES_PER_PRECISION
 
 __all__ = [
     "KernelPredictor", "Prediction", "KernelLatency", "features", "context_of", "nnls", "spearman",
-    "FORMAT", "FORMAT_VERSION", "fit_rows",
+    "FORMAT", "FORMAT_VERSION", "fit_rows", "cpu_record", "same_cpu", "describe_cpu",
 ]
 
 logger = logging.getLogger(__name__)
@@ -303,6 +306,9 @@ class KernelPredictor:
             raise BadInputError(f"{folder}: predictor format {str(meta.get('format'))[:80]} "
                                 f"v{str(meta.get('version'))[:20]} is not {FORMAT} "
                                 f"v{FORMAT_VERSION}")
+        if not _cpu_ok(meta.get("cpu")):
+            raise BadInputError(f"{folder / 'meta.json'}: \"cpu\" is not a CPU record (vendor, "
+                                "model, isa flags, threads)")
         doc = _package_json(folder, "model.json")
         kinds, model = doc.get("kinds"), doc.get("model")
         where = folder / "model.json"
@@ -317,6 +323,60 @@ class KernelPredictor:
 
 _FEATURES = frozenset(n for basis in (*_BASIS.values(), _DEFAULT_BASIS) for n in basis)
 _PACKAGE_MAX_BYTES = 64 << 20
+
+
+# /proc/cpuinfo flags that name instruction sets (x86: sse*, avx*, amx*, fma, f16c, ...; Arm:
+# asimd*, sve*, i8mm, ...): code generators and onnxruntime pick kernels by these, so two CPUs
+# that differ in one run other code. The other flags (hypervisor, bugs, power states) do not.
+_ISA_PREFIXES = ("sse", "ssse", "avx", "amx", "fma", "f16c", "bmi", "vnni", "asimd", "sve",
+                 "i8mm", "bf16", "fphp", "neon", "dotprod")
+
+
+def cpu_record(threads: int | None = None, cpuinfo: str | None = None) -> dict:
+    """The CPU this process runs on, as predictor packages record it: vendor, model name,
+    instruction-set flags (sorted), and the threads the measurements used. `cpuinfo`: the text
+    of /proc/cpuinfo (read when None; on a system without it, what `platform` says)."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    info: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in info:
+            info[key.strip()] = value.strip()
+    flags = (info.get("flags") or info.get("Features") or "").split()
+    return {"vendor": info.get("vendor_id") or info.get("CPU implementer")
+            or platform.machine(),
+            "model": info.get("model name") or info.get("CPU part") or platform.processor(),
+            "isa": sorted({f for f in flags if f.startswith(_ISA_PREFIXES)}),
+            "threads": threads}
+
+
+def same_cpu(recorded: dict | None, here: dict) -> bool:
+    """Whether a package's recorded CPU is this one: same vendor, model name and instruction-set
+    flags (the thread count is the target's, not the CPU's). None (not recorded) is not."""
+    return isinstance(recorded, dict) and all(recorded.get(k) == here.get(k)
+                                              for k in ("vendor", "model", "isa"))
+
+
+def describe_cpu(record: dict | None) -> str:
+    """A CPU record in a few words, for messages."""
+    if not isinstance(record, dict):
+        return "an unrecorded CPU"
+    return f"{record.get('vendor', '?')} {record.get('model', '?')} " \
+           f"({len(record.get('isa', []))} ISA flags)"
+
+
+def _cpu_ok(record) -> bool:
+    return record is None or (
+        isinstance(record, dict) and isinstance(record.get("vendor"), str)
+        and isinstance(record.get("model"), str) and isinstance(record.get("isa"), list)
+        and all(isinstance(f, str) for f in record["isa"])
+        and (record.get("threads") is None or type(record.get("threads")) is int))
 
 
 def _package_json(folder: Path, name: str) -> dict:
