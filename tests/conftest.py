@@ -48,3 +48,6 @@ def _fleetc_home(tmp_path_factory, monkeypatch, _probe_cache):
     monkeypatch.setenv("FLEETC_HOME", str(tmp_path_factory.mktemp("fleetc_home")))
     monkeypatch.setattr(probe, "probe_cache_dir", lambda: _probe_cache / probe._probe_key())
     monkeypatch.setenv("FLEETC_DEBUG", "1")  # every pipeline verifies the IR after each pass
+    # Predictor packages are used as shipped: no calibration to this CPU (20 s of timing, and
+    # predictions that would depend on the machine); the calibration tests turn it on.
+    monkeypatch.setenv("FLEETC_CALIBRATE", "0")

@@ -42,3 +42,46 @@ def test_package_round_trips_its_cpu_and_rejects_a_bad_one(tmp_path):
     with pytest.raises(BadInputError, match="not a CPU record"):
         KernelPredictor.load(tmp_path / "bad")
     assert "cpu" not in json.loads((tmp_path / "ok" / "model.json").read_text())
+
+
+def test_another_cpus_package_is_calibrated_once_then_served_from_the_cache(tmp_path,
+                                                                           monkeypatch):
+    """A package recording another CPU: the first load measures the calibration probes and
+    rescales the package to them; the second load reads the cached calibration (no timing);
+    a package recording this CPU, and FLEETC_CALIBRATE=0, are used as they are."""
+    from toolchain.predict import latency
+    from toolchain.target import load_target
+
+    monkeypatch.setenv("FLEETC_CALIBRATE", "1")
+    target = load_target("host-ort-1t")
+    shipped = latency.load_predictor(target, calibrate=False)
+    probes = ["conv-3-16-3-2-224-1-relu-fp32", "conv-256-512-3-2-14-1-relu-fp32",
+              "pool-maxpool-64-112-3-2-fp32", "op-concat-32-112-fp32"]
+    monkeypatch.setattr(latency, "_calibration_probes", lambda: probes)
+    calls = []
+
+    def measure(target, csv):   # this "CPU" runs everything 0.7x the package's prediction
+        calls.append(csv)
+        csv.write_text("design,latency_ms\n")
+        designs = [latency.design_units(p) for p in probes]
+        return designs, [0.7 * shipped.predict_units(u).latency_ms for u in designs]
+    monkeypatch.setattr(latency, "_measure_probes", measure)
+    KernelPredictor(shipped.weights, shipped.model,
+                    {**shipped.meta, "cpu": cpu_record(1, _XEON)}).save(tmp_path / "xeon")
+
+    first = latency.load_predictor(target, tmp_path / "xeon")
+    second = latency.load_predictor(target, tmp_path / "xeon")
+    assert len(calls) == 1                                   # measured once, then cached
+    assert second.weights == first.weights and same_cpu(second.meta["cpu"], cpu_record())
+    assert second.meta["measured_cpu"]["vendor"] == "GenuineIntel"
+    units = latency.design_units("conv-64-64-3-1-56-1-relu-fp32")
+    ratio = second.predict_units(units).latency_ms / shipped.predict_units(units).latency_ms
+    assert ratio == pytest.approx(0.7, rel=0.05)
+    assert "leave-one-out" in latency.predictor_error(second.meta)
+
+    KernelPredictor(shipped.weights, shipped.model,
+                    {**shipped.meta, "cpu": cpu_record(1)}).save(tmp_path / "here")
+    assert latency.load_predictor(target, tmp_path / "here").weights == shipped.weights
+    monkeypatch.setenv("FLEETC_CALIBRATE", "0")
+    assert latency.load_predictor(target, tmp_path / "xeon").weights == shipped.weights
+    assert len(calls) == 1

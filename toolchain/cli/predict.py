@@ -86,23 +86,28 @@ def show_cmd(target_name: str) -> None:
               help="Use this predictor package instead of the target's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
 @click.option("--strict", is_flag=True, help="Fail if any kernel has no model.")
+@click.option("--no-calibrate", is_flag=True,
+              help="Use the predictor package as it is, even if it was measured on another CPU "
+                   "(default: calibrate it to this CPU once, about 20 s).")
 def predict_cmd(model: str, target_name: str, plan_path: str | None, package: str | None,
-                as_json: bool, strict: bool) -> None:
+                as_json: bool, strict: bool, no_calibrate: bool) -> None:
     """Predict the latency of MODEL on a target: per kernel and in total."""
-    from toolchain.predict.latency import load_predictor, predict_model
+    from toolchain.predict.latency import load_predictor, predict_model, predictor_error
     from toolchain.space import Plan
 
     if not Path(model).is_file():
         raise BadInputError(f"{model}: no such model file")
     target = load_target(target_name)
-    predictor = load_predictor(target, package)
+    predictor = load_predictor(target, package, calibrate=not no_calibrate)
     plan = Plan.load(plan_path) if plan_path else None
     result = predict_model(predictor, model, plan, strict)
     validated = predictor.meta.get("target") == target.name
     energy = target.energy_mj(result.latency_ms)
     if as_json:
         doc = {"model": model, "target": target.name, "plan": plan_path,
-               "validated": validated, "energy_mj": energy, **result.to_json()}
+               "validated": validated, "energy_mj": energy,
+               "predictor_error": predictor_error(predictor.meta),
+               "cpu": predictor.meta.get("cpu"), **result.to_json()}
         click.echo(json.dumps(doc, indent=2))
         return
     for k in result.kernels:
@@ -110,7 +115,8 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
     click.echo(f"{result.overhead_ms:10.4f} ms  {'(per-model fixed cost)':<24}")
     for u in result.unknown:
         click.echo(f"{'?':>10}     no model for {u}")
-    total = f"total {result.latency_ms:.3f} ms on {target.name}"
+    total = (f"total {result.latency_ms:.3f} ms on {target.name} (predictor error "
+             f"{predictor_error(predictor.meta)})")
     if energy is not None:
         total += f", {energy:.2f} mJ"
     if result.unknown:

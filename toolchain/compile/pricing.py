@@ -34,10 +34,13 @@ def _split(plan: Plan) -> tuple[tuple, Plan]:
 def predictor_cost(target, prep, predictor=None) -> tuple:
     """(cost function, predictor name, warnings) for `target` on the prepared model; with
     `predictor` (a KernelPredictor) that one prices the plans instead of the target's own."""
-    from toolchain.predict.latency import load_predictor, predict_plan
+    from toolchain.predict.latency import load_predictor, predict_plan, predictor_error
     from toolchain.predict.units import structural_graph
 
     predictor = predictor or load_predictor(target)
+    name = predictor.name
+    if "measured_cpu" in predictor.meta:   # calibrated to this CPU (predict/latency.py)
+        name += f" (calibrated to this CPU; error {predictor_error(predictor.meta)})"
     warnings = []
     if not target.measurable_here and not predictor.meta.get("validated", False):
         warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "
@@ -58,4 +61,4 @@ def predictor_cost(target, prep, predictor=None) -> tuple:
         return memo[whole]
 
     cost(Plan())   # fails here, naming the kernels, if the model itself cannot be priced
-    return cost, predictor.name, warnings
+    return cost, name, warnings

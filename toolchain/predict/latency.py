@@ -4,9 +4,19 @@ models and plans.
 Predictor packages are looked up by the target's `predictor` name, first under
 `$FLEETC_HOME/predictors/<name>/` (fitted or calibrated by the user), then in the repository's
 `targets/predictors/<name>/` (shipped defaults).
+
+A target measured on this machine whose package was measured on another CPU (its `cpu` record
+differs, or it has none: `kernel.same_cpu`) gets the package calibrated to this CPU: the
+fingerprint probes are timed here with the target's back end (about 20 s) and the package's
+kernel costs rescaled to them (`transfer.calibrate_kernel_predictor`, the proxy-reuse path).
+The result is cached under `$FLEETC_HOME/cache/calibrated/`, keyed by the package, this CPU
+and the target's measurement settings, so it runs once. `load_predictor(..., calibrate=False)`
+(`--no-calibrate`) or `FLEETC_CALIBRATE=0` in the environment (the test suite's default)
+uses the package as it is.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,7 +42,8 @@ from toolchain.space import Plan
 from toolchain.target import Target
 
 __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "predict_model",
-           "predict_plan", "builtin_predictors_dir"]
+           "predict_plan", "builtin_predictors_dir", "calibrated_to_this_cpu",
+           "calibration_enabled", "predictor_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +83,11 @@ def predictor_dir(target: Target) -> Path | None:
     return None
 
 
-def load_predictor(target: Target, folder: str | os.PathLike | None = None) -> KernelPredictor:
-    """The target's predictor (or the package in `folder`); BadInputError says how to make one."""
+def load_predictor(target: Target, folder: str | os.PathLike | None = None,
+                   calibrate: bool = True) -> KernelPredictor:
+    """The target's predictor (or the package in `folder`), calibrated to this CPU when the
+    target is measured here and the package was measured on another CPU (unless `calibrate`
+    is false or FLEETC_CALIBRATE=0); BadInputError says how to make one."""
     path = Path(folder) if folder else predictor_dir(target)
     if path is None:
         hint = (f"fleetc profile --probe --target {target.name} -o {target.name}.csv && "
@@ -83,7 +97,93 @@ def load_predictor(target: Target, folder: str | os.PathLike | None = None) -> K
                 f"fleetc predictor fit --target {target.name} --data MEASUREMENTS.csv, or "
                 "calibrate a proxy predictor (fleetc targets calibrate)")
         raise BadInputError(f"no latency predictor for target {target.name} yet: {hint}")
-    return KernelPredictor.load(path)
+    predictor = KernelPredictor.load(path)
+    if calibrate and calibration_enabled() and target.measurable_here:
+        predictor = calibrated_to_this_cpu(target, predictor)
+    return predictor
+
+
+def calibration_enabled() -> bool:
+    """False when the environment says FLEETC_CALIBRATE=0 (tests; scripted runs)."""
+    return os.environ.get("FLEETC_CALIBRATE", "1").strip().lower() not in ("0", "no", "off")
+
+
+def predictor_error(meta: dict) -> str:
+    """The measured error of a package's predictions, in a few words."""
+    held = meta.get("held_out") or {}
+    if "leave_one_out_rmse_log" in held:
+        return (f"{100 * held['leave_one_out_rmse_log']:.1f}% (leave-one-out, log rms, "
+                f"{(meta.get('calibration') or {}).get('samples', '?')} designs)")
+    if held.get("folds"):
+        return f"{100 * held['median_abs_rel_err']:.1f}% (median, {held['folds']}-fold held out)"
+    return "not measured"
+
+
+def calibrated_to_this_cpu(target: Target, predictor: KernelPredictor) -> KernelPredictor:
+    """`predictor` if it was measured on this CPU, else the package calibrated to this CPU with
+    the fingerprint probes (measured once, then served from $FLEETC_HOME/cache/calibrated)."""
+    from toolchain.files import owned_temp_dir, publish_dir, remove_dead_temps
+    from toolchain.home import cache_dir
+    from toolchain.predict.kernel import cpu_record, describe_cpu, same_cpu
+
+    here = cpu_record(target.measure.threads)
+    recorded = predictor.meta.get("cpu")
+    if same_cpu(recorded, here):
+        return predictor
+    key = hashlib.sha256(json.dumps(
+        [predictor.weights, predictor.model, predictor.meta, here, target.measure.kind,
+         target.measure.threads, _calibration_probes()], sort_keys=True).encode()).hexdigest()
+    parent = cache_dir() / "calibrated"
+    folder = parent / f"{predictor.name}-{key[:16]}"
+    if (folder / "meta.json").is_file():
+        try:
+            return KernelPredictor.load(folder)
+        except BadInputError as err:
+            logger.warning("%s; calibrating again", err)
+    logger.warning("predictor %s was measured on %s, this is %s: calibrating it to this CPU "
+                   "with %d fingerprint probes (about 20 s, once; cached in %s; --no-calibrate "
+                   "skips this)", predictor.name, describe_cpu(recorded), describe_cpu(here),
+                   len(_calibration_probes()), parent)
+    remove_dead_temps(parent, ".calibrate-")
+    with owned_temp_dir(parent, ".calibrate-") as tmp:
+        csv = tmp / "package" / "measurements.csv"
+        csv.parent.mkdir()
+        designs, latency = _measure_probes(target, csv)
+        from toolchain.predict.kernel import data_hash
+        from toolchain.predict.transfer import calibrate_kernel_predictor
+
+        meta = {**{k: v for k, v in predictor.meta.items() if k not in ("format", "version")},
+                "cpu": here, "measured_cpu": recorded,
+                "training": {"file": csv.name, "hash": data_hash(csv), "rows": len(latency)}}
+        calibrated, _ = calibrate_kernel_predictor(predictor, designs, latency, meta)
+        calibrated.save(tmp / "package")
+        publish_dir(tmp / "package", folder, tmp)
+    logger.warning("calibrated %s to this CPU: error %s", predictor.name,
+                   predictor_error(calibrated.meta))
+    return calibrated
+
+
+def _calibration_probes() -> list[str]:
+    """The fingerprint probes (a dozen designs spanning the kernel kinds)."""
+    from toolchain.measure.probe import probe_set
+
+    return [p.name for p in probe_set(("fp32", "int8"), "fingerprint")]
+
+
+def _measure_probes(target: Target, csv: Path) -> tuple[list[list[Unit]], list[float]]:
+    """Time the calibration probes on this machine with the target's back end (a worker
+    process, as `fleetc profile`): (units per design, latency ms)."""
+    from toolchain.measure.probe import build_probe
+    from toolchain.measure.profile import profile
+    from toolchain.measure.records import read_measurements
+
+    names = _calibration_probes()
+    profile(target, [(n, functools.partial(build_probe, n)) for n in names], csv)
+    rows = read_measurements(csv)
+    if len(rows) < 3:
+        raise BadInputError(f"calibrating to this CPU: only {len(rows)} of {len(names)} "
+                            "probes could be measured; run with --no-calibrate")
+    return [design_units(r.design) for r in rows], [r.latency_ms for r in rows]
 
 
 def model_units(source: str | os.PathLike | onnx.ModelProto,
