@@ -95,7 +95,7 @@ def calibrate_cmd(target_name: str, proxy_name: str, measurements: str, out: str
     target, proxy_target = load_target(target_name), load_target(proxy_name)
     if target.name == proxy_target.name:
         raise BadInputError("the target and the proxy are the same target")
-    proxy = load_predictor(proxy_target)
+    proxy = load_predictor(proxy_target, calibrate=False)   # the map to the target rescales it
     rows = read_measurements(measurements)
     folder = Path(measurements).resolve().parent
     designs, latency, unknown = measured_units(rows, lambda design: design_units(design, folder))

@@ -46,7 +46,7 @@ def calibrated_predictor(target, proxy_target, path: Path):
     from toolchain.predict.latency import load_predictor
     from toolchain.predict.transfer import calibrate_kernel_predictor
 
-    proxy = load_predictor(proxy_target)
+    proxy = load_predictor(proxy_target, calibrate=False)   # the map to the target rescales it
     units, latency, unknown = fewshot_units(path)
     meta = {"name": f"{target.predictor}-fewshot", "target": target.name,
             "training": {"file": Path(path).name, "hash": data_hash(path),
