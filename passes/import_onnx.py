@@ -1,6 +1,9 @@
 """ONNX -> IR, the front end of every command.
 
-Rule: load the model (external data included), check it with onnx.checker, fix the input
+Rule: load the model (external data included), check it with onnx.checker, upgrade a copy
+whose default-domain opset is below REWRITE_OPSET to it (onnx's version converter: per-channel
+QDQ, which the int8 rewrite writes, needs opset 13; the note `upgraded_note` names the source
+opset and the file is never written), fix the input
 shapes (a symbolic batch dimension becomes 1; other symbolic dimensions need `input_shapes`,
 whose shapes must be positive integers of the declared rank, else BadInputError), build the
 Graph, then infer shapes, fold constants and infer shapes again.
@@ -26,7 +29,8 @@ from toolchain.errors import BadInputError
 from toolchain.files import regular_file
 from toolchain.ir import Graph, TensorInfo
 
-__all__ = ["import_onnx", "load_model", "parse_input_shape", "MAX_INPUT_DIM"]
+__all__ = ["import_onnx", "load_model", "parse_input_shape", "MAX_INPUT_DIM", "MIN_OPSET",
+           "MAX_OPSET", "REWRITE_OPSET", "upgraded_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +106,77 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"{label}: invalid model: {first}") from err
     _check_initializers(model, label)
-    return model
+    return _upgrade_opset(model, label)
 
 
 MIN_OPSET = 7   # onnxruntime guarantees the default domain from opset 7 (Gemm-6 has no kernel)
+# The highest opset both back ends accept: onnxruntime 1.32 has kernels up to opset 28, TVM
+# 0.27's ONNX frontend implements op versions up to 23 (tests/passes/test_import_onnx.py
+# checks both against the installed versions).
+MAX_OPSET = 23
+REWRITE_OPSET = 13   # per-channel QDQ (DequantizeLinear's `axis`), written by the int8 rewrite
+_UPGRADED = "fleetc.opset_upgraded_from"   # metadata of the upgraded copy: the source opset
+
+
+def _default_opset(model: onnx.ModelProto) -> onnx.OperatorSetIdProto | None:
+    return next((e for e in model.opset_import if e.domain in ("", "ai.onnx")), None)
 
 
 def _check_opset(model: onnx.ModelProto, label: str) -> None:
-    """The default domain's opset is one onnxruntime runs and onnx knows (7 .. onnx's latest)."""
-    latest = onnx.defs.onnx_opset_version()
+    """The default domain's opset is one onnxruntime and TVM's frontend read (7 .. MAX_OPSET)."""
     for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= latest:
+        if entry.domain in ("", "ai.onnx") and not MIN_OPSET <= entry.version <= MAX_OPSET:
             raise BadInputError(f"{label}: opset {entry.version} of the default ONNX domain is not "
-                                f"supported: fleetc reads opsets {MIN_OPSET} to {latest}")
+                                f"supported: fleetc reads opsets {MIN_OPSET} to {MAX_OPSET} (the "
+                                "highest both onnxruntime and TVM's ONNX frontend accept)")
+
+
+def _upgrade_opset(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """A copy at REWRITE_OPSET when the model's default opset is below it (else the model),
+    checked again; a conversion that fails is a BadInputError naming the op that blocks it."""
+    entry = _default_opset(model)
+    if entry is None or entry.version >= REWRITE_OPSET:
+        return model
+    source = entry.version
+    try:
+        new = onnx.version_converter.convert_version(model, REWRITE_OPSET)
+        _full_check(new)
+    except Exception as err:   # the converter raises RuntimeError, ConvertError, ...
+        raise BadInputError(f"{label}: cannot upgrade opset {source} to {REWRITE_OPSET} (the "
+                            f"rewrites need it): {_blocking_op(model, err)}") from err
+    onnx.helper.set_model_props(new, {**{p.key: p.value for p in new.metadata_props},
+                                      _UPGRADED: str(source)})
+    return new
+
+
+def _blocking_op(model: onnx.ModelProto, err: Exception) -> str:
+    """The first node that does not convert alone, named with its op type, else the
+    converter's own first line."""
+    version = _default_opset(model).version
+    for node in model.graph.node:
+        names = [t for t in (*node.input, *node.output) if t]
+        g = helper.make_graph(
+            [node], "probe", [helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None)
+                              for t in dict.fromkeys(node.input) if t],
+            [helper.make_tensor_value_info(t, onnx.TensorProto.UNDEFINED, None)
+             for t in node.output if t])
+        probe = helper.make_model(g, opset_imports=[helper.make_opsetid("", version)])
+        probe.ir_version = model.ir_version
+        try:
+            onnx.version_converter.convert_version(probe, REWRITE_OPSET)
+        except Exception:   # noqa: BLE001 - any failure blocks the upgrade
+            return f"op {node.op_type} (node {node.name[:60] or names[0][:60]!r}) has no upgrade"
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def upgraded_note(model: onnx.ModelProto) -> str | None:
+    """The note for a model `load_model` upgraded (None if it did not)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    if _UPGRADED not in props:
+        return None
+    return (f"opset {props[_UPGRADED]} upgraded to {_default_opset(model).version} on import "
+            "(onnx version converter; the rewrites need it); the model file is unchanged")
 
 
 _AUTO_PADS = (b"NOTSET", b"SAME_UPPER", b"SAME_LOWER", b"VALID")
@@ -330,7 +392,7 @@ def import_onnx(source: str | os.PathLike | onnx.ModelProto,
     if model.functions:
         logger.info("model has %d local functions; calls to them stay opaque nodes",
                     len(model.functions))
-    notes: list[str] = []
+    notes: list[str] = [n for n in [upgraded_note(model)] if n]
     shapes = _fixed_input_shapes(model, dict(input_shapes or {}), notes)
     graph = _build(model, shapes)
     graph.notes = notes
