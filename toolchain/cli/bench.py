@@ -24,6 +24,11 @@ data_option = click.option(
     help="CSV table (.csv or .csv.gz); repeat to outer-join files on their *_idx column.")
 
 
+selection_option = click.option(
+    "--selection", type=click.Choice(["fixed", "random"]), default="fixed", show_default=True,
+    help="Which K rows to measure: the method's fixed rule, or random (seed i draws them).")
+
+
 def load_data(paths: tuple[str, ...]) -> Table:
     return load_table(list(paths))
 
@@ -70,8 +75,7 @@ def bench() -> None:
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--method", type=click.Choice(["transfer", "reference"]), default="transfer",
               show_default=True, help="transfer: this toolchain's; reference: AdaProxy baseline.")
-@click.option("--selection", type=click.Choice(["fixed", "random"]), default="fixed",
-              show_default=True, help="Which K rows to measure: fixed rule or random (seeded).")
+@selection_option
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the full results here.")
 def proxy_cmd(data, proxy, targets, samples, verify, objective, budgets, seeds, method,
@@ -98,14 +102,15 @@ def proxy_cmd(data, proxy, targets, samples, verify, objective, budgets, seeds, 
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
 @click.option("--method", type=click.Choice(METHODS), default="conditioned", show_default=True,
               help="conditioned: this toolchain's predictor; reference: the issue's baseline.")
+@selection_option
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the full results here.")
-def fewshot_cmd(data, train, test, samples, seeds, method, json_out) -> None:
+def fewshot_cmd(data, train, test, samples, seeds, method, selection, json_out) -> None:
     """Device-conditioned latency prediction on test devices measured only K times."""
     table = load_data(data)
     names = tuple(parse_names(train))
     opts = FewshotOptions(train=names, targets=target_columns(table, names, test),
-                          samples=samples, seeds=seeds, method=method)
+                          samples=samples, seeds=seeds, method=method, selection=selection)
     emit(run_fewshot(table, opts, progress=progress), json_out)
 
 
