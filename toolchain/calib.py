@@ -237,9 +237,8 @@ def load_calib(path: str | os.PathLike, graph: Graph) -> CalibData:
 
 def synthetic_calib(graph: Graph, n: int = 32, seed: int = 0, warn: bool = True) -> CalibData:
     """The fallback without a file: seeded standard-normal (float) or 0/1 (integer) inputs."""
-    if warn:
+    if warn:    # printed, not also logged: the CLI's log handler would show it twice
         print(SYNTHETIC_WARNING.format(n=n), file=sys.stderr)
-        logger.warning(SYNTHETIC_WARNING.format(n=n))
     rng = np.random.default_rng(seed)
     inputs = {}
     for name, (shape, dtype) in _model_inputs(graph).items():

@@ -121,8 +121,10 @@ def test_cache_rebuilds_exactly_what_changed(work):
         assert {"model.onnx", "model.so", "plan.json", "manifest.json", "report.html"} <= files
     assert "host-a" in first["stdout"] and "built" in first["stdout"]
 
-    again, t_again = _fleet(work)
+    again, t_again = _fleet(work, "--json")
     assert _status(again) == {"host-a": "cached", "host-b": "cached"}
+    # --json: stdout is fleet.json and nothing else.
+    assert json.loads(again.pop("stdout")) == {k: v for k, v in again.items() if k != "exit_code"}
     assert t_again < 0.1 * t_first, (t_again, t_first)
     print(f"\nfleet of 2: first call {t_first:.1f} s, cached call {t_again:.2f} s "
           f"({100 * t_again / t_first:.1f}%)")

@@ -1,6 +1,8 @@
-"""`fleetc compile MODEL --target T [budgets] [--calib data.npz] -o OUTDIR` (docs/compile.md)."""
+"""`fleetc compile MODEL --target T [budgets | --plan PLAN.json] [--calib data.npz] -o OUTDIR`
+(docs/compile.md)."""
 from __future__ import annotations
 
+import json
 import logging
 
 import click
@@ -13,37 +15,68 @@ logger = logging.getLogger(__name__)
 @click.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", required=True, help="Target name (see `fleetc targets`).")
-@click.option("--latency-ms", type=float, help="Latency budget (predicted), ms.")
+@click.option("--latency-ms", type=float,
+              help="Latency budget, ms: the plan meets it on prediction; the result is timed "
+              "where the target runs here and checked (5% tolerance).")
 @click.option("--energy-mj", type=float, help="Energy budget, mJ (needs an energy model).")
 @click.option("--max-accuracy-drop", type=float,
-              help="Largest accepted accuracy drop, points (measured on --calib).")
+              help="Largest accepted accuracy drop, points (measured on --calib). Without any "
+              "budget: 1 point, at the least latency.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz: inputs [, labels]); accuracy is unmeasured without.")
+@click.option("--plan", "plan", type=click.Path(dir_okay=False),
+              help="Build this plan as given (plan.json of `fleetc rewrite`): no search.")
+@click.option("--strict", is_flag=True,
+              help="A measured latency over --latency-ms (+5%) is an error (exit 3, nothing "
+              "written) instead of a warning.")
+@click.option("--retry", is_flag=True,
+              help="On a measured latency miss, re-plan with the predicted budget tightened by "
+              "the measured/predicted ratio (at most 2 times): the plan then depends on timing.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the evolutionary search.")
-@click.option("--no-measure", is_flag=True, help="Do not time the result (report only).")
+@click.option("--no-measure", is_flag=True, help="Do not time the result (the latency budget "
+              "is then not checked: budget_met null).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the manifest (JSON) on stdout instead of the summary.")
 @click.option("-o", "--output", "outdir", required=True, type=click.Path(),
               help="Output folder: new, empty or an earlier compile output (replaced "
               "atomically).")
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR even if it holds files fleetc did not write (never an input).")
-def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, seed,
-                no_measure, outdir, force) -> None:
+def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, plan, strict,
+                retry, seed, no_measure, as_json, outdir, force) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
-    from toolchain.compile.driver import compile_model
+    from toolchain.compile.driver import MAX_LATENCY_RETRIES, compile_model
     from toolchain.target import load_target
 
     result = compile_model(model, load_target(target), outdir, latency_ms=latency_ms,
                            energy_mj=energy_mj,
                            max_accuracy_drop=max_accuracy_drop, calib=calib, seed=seed,
+                           plan=plan, strict=strict,
+                           latency_retries=MAX_LATENCY_RETRIES if retry else 0,
                            measure_latency=not no_measure, force=force,
                            progress=lambda msg: click.echo(f"compile: {msg}", err=True))
     m = result.manifest
-    p, meas = m["predicted"], m["measured"]
-    click.echo(f"target {m['target']}: plan by {m['solver']}, predicted {p['latency_ms']:.3f} ms, "
-               f"accuracy drop {meas['accuracy_drop']:.3f} points measured "
-               f"({p['accuracy_drop']:.3f} predicted)"
-               + (f", measured latency {meas['latency_ms']:.3f} ms" if meas["latency_ms"] else ""))
     for w in m["warnings"]:
         click.echo(f"warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        click.echo(f"wrote {result.outdir}", err=True)
+        return
+    click.echo(_summary(m))
     click.echo(f"wrote {result.outdir}")
+
+
+def _summary(m: dict) -> str:
+    p, meas = m["predicted"], m["measured"]
+    predicted_drop = "" if p["accuracy_drop"] is None else \
+        f" ({p['accuracy_drop']:.3f} predicted)"
+    line = (f"target {m['target']}: plan by {m['solver']}, predicted {p['latency_ms']:.3f} ms, "
+            f"accuracy drop {meas['accuracy_drop']:.3f} points measured{predicted_drop}")
+    if meas["latency_ms"] is not None:
+        line += f", measured latency {meas['latency_ms']:.3f} ms"
+    met = m.get("budget_met")
+    if met is not None:
+        line += (f", latency budget {m['budgets']['latency_ms']:g} ms "
+                 + ("met" if met else "MISSED (see the warning)"))
+    return line

@@ -54,8 +54,10 @@ def summary_table(result, fleet) -> str:
               help="Write a Make dependency file listing every input the builds read.")
 @click.option("--force", is_flag=True, help="Write into OUTDIR and its device folders even if "
               "they hold files fleetc did not write (never an input).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print fleet.json on stdout instead of the summary table.")
 def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None,
-                  no_cache: bool, depfile: str | None, force: bool) -> None:
+                  no_cache: bool, depfile: str | None, force: bool, as_json: bool) -> None:
     """Build every device of FLEET_FILE (TOML, see docs/fleet.md): shared work once, unchanged
     devices from the cache, the rest in parallel. Exit 4 if any device failed."""
     fleet = load_fleet(fleet_file)
@@ -67,7 +69,12 @@ def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None
                        progress=say, force=force)
     if depfile is not None:
         write_depfile(fleet, Path(outdir), depfile)
-    click.echo(summary_table(result, fleet))
+    for w in sorted({w for o in result.outcomes for w in (o.summary or {}).get("warnings", [])}):
+        click.echo(f"warning: {w}", err=True)      # once, however many devices share it
+    if as_json:
+        click.echo((Path(outdir) / "fleet.json").read_text().rstrip("\n"))
+    else:
+        click.echo(summary_table(result, fleet))
     raise_if_failed(result)
 
 

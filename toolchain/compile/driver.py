@@ -13,13 +13,20 @@ Stages (each reusable; the fleet command runs `prepare` once and `compile_model`
    latency whose measured drop is within it). If none meets --max-accuracy-drop, the
    predicted-drop limit is tightened by the measured/predicted ratio and the solvers run again
    (at most `retries` times), then InfeasibleError with the best measured drop.
-5. emit: the chosen model through TVM for the target (passes.emit_tvm), latency measured where
-   the target is measurable here (reported only: plans never depend on measured latency).
-6. write OUTDIR atomically: model.onnx, model.so / model.tar, plan.json, manifest.json,
+5. check the budget on the result: its latency measured where the target runs here and
+   compared with --latency-ms (`output.budget_met`, 5% tolerance); a miss is a warning
+   (`budget_met: false`), exit 3 with --strict; --retry re-plans with the predicted budget
+   tightened by the measured/predicted ratio (at most MAX_LATENCY_RETRIES times).
+6. emit: the chosen model through TVM for the target (passes.emit_tvm).
+7. write OUTDIR atomically: model.onnx, model.so / model.tar, plan.json, manifest.json,
    report.html (built in a temporary folder beside OUTDIR, renamed into place at the end).
 
+Without any budget, the objective is the least latency within DEFAULT_MAX_DROP points of
+accuracy. With a given plan (--plan) steps 1's sensitivity, 2-4 and the retries are skipped.
+
 Plans are deterministic: they depend on the model, the calibration data, the target's
-predictions and the measured accuracy, never on timing.
+predictions and the measured accuracy, never on timing - except with --retry, where a plan
+may be re-chosen after a measured latency.
 """
 from __future__ import annotations
 
@@ -27,7 +34,9 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolchain.compile.output import BUDGET_TOLERANCE, budget_met
 from toolchain.compile.tables import (
     Context,
     PlanCostFn,
@@ -71,12 +81,14 @@ from toolchain.predict.accuracy import (
 )
 from toolchain.space import Choice, Kernel, Plan, Space
 
-__all__ = ["Prepared", "CompileResult", "Candidate", "prepare", "compile_model",
-           "MANIFEST_VERSION"]
+__all__ = ["Prepared", "CompileResult", "Candidate", "LatencyCheck", "prepare",
+           "compile_model", "MANIFEST_VERSION", "DEFAULT_MAX_DROP", "MAX_LATENCY_RETRIES"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+DEFAULT_MAX_DROP = 1.0      # points: the accuracy limit of a compile given no budget at all
+MAX_LATENCY_RETRIES = 2     # --retry: re-plans after a measured latency budget miss
 SENSITIVITY_CALIB = 64      # calibration samples the sensitivity rewrites fit on
 RELINEARIZE = 3             # exact solves per resolution, each around the previous solution
 Progress = Callable[[str], None]
@@ -157,6 +169,16 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class LatencyCheck:
+    """The chosen plan's measured latency against the latency budget (`budget_met`)."""
+
+    latency_ms: float | None            # None: not measured (--no-measure, not timed here)
+    budget_met: bool | None             # None: no latency budget or no measurement
+    attempts: tuple[dict, ...] | None   # with --retry: every plan measured, in order
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class CompileResult:
     outdir: Path
     plan: Plan
@@ -185,7 +207,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
         data = load_calib(calib, graph)
         calib_sha = sha256_file(Path(calib))
     else:
-        data = synthetic_calib(graph)
+        data = synthetic_calib(graph, warn=False)   # in the warnings, printed once at the end
         calib_sha = None
         warnings.append("no calibration data: accuracy is agreement with fp32 on random "
                         "inputs, int8 ranges are fit to noise (accuracy UNMEASURED)")
@@ -209,29 +231,47 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                   energy_mj: float | None = None, max_accuracy_drop: float | None = None,
                   calib: str | os.PathLike | None = None, cost: PlanCostFn | None = None,
                   predictor_name: str | None = None, warnings: list[str] | None = None,
-                  retries: int = 3, seed: int = 0,
+                  retries: int = 3, seed: int = 0, plan: Plan | str | os.PathLike | None = None,
+                  strict: bool = False, latency_retries: int = 0,
                   measure_latency: bool = True, progress: Progress | None = None,
                   force: bool = False) -> CompileResult:
     """Optimize, rewrite, build and write OUTDIR for one target (see the module doc).
 
     `model` may be a Prepared (shared work of a fleet); `cost` overrides the target's predictor
     (a function from Plan to PlanCosts) and `predictor_name` then names it in the manifest.
+    Without any budget the objective is the least latency within DEFAULT_MAX_DROP points.
+    `plan` (a Plan or a plan file) is built as given: no sensitivity, no search.
+    The measured latency is checked against `latency_ms` (`budget_met`, 5% tolerance): a miss is
+    a warning, an InfeasibleError with `strict`; `latency_retries` (at most MAX_LATENCY_RETRIES)
+    re-plans against a predicted budget tightened by the measured/predicted ratio.
     OUTDIR follows the output folder rule (`toolchain.files.check_output_dir`: new, empty or a
     compile output, unless `force`; never an input), checked before any work."""
     from toolchain.target import resolve_target
 
     say = progress or (lambda msg: None)
-    output = functools.partial(check_output_dir, outdir, _input_paths(model, calib), "compile",
-                               force)
+    plan_path = None if plan is None or isinstance(plan, Plan) else plan
+    output = functools.partial(check_output_dir, outdir,
+                               _input_paths(model, calib) + ([plan_path] if plan_path else []),
+                               "compile", force)
     output()
     tgt = resolve_target(target)   # the API edge: a name or a Target
-    if latency_ms is None and energy_mj is None and max_accuracy_drop is None:
-        raise BadInputError("give a budget: --latency-ms, --energy-mj and/or "
-                            "--max-accuracy-drop")
     for name, v in (("latency-ms", latency_ms), ("energy-mj", energy_mj),
                     ("max-accuracy-drop", max_accuracy_drop)):
         if v is not None and not (np.isfinite(v) and v >= 0 and (v > 0 or name[0] == "m")):
             raise BadInputError(f"--{name} must be a positive number, got {v}")
+    if not 0 <= latency_retries <= MAX_LATENCY_RETRIES:
+        raise BadInputError(f"latency retries must be 0 to {MAX_LATENCY_RETRIES}, "
+                            f"got {latency_retries}")
+    if plan is not None:
+        given = plan if isinstance(plan, Plan) else Plan.load(plan)
+        if energy_mj is not None or max_accuracy_drop is not None or latency_retries:
+            raise BadInputError("--plan builds the plan as given: only --latency-ms (checked on "
+                                "the measured latency) goes with it, not --energy-mj, "
+                                "--max-accuracy-drop or --retry")
+    elif latency_ms is None and energy_mj is None and max_accuracy_drop is None:
+        max_accuracy_drop = DEFAULT_MAX_DROP
+        say(f"no budget given: the least latency whose measured accuracy drop is within "
+            f"{DEFAULT_MAX_DROP:g} point (the default --max-accuracy-drop)")
     if energy_mj is not None and cost is None and tgt.power_w is None:
         # Checked before any work: the kernel predictors price latency only, so the target
         # file's power figure is the one energy model a built-in target can have.
@@ -243,19 +283,28 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
     cost, predictor_name, cost_warnings = _cost_function(tgt, prep, cost, predictor_name,
                                                          energy_mj is not None)
     warnings += cost_warnings
-    sens = prep.sensitivity(tgt.precisions, say)
-    ctx = Context(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
-    say("building cost tables")
-    tset = build_tables(ctx)
-    if tset.unpriced:
-        warnings.append(f"{len(tset.unpriced)} option(s) not offered because the predictor "
-                        f"cannot price them, e.g. {tset.unpriced[0]}")
     budget = Budget(latency_ms, energy_mj, None, None, max_accuracy_drop)
-    objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
-    chosen, candidates = _choose(prep, ctx, tset, budget, objective, tgt.name, retries, seed,
-                                 say)
+    if plan is not None:
+        ctx, tset, chosen = _given(prep, tgt, cost, given, warnings)
+        objective, candidates = "given", []
+    else:
+        sens = prep.sensitivity(tgt.precisions, say)
+        ctx = Context(prep.kernels, prep.space, tgt.precisions, cost, sens, prep.input_shape)
+        say("building cost tables")
+        tset = build_tables(ctx)
+        if tset.unpriced:
+            warnings.append(f"{len(tset.unpriced)} option(s) not offered because the predictor "
+                            f"cannot price them, e.g. {tset.unpriced[0]}")
+        objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
+        chosen, candidates = _choose(prep, ctx, tset, budget, objective, tgt.name, retries,
+                                     seed, say)
+    search = functools.partial(_choose, prep, ctx, tset, objective=objective, target=tgt.name,
+                               retries=retries, seed=seed, say=say)
+    measure = functools.partial(_measured_latency, tgt, say=say) if measure_latency else None
+    chosen, candidates, check = _check_latency(prep, chosen, candidates, budget, search, measure,
+                                               latency_retries, strict, predictor_name, say)
     return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
-                   warnings, Path(outdir), output, measure_latency, say)
+                   warnings + check.warnings, Path(outdir), output, check, say)
 
 
 def _input_paths(model, calib) -> list:
@@ -464,6 +513,10 @@ def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, object
                           f"({best.solver} plan)")
 
 
+OBJECTIVES = {"drop": "least accuracy drop", "latency_ms": "least latency",
+              "given": "the given plan (--plan: no search)"}
+
+
 def _order(c: Candidate):
     return (c.measured_drop, c.metrics.latency_ms, c.solver, c.plan.to_json())
 
@@ -475,8 +528,73 @@ def _pick(ok: list[Candidate], objective: str) -> Candidate:
                                   c.plan.to_json()))
 
 
+def _given(prep: Prepared, tgt, cost: PlanCostFn, plan: Plan, warnings: list[str]
+           ) -> tuple[Context, TableSet, Candidate]:
+    """--plan: the plan checked against the model's space and the target's precisions, priced
+    and its accuracy measured; no sensitivity is measured, so its predicted drop is NaN
+    (written as null) and there are no cost tables (the report has no front)."""
+    plan.check(prep.space, tgt.precisions)
+    if plan.target and plan.target != tgt.name:
+        warnings.append(f"the plan was made for target {plan.target}; built for {tgt.name} as "
+                        "given")
+    plan = replace(plan, target=tgt.name)
+    unmeasured = SensitivityTable(defaultdict(lambda: math.nan), prep.estimator.baseline)
+    ctx = Context(prep.kernels, prep.space, tgt.precisions, cost, unmeasured, prep.input_shape)
+    score = prep.score(plan)
+    drop = round(prep.estimator.baseline.value - score.value, 6)
+    chosen = Candidate("given", None, plan, plan_metrics(ctx, plan), drop, score.value)
+    return ctx, TableSet({}, prep.space.input_name, prep.input_shape), chosen
+
+
+def _check_latency(prep: Prepared, chosen: Candidate, candidates: list[Candidate],
+                   budget: Budget, search: Callable, measure: Callable | None, retries: int,
+                   strict: bool, predictor: str, say: Progress
+                   ) -> tuple[Candidate, list[Candidate], LatencyCheck]:
+    """Time the chosen plan where the target runs here and check it against the latency budget
+    (`budget_met`: 5% tolerance). A miss with retries left: the predicted latency budget becomes
+    min(predicted budget, the plan's prediction) x budget / measured, and the search runs again.
+    The first plan that meets the budget is kept, else the one measured fastest. A miss is a
+    warning, or with `strict` an InfeasibleError (exit 3, nothing written)."""
+    target_ms = budget.latency_ms
+    tried: list[tuple[Candidate, list[Candidate], float | None, Budget]] = []
+    pred, notes = budget, []
+    while True:
+        latency = measure(prep.rewrite(chosen.plan)) if measure else None
+        tried.append((chosen, candidates, latency, pred))
+        if budget_met(latency, target_ms) is not False or len(tried) > retries:
+            break
+        tighter = min(pred.latency_ms, chosen.metrics.latency_ms) * target_ms / latency
+        say(f"measured {latency:.4g} ms > budget {target_ms:g} ms: predicted-latency budget "
+            f"{tighter:.4g} ms (retry {len(tried)}/{retries})")
+        pred = replace(pred, latency_ms=tighter)
+        try:
+            chosen, candidates = search(pred)
+        except InfeasibleError as err:
+            notes.append(f"--retry {len(tried)}: no plan within the tightened predicted budget "
+                         f"{tighter:.4g} ms ({err})")
+            break
+    met = [t for t in tried if budget_met(t[2], target_ms) is not False]
+    chosen, candidates, latency, _ = met[0] if met else min(tried, key=lambda t: t[2])
+    ok = budget_met(latency, target_ms)
+    if ok is False:
+        miss = (f"measured latency {latency:.4g} ms misses the latency budget {target_ms:g} ms "
+                f"by {100 * (latency / target_ms - 1):.0f}% (tolerance "
+                f"{100 * BUDGET_TOLERANCE:g}%); predicted {chosen.metrics.latency_ms:.4g} ms by "
+                f"{predictor}" + (f", after {len(tried) - 1} retries" if retries else
+                                  "; --retry re-plans with the measured/predicted ratio"))
+        if strict:
+            raise InfeasibleError(miss + " (--strict)")
+        notes.append(miss)
+    attempts = None if not retries else tuple(
+        {"predicted_latency_budget_ms": round(b.latency_ms, 4), "solver": c.solver,
+         "predicted_latency_ms": round(c.metrics.latency_ms, 4), "measured_latency_ms": ms,
+         "budget_met": budget_met(ms, target_ms)} for c, _, ms, b in tried)
+    return chosen, candidates, LatencyCheck(latency, ok, attempts, notes)
+
+
 def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | None:
-    """Latency of the rewritten model on the target when it runs here (report only)."""
+    """Latency of the rewritten model on the target when it runs here (checked against the
+    latency budget; plans depend on it only with --retry)."""
     if tgt.measure.kind != "local-ort":
         return None
     from toolchain.measure.ort_backend import time_ort
@@ -488,7 +606,7 @@ def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | Non
 def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, objective: str,
             chosen: Candidate, candidates: list[Candidate], predictor: str,
             warnings: list[str], outdir: Path, output: Callable[[], Path],
-            measure_latency: bool, say: Progress) -> CompileResult:
+            check: LatencyCheck, say: Progress) -> CompileResult:
     """Emit the chosen model and write OUTDIR: built in a temporary folder beside it (owned by
     this process: a killed run's is removed by the next), which replaces it at the end by
     rename; `output()` re-checks the folder rule and gives the path to write."""
@@ -512,7 +630,6 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         warnings += list(emitted.warnings)
         for artifact in emitted.artifacts:
             follow_umask(tmp / artifact.path)
-        latency = _measured_latency(tgt, model, say) if measure_latency else None
         m = chosen.metrics
         manifest = {
             "version": MANIFEST_VERSION,
@@ -521,19 +638,22 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "tools": tool_versions(),
             "budgets": {"latency_ms": budget.latency_ms, "energy_mj": budget.energy_mj,
                         "max_accuracy_drop": budget.max_drop},
-            "objective": "least accuracy drop" if objective == "drop" else "least latency",
+            "objective": OBJECTIVES[objective],
             "solver": chosen.solver,
             "predictor": predictor,
             "plan": json.loads(chosen.plan.to_json()),
             "predicted": {"latency_ms": round(m.latency_ms, 4),
                           "energy_mj": round(m.energy_mj, 4) if m.energy_mj else None,
-                          "accuracy_drop": round(m.drop, 4), "model_bytes": int(m.model_bytes),
+                          "accuracy_drop": None if math.isnan(m.drop) else round(m.drop, 4),
+                          "model_bytes": int(m.model_bytes),
                           "peak_activation_bytes": int(m.peak_activation_bytes)},
-            "measured": {"latency_ms": latency, "accuracy": chosen.measured_accuracy,
+            "measured": {"latency_ms": check.latency_ms, "accuracy": chosen.measured_accuracy,
                          "accuracy_drop": chosen.measured_drop,
                          "metric": prep.estimator.baseline.metric,
                          "baseline_accuracy": prep.estimator.baseline.value,
                          "samples": prep.estimator.samples},
+            "budget_met": check.budget_met,
+            "latency_retries": None if check.attempts is None else list(check.attempts),
             "tvm": {"target": emitted.target, "arch": emitted.arch, "cross": emitted.cross,
                     "checked_against_onnxruntime": emitted.checked,
                     "max_abs_error": emitted.max_abs_error,
@@ -543,7 +663,8 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             + [{"path": a.path, "sha256": a.sha256, "arch": a.arch} for a in emitted.artifacts],
             "warnings": sorted(set(warnings)),
         }
-        write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen),
+        write_outdir(tmp, chosen.plan, manifest, report_points(tset, candidates, chosen,
+                                                           check.latency_ms),
                      kernel_rows(ctx, chosen.plan), candidates, budget)
         publish_dir(tmp, output(), work)    # checked again: the folder may have changed since
     say(f"wrote {outdir}")

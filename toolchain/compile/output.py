@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from toolchain.compile.report import Point, render_report
@@ -32,9 +33,10 @@ def budget_met(measured_ms: float | None, budget_ms: float | None,
     return bool(measured_ms <= budget_ms * (1.0 + tolerance))
 
 
-def report_points(tset, candidates, chosen) -> list[Point]:
+def report_points(tset, candidates, chosen, measured_ms: float | None = None) -> list[Point]:
     """Front over every input resolution (additive model around the original), the
-    candidates (whole-plan predictions), their measured drops, the choice."""
+    candidates (whole-plan predictions), their measured drops, the choice and, where it was
+    timed, the chosen plan at its measured latency (kind "artifact")."""
     front = []
     for table in tset.tables.values():
         front += pareto_front(table, cells=1000)
@@ -48,7 +50,10 @@ def report_points(tset, candidates, chosen) -> list[Point]:
                                 "measured"))
     drop = chosen.measured_drop if chosen.measured_drop is not None else chosen.metrics.drop
     points.append(Point(chosen.metrics.latency_ms, drop, f"chosen: {chosen.solver}", "chosen"))
-    return points
+    if measured_ms is not None:
+        points.append(Point(measured_ms, drop, f"chosen: {chosen.solver} (measured latency)",
+                            "artifact"))
+    return [p for p in points if math.isfinite(p.y)]   # a given plan's drop is unpredicted
 
 
 def kernel_rows(ctx, plan: Plan) -> list[list]:
@@ -66,16 +71,21 @@ def kernel_rows(ctx, plan: Plan) -> list[list]:
         back = replace(plan, kernels={n: v for n, v in plan.kernels.items() if n != k.name})
         rows.append([k.name, k.op_type, k.macs, c.label,
                      round(total - ctx.cost(back).latency_ms, 4),
-                     round(ctx.sensitivity.kernel(k.name, c), 4)])
+                     _drop(ctx.sensitivity.kernel(k.name, c))])
     for b in sorted(skipped):
         back = replace(plan, skip_blocks=sorted(skipped - {b}))
         rows.append([b, "block", None, "skip", round(total - ctx.cost(back).latency_ms, 4),
-                     round(ctx.sensitivity.block(b), 4)])
+                     _drop(ctx.sensitivity.block(b))])
     for shape in plan.input_shape.values():
         r0 = ctx.original
         rows.append(["input", "resolution", None, f"{shape[2]}x{shape[3]}", None,
-                     round(ctx.sensitivity.resolution(shape[2], r0), 4) if r0 else None])
+                     _drop(ctx.sensitivity.resolution(shape[2], r0)) if r0 else None])
     return rows
+
+
+def _drop(points: float) -> float | None:
+    """A predicted drop for the report; None where it was not measured (a given plan)."""
+    return None if math.isnan(points) else round(points, 4)
 
 
 def candidate_rows(candidates, budget: Budget) -> list[list]:

@@ -14,7 +14,7 @@ __all__ = ["Point", "svg_plot", "render_report"]
 logger = logging.getLogger(__name__)
 
 _COLORS = {"front": "#1f77b4", "chosen": "#d62728", "candidate": "#2ca02c",
-           "measured": "#ff7f0e"}
+           "measured": "#ff7f0e", "artifact": "#9467bd"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Point:
     x: float            # latency, ms
     y: float            # accuracy drop, points
     label: str
-    kind: str           # "front" | "candidate" | "chosen" | "measured"
+    kind: str           # "front" | "candidate" | "chosen" | "measured" | "artifact"
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -86,11 +86,15 @@ def svg_plot(points: Sequence[Point], xlabel: str, ylabel: str,
         path += f" {sx(front[-1].x)},{sy(front[-1].y)}"
         out.append(f'<polyline points="{path}" fill="none" stroke="{_COLORS["front"]}" '
                    'stroke-width="1"/>')
-    order = {"front": 0, "candidate": 1, "measured": 2, "chosen": 3}
+    order = {"front": 0, "candidate": 1, "measured": 2, "chosen": 3, "artifact": 4}
     for p in sorted(points, key=lambda p: order.get(p.kind, 0)):
         color = _COLORS.get(p.kind, "#555")
         title = f"<title>{html.escape(p.label)}: {p.x:.3f} ms, {p.y:.3f} points</title>"
-        if p.kind == "chosen":
+        if p.kind == "artifact":    # the chosen plan at its measured latency: a diamond
+            out.append(f'<polygon points="{sx(p.x)},{sy(p.y) - 7} {sx(p.x) + 7},{sy(p.y)} '
+                       f'{sx(p.x)},{sy(p.y) + 7} {sx(p.x) - 7},{sy(p.y)}" fill="{color}">'
+                       f'{title}</polygon>')
+        elif p.kind == "chosen":
             out.append(f'<circle cx="{sx(p.x)}" cy="{sy(p.y)}" r="7" fill="none" '
                        f'stroke="{color}" stroke-width="2.5">{title}</circle>')
         elif p.kind in ("candidate", "measured"):
@@ -106,7 +110,8 @@ def svg_plot(points: Sequence[Point], xlabel: str, ylabel: str,
             out.append(f'<circle cx="{sx(p.x)}" cy="{sy(p.y)}" r="3" fill="{color}">{title}'
                        '</circle>')
     legend = [("front", "Pareto front (predicted)"), ("candidate", "other solvers (predicted)"),
-              ("measured", "measured accuracy"), ("chosen", "chosen plan")]
+              ("measured", "measured accuracy"), ("chosen", "chosen plan"),
+              ("artifact", "chosen, measured latency")]
     for i, (kind, text) in enumerate(legend):
         y = top + 14 + i * 15
         out.append(f'<circle cx="{left + pw - 150}" cy="{y - 4}" r="4" '
@@ -154,7 +159,7 @@ text-align:right}}th{{background:#eee}}td:first-child{{text-align:left}}</style>
 <h1>fleetc compile - target {html.escape(manifest['target'])}</h1>
 <p>Model sha256 {html.escape(manifest['inputs']['model_sha256'])}; calibration data
 {html.escape(manifest['inputs']['calib_sha256'] or 'none (synthetic inputs: accuracy unmeasured)')}.
-Budgets: {html.escape(_budgets(budgets))}.
+Budgets: {html.escape(_budgets(budgets))}; {html.escape(_met(manifest.get('budget_met')))}.
 Objective: {html.escape(manifest.get('objective', ''))}; chosen by
 {html.escape(manifest.get('solver', ''))}.</p>
 <h2>Chosen plan</h2>{chosen}
@@ -162,7 +167,8 @@ Objective: {html.escape(manifest.get('objective', ''))}; chosen by
 ''))}) and the per-change sensitivity measured on the calibration data; the accuracy is measured
 on the calibration data ({html.escape(str(meas.get('metric')))}).</p>
 <h2>Pareto front (predicted latency vs predicted accuracy drop)</h2>
-{svg_plot(points, "predicted latency (ms)", "accuracy drop (points)", vline)}
+{svg_plot(points, "latency (ms): predicted; the diamond is measured", "accuracy drop (points)",
+          vline)}
 <h2>Candidates</h2>
 {_table(["solver", "predicted latency ms", "predicted drop", "measured drop", "feasible"],
         candidate_rows)}
@@ -173,6 +179,12 @@ on the calibration data ({html.escape(str(meas.get('metric')))}).</p>
 <h2>Artifacts</h2>{artifacts}
 </body></html>
 """
+
+
+def _met(met: bool | None) -> str:
+    return {True: "latency budget met on the measured latency (5% tolerance)",
+            False: "latency budget MISSED on the measured latency (see the warnings)",
+            None: "latency budget not checked on a measurement"}[met]
 
 
 def _budgets(b: dict) -> str:
