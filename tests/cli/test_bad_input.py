@@ -107,3 +107,26 @@ def test_batch_note_is_shown(tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(p)])
     assert result.exit_code == 0
     assert "symbolic batch dimension 'N' taken as 1" in result.stdout
+
+
+
+@pytest.mark.parametrize("device, typo, meant", [
+    ('target = "rpi-4"', "'rpi-4' as its target", "'rpi4'"),
+    ('target = "rpi4"\nproxy = "host-ort1t"\nmeasurements = "pi.csv"',
+     "'host-ort1t' as its proxy", "'host-ort-1t'"),
+])
+def test_a_fleet_file_target_typo_names_the_file_the_device_and_the_closest(tmp_path, device,
+                                                                           typo, meant):
+    from tests.fuzzing.bases import probe_csv
+
+    (tmp_path / "m.onnx").write_bytes(_conv_model().SerializeToString())
+    (tmp_path / "pi.csv").write_text(probe_csv(np.random.default_rng(0)))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(f'model = "m.onnx"\nlatency_ms = 5\n[[device]]\nname = "host"\n'
+                     f'target = "host-ort-1t"\n[[device]]\nname = "pi4"\n{device}\n')
+    result = CliRunner().invoke(cli, ["fleet", str(fleet), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"fleet.toml: device pi4: unknown target {typo} (did you mean {meant}?)" in lines[0]
+    assert not (tmp_path / "out").exists()

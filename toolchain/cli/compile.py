@@ -71,7 +71,8 @@ def _summary(m: dict) -> str:
     p, meas = m["predicted"], m["measured"]
     predicted_drop = "" if p["accuracy_drop"] is None else \
         f" ({p['accuracy_drop']:.3f} predicted)"
-    line = (f"target {m['target']}: plan by {m['solver']}, predicted {p['latency_ms']:.3f} ms, "
+    predicted = "unpriced" if p["latency_ms"] is None else f"{p['latency_ms']:.3f} ms"
+    line = (f"target {m['target']}: plan by {m['solver']}, predicted {predicted}, "
             f"accuracy drop {meas['accuracy_drop']:.3f} points measured{predicted_drop}")
     if meas["latency_ms"] is not None:
         line += f", measured latency {meas['latency_ms']:.3f} ms"

@@ -543,6 +543,9 @@ def _given(prep: Prepared, tgt, cost: PlanCostFn, plan: Plan, warnings: list[str
     score = prep.score(plan)
     drop = round(prep.estimator.baseline.value - score.value, 6)
     chosen = Candidate("given", None, plan, plan_metrics(ctx, plan), drop, score.value)
+    if not math.isfinite(chosen.metrics.latency_ms):
+        warnings.append(f"the predictor cannot price this plan for {tgt.name}: no predicted "
+                        "latency")
     return ctx, TableSet({}, prep.space.input_name, prep.input_shape), chosen
 
 
@@ -642,9 +645,9 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "solver": chosen.solver,
             "predictor": predictor,
             "plan": json.loads(chosen.plan.to_json()),
-            "predicted": {"latency_ms": round(m.latency_ms, 4),
-                          "energy_mj": round(m.energy_mj, 4) if m.energy_mj else None,
-                          "accuracy_drop": None if math.isnan(m.drop) else round(m.drop, 4),
+            "predicted": {"latency_ms": _figure(m.latency_ms),
+                          "energy_mj": _figure(m.energy_mj) if m.energy_mj else None,
+                          "accuracy_drop": _figure(m.drop),
                           "model_bytes": int(m.model_bytes),
                           "peak_activation_bytes": int(m.peak_activation_bytes)},
             "measured": {"latency_ms": check.latency_ms, "accuracy": chosen.measured_accuracy,
@@ -669,6 +672,12 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
         publish_dir(tmp, output(), work)    # checked again: the folder may have changed since
     say(f"wrote {outdir}")
     return CompileResult(outdir, chosen.plan, manifest, tuple(candidates))
+
+
+def _figure(value: float) -> float | None:
+    """A predicted figure for the manifest: null where there is none (a given plan's drop, a
+    price the predictor cannot give), never NaN or Infinity (not JSON)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def _at_input_size(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:

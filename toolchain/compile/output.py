@@ -53,7 +53,8 @@ def report_points(tset, candidates, chosen, measured_ms: float | None = None) ->
     if measured_ms is not None:
         points.append(Point(measured_ms, drop, f"chosen: {chosen.solver} (measured latency)",
                             "artifact"))
-    return [p for p in points if math.isfinite(p.y)]   # a given plan's drop is unpredicted
+    # A given plan has no predicted drop, an unpriced one no predicted latency: not plotted.
+    return [p for p in points if math.isfinite(p.x) and math.isfinite(p.y)]
 
 
 def kernel_rows(ctx, plan: Plan) -> list[list]:

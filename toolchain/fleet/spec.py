@@ -25,6 +25,7 @@ file and the device.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from pathlib import Path
 from toolchain.errors import BadInputError
 from toolchain.files import MAX_TEXT_BYTES, load_toml, regular_file, safe_name, sha256_file
 from toolchain.measure.records import read_measurements
-from toolchain.target import Target, load_target
+from toolchain.target import Target, list_targets, load_target
 
 __all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS", "FLEET_JSON_VERSION", "canonical"]
 
@@ -233,15 +234,24 @@ def load_fleet(path: str | Path) -> Fleet:
 
 
 def _targets(devices: tuple[Device, ...], label: str) -> dict[str, Target]:
-    """Each target and proxy named by a device, loaded once; an unknown one names the device."""
+    """Each target and proxy named by a device, loaded once. An unknown one names the file,
+    the device and the key, and the closest known name first (the line is cut at 200
+    characters, the list of known targets may not fit)."""
     out: dict[str, Target] = {}
     for d in devices:
-        for name in (d.target, d.proxy):
+        for key, name in (("target", d.target), ("proxy", d.proxy)):
             if name and name not in out:
                 try:
                     out[name] = load_target(name)
                 except BadInputError as err:
-                    raise BadInputError(f"{label}: device {d.name}: {err}") from err
+                    known = list_targets()
+                    if name in known:        # a broken target file: its own message
+                        raise BadInputError(f"{label}: device {d.name}: {err}") from err
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise BadInputError(f"{label}: device {d.name}: unknown target {name!r} "
+                                        f"as its {key}{hint}; known targets: "
+                                        f"{', '.join(known)}") from err
     return out
 
 
