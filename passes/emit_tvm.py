@@ -15,6 +15,15 @@ unfused (graph optimizations off), which computes the same simulated quantizatio
 ties flip single quantized values, so QDQ outputs are compared by cosine similarity (at least
 0.99, or at least as close as onnxruntime's own fused integer execution is).
 
+Schedules: TVM 0.27's CPU pipeline legalizes and fuses but schedules nothing, so the build
+goes through `schedule_module`, the one place the IRModule is scheduled: after legalization
+and fusion, records of a tuning database are applied first (`apply_tuning_records`; a function
+they cover keeps its tuned schedule), then the default schedule rules of
+`passes/tvm_schedules/` cover every other function (docs/tvm.md). BatchNormalization after a
+Conv is folded into the Conv's weights first (`fold_batchnorm`, exact up to float rounding),
+as onnxruntime does. The result lists per TVM function whether its schedule is "tuned",
+"default" (the rule that scheduled it is in `rules`) or "none".
+
 Errors: ops the frontend has no converter for raise UnsupportedOpError naming them before TVM is
 called; a failing import or build raises EmitError naming the TVM pass it failed in (recorded by
 a pass instrument) and TVM's message.
@@ -41,7 +50,8 @@ from toolchain.target import Target
 
 __all__ = [
     "emit_tvm", "EmitResult", "Artifact", "EmitError", "elf_arch", "target_arch",
-    "find_cross_compiler", "tvm_target",
+    "find_cross_compiler", "tvm_target", "build_module", "schedule_module",
+    "apply_tuning_records",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +91,8 @@ class EmitResult:
     max_abs_error: float | None      # max |TVM - onnxruntime| over outputs, when checked
     int8_in_float: bool              # QDQ ops present: int8 kernels run as float on this build
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    schedules: dict[str, str] = field(default_factory=dict)  # TVM function -> tuned|default|none
+    rules: dict[str, str] = field(default_factory=dict)      # default-scheduled function -> rule
 
 
 def tvm_target(spec: Target | str | dict):
@@ -157,7 +169,7 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
     if qdq:
         warnings.append("int8 kernels run as float on this TVM build: TVM 0.27 imports QDQ "
                         "(QuantizeLinear/DequantizeLinear) as simulated quantization")
-    executable = _build(_import(proto, shapes), tgt)
+    executable, schedules, rules = build_module(proto, tgt, shapes)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: list[Artifact] = []
@@ -183,7 +195,65 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
         if a.arch != arch:
             raise EmitError(f"TVM produced {a.arch} code in {a.path} for an {arch} target")
     return EmitResult(tuple(artifacts), str(tgt), arch, cross, checked, err, qdq,
-                      tuple(warnings))
+                      tuple(warnings), schedules, rules)
+
+
+def build_module(proto: onnx.ModelProto, tgt, shapes: dict[str, list[int]] | None = None):
+    """(relax executable, function -> "tuned" | "default" | "none", function -> rule) of
+    `proto` for the tvm Target `tgt`: import, schedule (`schedule_module`), compile. The one
+    build every TVM artifact and every TVM timing of fleetc goes through."""
+    shapes = _input_shapes(proto) if shapes is None else shapes
+    mod = _import(_fold_batchnorms(proto), shapes)
+    return _build(mod, tgt)
+
+
+def apply_tuning_records(mod, tgt):
+    """`mod` with the records of the tuning database for `tgt` applied to the functions they
+    cover (marked `tir.is_scheduled`); the hook the tuning database plugs into. Without a
+    database: `mod` unchanged."""
+    del tgt
+    return mod
+
+
+def schedule_module(mod, tgt):
+    """The one place the IRModule is scheduled: legalize and fuse (TVM's CPU passes, without
+    its build-time constant folding, which compiles every folded call and took 27 s on a
+    MobileNetV2), then tuning records, then default schedules for every function left.
+    Returns (module, function -> "tuned" | "default" | "none", function -> rule)."""
+    import tvm
+    from tvm import tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from passes.tvm_schedules import SCHEDULED_ATTR, default_schedule
+
+    with tgt:
+        passes = [p for p in cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt)
+                  if p.info.name != "FoldConstant"]
+        mod = tvm.transform.Sequential(passes)(mod)
+    mod = apply_tuning_records(mod, tgt)
+    tuned = {gv.name_hint for gv, f in mod.functions_items()
+             if isinstance(f, tirx.PrimFunc) and f.attrs is not None and SCHEDULED_ATTR in f.attrs}
+    mod, rules = default_schedule(mod, tgt)
+    kinds = {name: "tuned" for name in tuned}
+    kinds.update({name: "none" if rule == "none" else "default" for name, rule in rules.items()})
+    return mod, kinds, {k: v for k, v in rules.items() if v != "none"}
+
+
+def _fold_batchnorms(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` with every BatchNormalization that alone follows a Conv folded into it (the
+    model as given when the project's importer rejects it: TVM then builds it unfolded)."""
+    if not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        return proto
+    from passes.export_onnx import export_onnx
+    from passes.fold_batchnorm import fold_batchnorm
+    from passes.import_onnx import import_onnx
+
+    try:
+        graph = import_onnx(proto)
+    except FleetcError:
+        return proto
+    folded = [fold_batchnorm(graph, n) for n in list(graph.topo()) if graph.op(n) == "Conv"]
+    return export_onnx(graph) if any(folded) else proto
 
 
 def _first_line(err: BaseException) -> str:
@@ -245,10 +315,18 @@ def _build(mod, tgt):
         def run_before_pass(self, mod, info) -> None:
             self.last = info.name
 
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
     seen = _LastPass()
     try:
         with tvm.transform.PassContext(opt_level=3, instruments=[seen]):
-            return tvm.compile(mod, target=tgt)
+            if tgt.kind.name != "llvm":   # GPU targets: TVM's own pipeline, no CPU rules
+                return tvm.compile(mod, target=tgt), {}, {}
+            mod, kinds, rules = schedule_module(mod, tgt)
+            rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(tgt) +
+                                            cpu.finalize_passes(tgt))
+            with tgt:
+                return tvm.compile(mod, target=tgt, relax_pipeline=rest), kinds, rules
     except Exception as err:
         raise EmitError(f"TVM build for {tgt.kind.name} failed in pass {seen.last}: "
                         f"{_first_line(err)}") from err

@@ -660,7 +660,8 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "tvm": {"target": emitted.target, "arch": emitted.arch, "cross": emitted.cross,
                     "checked_against_onnxruntime": emitted.checked,
                     "max_abs_error": emitted.max_abs_error,
-                    "int8_runs_in_float": emitted.int8_in_float},
+                    "int8_runs_in_float": emitted.int8_in_float,
+                    "schedules": dict(sorted(emitted.schedules.items()))},
             "artifacts": [{"path": "model.onnx",
                            "sha256": sha256_file(tmp / "model.onnx"), "arch": "onnx"}]
             + [{"path": a.path, "sha256": a.sha256, "arch": a.arch} for a in emitted.artifacts],

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import onnx
 
-from toolchain.errors import BadInputError
+from toolchain.errors import BadInputError, FleetcError
 from toolchain.measure.timing import (
     Timing,
     TimingConfig,
@@ -42,16 +42,14 @@ def input_arrays(model: onnx.ModelProto, seed: int = 0) -> list[np.ndarray]:
 
 
 def compile_relax(model: onnx.ModelProto, target):
-    """`from_onnx` with weights embedded, then `tvm.compile` for `target` (a tvm Target)."""
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
+    """The relax executable of `model` for `target` (a tvm Target), built exactly as fleetc
+    ships it (`passes.emit_tvm.build_module`: default schedules, tuning records applied)."""
+    from passes.emit_tvm import build_module
 
     try:
-        mod = from_onnx(model, keep_params_in_input=False)
-        return tvm.compile(mod, target=target)
-    except Exception as err:  # TVM import/build errors are long; keep the first line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise BadInputError(f"TVM cannot compile the model: {first}") from err
+        return build_module(model, target)[0]
+    except FleetcError as err:
+        raise BadInputError(f"TVM cannot compile the model: {err}") from err
 
 
 def set_tvm_threads(threads: int) -> None:

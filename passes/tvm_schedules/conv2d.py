@@ -1,0 +1,84 @@
+"""Rule: NCHW conv2d (dense kxk, 1x1, grouped) with its fused elementwise epilogue.
+
+Matches a reduction block with spatial loops (n, f, y, x) and reduction loops (rc, ry, rx)
+writing a 4-D output from a 4-D input and a 4-D weight whose reduction channel extent is above
+one or whose output channel count differs from the input's (depthwise is depthwise.py).
+Schedule: the padding copy is inlined when it pads nothing; a register tile of `rows` output
+channels x `cols` contiguous output pixels (the row of x, or the whole H*W plane of a 1x1
+stride-1 conv, fused) holds the accumulators; the reductions run outside it; every output
+channel of a tile reuses one vector load of the input, every input pixel one broadcast weight.
+The epilogue runs on the tile as it leaves the registers; parallel over the tiles.
+"""
+from __future__ import annotations
+
+from passes.tvm_schedules.common import (
+    block_loops_match,
+    divisors,
+    inline_copies,
+    p_alive,
+    pick_tile,
+    region_buffer,
+    register_budget,
+    schedule_injective,
+    tile_reduction,
+    vector_lanes,
+)
+
+__all__ = ["apply", "conv_shape", "is_depthwise"]
+
+
+def conv_shape(sch, block):
+    """(data, weight, output) buffers of an NCHW conv block, or None when it is not one."""
+    blk = sch.get(block)
+    if len(blk.iter_vars) != 7 or [int(iv.iter_type) for iv in blk.iter_vars] != [0] * 4 + [2] * 3:
+        return None
+    if len(blk.reads) != 2 or len(blk.writes) != 1 or not block_loops_match(sch, block):
+        return None
+    data, weight = (region_buffer(r) for r in blk.reads)
+    out = region_buffer(blk.writes[0])
+    if len(data.shape) != 4 or len(weight.shape) != 4 or len(out.shape) != 4:
+        return None
+    return data, weight, out
+
+
+def apply(sch, block, target) -> bool:
+    shapes = conv_shape(sch, block)
+    if shapes is None or is_depthwise(shapes):
+        return False
+    pads = list(sch.get_producers(block))
+    inline_copies(sch, block)
+    data, weight, out = conv_shape(sch, block) or shapes
+    n, f, y, x, *reduce = sch.get_loops(block)
+    lanes = vector_lanes(target)
+    budget = register_budget(target)
+    channels, height, width = (int(d) for d in out.shape[1:])
+    if width % lanes == 0:
+        # pixels along the vector (rows a multiple of the vector): every output channel of the
+        # tile reuses one vector load of the input
+        tile = pick_tile(channels, 1, width, lanes, budget)
+        f_o, f_i = sch.split(f, [None, tile.rows])
+        x_o, x_i = sch.split(x, [None, tile.cols])
+        tile_reduction(sch, block, [n, f_o, y, x_o], reduce, [f_i, x_i])
+    else:
+        # output channels along the vector (laid out last in the accumulators), a block of
+        # pixels broadcast into it: any plane size fills whole vectors
+        fv = next(v * lanes // 4 for v in (8, 4, 2, 1) if channels % (v * lanes // 4) == 0
+                  and v * lanes // 4 >= 1)
+        vregs = -(-fv // lanes)
+        xs = max(d for d in divisors(width) if d * vregs <= budget)
+        ys = max(d for d in divisors(height) if d * xs * vregs <= budget)
+        f_o, f_v = sch.split(f, [None, fv])
+        y_o, y_i = sch.split(y, [None, ys])
+        x_o, x_i = sch.split(x, [None, xs])
+        tile_reduction(sch, block, [n, f_o, y_o, x_o], reduce, [y_i, x_i, f_v], vector_axis=1)
+    for p in pads:
+        if p_alive(sch, p):
+            schedule_injective(sch, p, lanes)
+    return True
+
+
+def is_depthwise(shapes) -> bool:
+    """One input channel per output channel, as many outputs as inputs (depthwise.py)."""
+    data, weight, out = shapes
+    return int(weight.shape[1]) == 1 and int(out.shape[1]) > 1 and \
+        int(data.shape[1]) == int(out.shape[1]) == int(weight.shape[0])
