@@ -143,6 +143,24 @@ class Plan:
     def save(self, path: str | os.PathLike) -> None:
         atomic_write(path, self.to_json())
 
+    def summary(self) -> str:
+        """The plan in a few words: "input 1x3x160x160, 12 kernels int8, 3 at width 0.5, 1
+        block skipped"; "the original model" for an empty plan."""
+        parts = [f"input {'x'.join(map(str, s))}" for s in self.input_shape.values()]
+        counts: dict[str, int] = {}
+        for c in self.kernels.values():
+            if c.precision != "fp32":
+                counts[c.precision] = counts.get(c.precision, 0) + 1
+            if c.width != 1.0:
+                counts[f"at width {c.width:g}"] = counts.get(f"at width {c.width:g}", 0) + 1
+            if c.kernel_size is not None:
+                counts["with smaller kernels"] = counts.get("with smaller kernels", 0) + 1
+        parts += [f"{n} kernel{'s' if n > 1 else ''} {what}" for what, n in counts.items()]
+        if self.skip_blocks:
+            n = len(self.skip_blocks)
+            parts.append(f"{n} block{'s' if n > 1 else ''} skipped")
+        return ", ".join(parts) or "the original model"
+
     @classmethod
     def from_dict(cls, doc: dict, label: str = "plan") -> Plan:
         """A plan from its JSON document, validated against the schema (docs/rewrite.md):

@@ -87,10 +87,13 @@ def test_compile_meets_budget_and_writes_everything(prep, tmp_path):
 def test_infeasible_budget_names_best_reachable_and_leaves_nothing(prep, tmp_path):
     cost = _cost(prep)
     out = tmp_path / "out"
-    with pytest.raises(InfeasibleError, match="best reachable"):
+    with pytest.raises(InfeasibleError, match="best reachable") as err:
         compile_model(prep, "host-ort-1t", out, latency_ms=0.01 * cost(Plan()).latency_ms,
                       cost=cost, measure_latency=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    # ... and the plan that reaches it: "the fastest plan (input 1x3x16x16, 7 kernels int8,
+    # ...) is predicted at X ms"
+    assert "the fastest plan (" in str(err.value) and "kernels int8" in str(err.value)
 
 
 def test_accuracy_limit_is_checked_on_predicted_then_measured_drops(prep, tmp_path):

@@ -85,7 +85,9 @@ def show_cmd(target_name: str) -> None:
 @click.option("--predictor", "package", default=None, type=click.Path(file_okay=False),
               help="Use this predictor package instead of the target's.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prediction as JSON.")
-@click.option("--strict", is_flag=True, help="Fail if any kernel has no model.")
+@click.option("--strict", is_flag=True,
+              help="Fail if any kernel has no model of its kind (priced by the fallback or not "
+                   "at all).")
 @click.option("--no-calibrate", is_flag=True,
               help="Use the predictor package as it is, even if it was measured on another CPU "
                    "(default: calibrate it to this CPU once, about 20 s).")
@@ -111,7 +113,8 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
         click.echo(json.dumps(doc, indent=2))
         return
     for k in result.kernels:
-        click.echo(f"{k.latency_ms:10.4f} ms  {k.kind:<24} {k.name}")
+        click.echo(f"{k.latency_ms:10.4f} ms  {k.kind:<24} {k.name}"
+                   + ("  (fallback: memory-traffic model)" if k.fallback else ""))
     click.echo(f"{result.overhead_ms:10.4f} ms  {'(per-model fixed cost)':<24}")
     for u in result.unknown:
         click.echo(f"{'?':>10}     no model for {u}")
@@ -119,6 +122,9 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
              f"{predictor_error(predictor.meta)})")
     if energy is not None:
         total += f", {energy:.2f} mJ"
+    if result.fallback:
+        total += (f" ({len(result.fallback)} kernel(s) of kinds never measured priced by the "
+                  f"memory-traffic fallback, error {result.fallback_error})")
     if result.unknown:
         total += f" (INCOMPLETE: {len(result.unknown)} kernel(s) without a model not counted)"
     if not validated:

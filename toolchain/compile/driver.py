@@ -51,6 +51,7 @@ from toolchain.compile.tables import (
     TableSet,
     build_table,
     build_tables,
+    fastest_plan,
     flat_plan,
     flat_table,
     picks_of,
@@ -354,7 +355,7 @@ def _solve(ctx: Context, tset: TableSet, budget: Budget, objective: str, target:
     for r, table in tset.tables.items():
         exact += _exact_rounds(ctx, table, r, budget, objective, target)
     if not exact:
-        raise _best_reachable_error(tset, budget)
+        raise _best_reachable_error(ctx, tset, budget)
     exact.sort(key=lambda c: _key(c, objective))
     out = [replace(c, solver="exact") for c in exact[:2]]
     home = ctx.original if ctx.original in tset.tables else next(iter(tset.tables))
@@ -442,7 +443,7 @@ def _evolve(ctx: Context, best: Candidate, budget: Budget, objective: str, targe
     return Candidate("evolve", best.resolution, plan, sol.metrics)
 
 
-def _best_reachable_error(tset: TableSet, budget: Budget) -> InfeasibleError:
+def _best_reachable_error(ctx: Context, tset: TableSet, budget: Budget) -> InfeasibleError:
     """Why no resolution's table has a plan: the accuracy limit (then the least predicted drop
     under the other budgets), or a resource budget (then the best reachable value of it)."""
     if budget.max_drop is not None:
@@ -467,9 +468,19 @@ def _best_reachable_error(tset: TableSet, budget: Budget) -> InfeasibleError:
             if best is None or lat < best[0]:
                 best = (lat, e)
     if best:
-        return best[1]
+        return _with_fastest(best[1], ctx, tset)
     return InfeasibleError("no plan meets all budgets at once according to the whole-model "
                            "predictions (each is reachable alone in the additive estimate)")
+
+
+def _with_fastest(err: InfeasibleError, ctx: Context, tset: TableSet) -> InfeasibleError:
+    """The error naming the least-latency plan too (what reaches the best value)."""
+    fastest = fastest_plan(ctx, tset)
+    if fastest is None:
+        return err
+    plan, latency = fastest
+    return InfeasibleError(f"{err}; the fastest plan ({plan.summary()}) is predicted at "
+                           f"{latency:.4g} ms")
 
 
 def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, objective: str,
@@ -486,7 +497,7 @@ def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, object
                 raise          # the budgets themselves are out of reach: say by how much
             break              # the tightened predicted limit is: stop retrying
         if not proposals and not measured:
-            raise _best_reachable_error(tset, budget)
+            raise _best_reachable_error(ctx, tset, budget)
         for c in proposals:
             key = c.plan.to_json()
             if key in measured:

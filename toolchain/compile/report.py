@@ -41,9 +41,17 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 def svg_plot(points: Sequence[Point], xlabel: str, ylabel: str,
              vline: float | None = None, width: int = 640, height: int = 400) -> str:
-    """Scatter of the points, the front joined as a step line, an optional budget line."""
+    """Scatter of the points, the front joined as a step line, an optional budget line. Points
+    without a finite position (a plan the predictor could not price) are left out and counted
+    under the plot."""
+    finite = [p for p in points if math.isfinite(p.x) and math.isfinite(p.y)]
+    left_out = len(points) - len(finite)
+    points = finite
+    if vline is not None and not math.isfinite(vline):
+        vline = None
     if not points:
-        return "<p>(no points to plot)</p>"
+        return "<p>(no points to plot" + (f": {left_out} without a price" if left_out else "") \
+            + ")</p>"
     xs = [p.x for p in points] + ([vline] if vline is not None else [])
     ys = [p.y for p in points]
     x0, x1 = min(xs), max(xs)
@@ -117,6 +125,8 @@ def svg_plot(points: Sequence[Point], xlabel: str, ylabel: str,
         out.append(f'<circle cx="{left + pw - 150}" cy="{y - 4}" r="4" '
                    f'fill="{_COLORS[kind]}"/><text x="{left + pw - 140}" y="{y}">{text}</text>')
     out.append("</svg>")
+    if left_out:
+        out.append(f"<p>{left_out} plan(s) the predictor could not price are not shown.</p>")
     return "\n".join(out)
 
 

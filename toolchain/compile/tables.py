@@ -28,7 +28,7 @@ from toolchain.predict.accuracy import SensitivityTable
 from toolchain.space import BYTES_PER_PRECISION, Choice, Kernel, Plan, Space
 
 __all__ = ["PlanCosts", "TableSet", "Context", "build_table", "build_tables", "plan_of",
-           "plan_metrics", "flat_table", "flat_plan", "picks_of"]
+           "plan_metrics", "flat_table", "flat_plan", "picks_of", "fastest_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -317,3 +317,17 @@ def picks_of(table: CostTable, plan: Plan) -> tuple[int, ...]:
         want = plan.kernels.get(d.name, Choice())
         out.append(next((i for i, o in enumerate(d.options) if o.payload[d.name] == want), 0))
     return tuple(out)
+
+
+def fastest_plan(ctx: Context, tset: TableSet) -> tuple[Plan, float] | None:
+    """The least-latency plan of the tables (every decision at its fastest option, at each
+    resolution) and its whole-plan predicted latency; None if none can be priced."""
+    best = None
+    for r, table in tset.tables.items():
+        picks = tuple(min(range(len(d.options)), key=lambda i, d=d: d.options[i].latency_ms)
+                      for d in table.decisions)
+        plan = plan_of(ctx, table, r, picks)
+        latency = plan_metrics(ctx, plan).latency_ms
+        if math.isfinite(latency) and (best is None or latency < best[1]):
+            best = (plan, latency)
+    return best

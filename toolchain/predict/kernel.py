@@ -19,8 +19,16 @@ can be small networks: a kernel's cost is learned in context (a conv between con
 layout conversion, one at the model's edge does), and no per-kernel timer is needed on the
 device.
 
-A kernel whose kind never occurred in the training data has no model: it is listed in
-`Prediction.unknown` (and `strict=True` raises UnsupportedKernelError); it never counts as zero.
+A memory-bound kernel (anything but conv, dwconv, gemm) whose kind never occurred in the
+training data - a Concat or Resize between int8 neighbours, a Pad, a Split - is priced by the
+package's **fallback**, a memory-traffic model `a + b * bytes read and written` fitted on the
+measured designs made of element-wise and data-movement kernels only (single-op probes), with
+its own measured error: leave-one-kind-out, each kind's designs predicted by a fit on the other
+kinds, as the fallback will be used (`fit_fallback`). Such kernels are listed in
+`Prediction.fallback`.
+A compute kernel of an unseen kind, or any unseen kind in a package without a fallback, has no
+model: it is listed in `Prediction.unknown`; it never counts as zero. `strict=True` raises
+UnsupportedKernelError for both.
 
 Package (a folder): `meta.json` (name, version, target, training-data hash and size, held-out
 error and, for a package measured on this machine's kind of CPU, `cpu`: the `cpu_record` of the
@@ -48,6 +56,7 @@ from toolchain.space import BYTES_PER_PRECISION
 __all__ = [
     "KernelPredictor", "Prediction", "KernelLatency", "features", "context_of", "nnls", "spearman",
     "FORMAT", "FORMAT_VERSION", "fit_rows", "cpu_record", "same_cpu", "describe_cpu",
+    "fit_fallback", "COMPUTE_CLASSES", "FALLBACK_BASIS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,6 +82,8 @@ _DEFAULT_BASIS = ("kernel", "in_elems", "out_elems", "act_spill", *_EDGES)
 _BASIS["quantize"] = _BASIS["dequantize"] = (*_DEFAULT_BASIS, "inner", "inner_elems")
 MODEL_BASIS = ("model",)
 _CACHE_BYTES = 16 << 20
+COMPUTE_CLASSES = ("conv", "dwconv", "gemm")   # never priced by the memory-traffic fallback
+FALLBACK_BASIS = ("kernel", "bytes")
 _L2_BYTES = 1 << 20
 # A model whose weights and activations exceed the last-level cache reads its weights from
 # DRAM at every inference (each kernel's weights are evicted by the other kernels' data before
@@ -163,6 +174,12 @@ def features(u: Unit, context: float = 0.0) -> dict[str, float]:
     }
 
 
+def fallback_features(u: Unit) -> dict[str, float]:
+    """The memory-traffic fallback's features: a per-kernel constant and the bytes the kernel
+    reads and writes (millions), at its precision's element size."""
+    return {"kernel": 1.0, "bytes": (u.in_elems + u.out_elems) * _elem_bytes(u.precision) * _M}
+
+
 def basis_of(cls: str) -> tuple[str, ...]:
     return _BASIS.get(cls, _DEFAULT_BASIS)
 
@@ -177,6 +194,7 @@ class KernelLatency:
     name: str
     kind: str
     latency_ms: float
+    fallback: bool = False    # priced by the memory-traffic fallback (no model of its kind)
 
 
 @dataclass(frozen=True)
@@ -188,27 +206,45 @@ class Prediction:
     kernels: tuple[KernelLatency, ...]
     unknown: tuple[str, ...] = ()          # "name (kind)" of kernels with no regressor
     predictor: str = ""
+    fallback_error: str = ""               # the fallback's measured error, when it priced any
 
     @property
     def complete(self) -> bool:
         return not self.unknown
 
+    @property
+    def fallback(self) -> tuple[str, ...]:
+        """"name (kind)" of the kernels the memory-traffic fallback priced."""
+        return tuple(f"{k.name} ({k.kind})" for k in self.kernels if k.fallback)
+
     def to_json(self) -> dict:
         return {"latency_ms": self.latency_ms, "overhead_ms": self.overhead_ms,
                 "complete": self.complete, "unknown": list(self.unknown),
+                "fallback": list(self.fallback), "fallback_error": self.fallback_error or None,
                 "predictor": self.predictor,
-                "kernels": [{"name": k.name, "kind": k.kind, "latency_ms": k.latency_ms}
-                            for k in self.kernels]}
+                "kernels": [{"name": k.name, "kind": k.kind, "latency_ms": k.latency_ms,
+                             "fallback": k.fallback} for k in self.kernels]}
 
 
 class KernelPredictor:
     """Per-kind linear regressors plus a per-model constant; see the module doc."""
 
     def __init__(self, weights: dict[str, dict[str, float]], model: dict[str, float],
-                 meta: dict | None = None) -> None:
+                 meta: dict | None = None, fallback: dict[str, float] | None = None) -> None:
         self.weights = weights     # kind -> feature -> weight (ms per unit of feature)
         self.model = model         # model feature -> weight
         self.meta = dict(meta or {})
+        self.fallback = fallback   # FALLBACK_BASIS feature -> weight, or None
+
+    @property
+    def fallback_error(self) -> str:
+        """The fallback's measured error in a few words (meta["fallback"])."""
+        held = (self.meta.get("fallback") or {}).get("held_out") or {}
+        if "median_abs_rel_err" not in held:
+            return "not measured"
+        return (f"{100 * held['median_abs_rel_err']:.0f}% median, "
+                f"{100 * held['p90_abs_rel_err']:.0f}% p90 (leave one kind out, "
+                f"{held['kinds']} kinds)")
 
     @property
     def name(self) -> str:
@@ -220,30 +256,46 @@ class KernelPredictor:
 
     # ------------------------------------------------------------------ prediction
     def kernel_ms(self, u: Unit, context: float = 0.0) -> float | None:
-        """One kernel's cost inside a model touching `context` bytes (`context_of`)."""
+        """One kernel's cost inside a model touching `context` bytes (`context_of`); None if
+        its kind has no model (see `fallback_ms`)."""
         w = self.weights.get(u.kind)
         if w is None:
             return None
         f = features(u, context)
         return float(sum(w[name] * f[name] for name in w))
 
+    def fallback_ms(self, u: Unit) -> float | None:
+        """The memory-traffic fallback's price of a memory-bound kernel (None for compute
+        kernels and packages without a fallback)."""
+        if self.fallback is None or u.cls in COMPUTE_CLASSES:
+            return None
+        f = fallback_features(u)
+        return float(sum(w * f[name] for name, w in self.fallback.items()))
+
     def predict_units(self, units: Iterable[Unit], strict: bool = False) -> Prediction:
+        """The model's latency; `strict`: UnsupportedKernelError if a kernel has no model of
+        its kind (priced by the fallback, or not at all)."""
         costs, unknown = [], []
         units = list(units)
         context = context_of(units)
         for u in units:
             ms = self.kernel_ms(u, context)
-            if ms is None:
-                unknown.append(f"{u.name} ({u.kind})")
-            else:
+            if ms is not None:
                 costs.append(KernelLatency(u.name, u.kind, ms))
-        if unknown and strict:
-            raise UnsupportedKernelError(
-                f"predictor {self.name} has no model for {len(unknown)} kernel(s): "
-                f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            elif (ms := self.fallback_ms(u)) is not None:
+                costs.append(KernelLatency(u.name, u.kind, ms, fallback=True))
+            else:
+                unknown.append(f"{u.name} ({u.kind})")
         overhead = float(self.model.get("model", 0.0))
         total = overhead + sum(c.latency_ms for c in costs)
-        return Prediction(total, overhead, tuple(costs), tuple(unknown), self.name)
+        out = Prediction(total, overhead, tuple(costs), tuple(unknown), self.name,
+                         self.fallback_error if any(c.fallback for c in costs) else "")
+        if strict and (unknown or out.fallback):
+            missing = unknown + [f"{k} (fallback)" for k in out.fallback]
+            raise UnsupportedKernelError(
+                f"predictor {self.name} has no model for {len(missing)} kernel(s): "
+                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        return out
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -262,7 +314,11 @@ class KernelPredictor:
         meta["held_out"] = _cross_validate(X, y, folds)
         meta["training_fit"] = _scores(y, X @ w)
         meta["kinds"] = kinds
-        return cls._from_columns(columns, w, meta)
+        out = cls._from_columns(columns, w, meta)
+        fitted = fit_fallback(designs, y, out.model.get("model", 0.0))
+        if fitted is not None:
+            out.fallback, out.meta["fallback"] = fitted
+        return out
 
     @classmethod
     def _from_columns(cls, columns, w, meta) -> KernelPredictor:
@@ -284,6 +340,8 @@ class KernelPredictor:
         folder = Path(folder)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, **self.meta}
         doc = {"model": self.model, "kinds": {k: self.weights[k] for k in self.kinds}}
+        if self.fallback is not None:
+            doc["fallback"] = self.fallback
         atomic_write(folder / "model.json", json.dumps(doc, indent=1, sort_keys=True) + "\n")
         atomic_write(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
         write_digests(folder, ["model.json", "meta.json"])
@@ -318,7 +376,11 @@ class KernelPredictor:
                                 "feature weights (finite numbers of known features)")
         if not _weights_ok(model, None):
             raise BadInputError(f"{where}: \"model\" is not a table of finite numbers")
-        return cls(kinds, model, meta)
+        fallback = doc.get("fallback")
+        if fallback is not None and not _weights_ok(fallback, frozenset(FALLBACK_BASIS)):
+            raise BadInputError(f"{where}: \"fallback\" is not a table of {FALLBACK_BASIS} "
+                                "weights")
+        return cls(kinds, model, meta, fallback)
 
 
 _FEATURES = frozenset(n for basis in (*_BASIS.values(), _DEFAULT_BASIS) for n in basis)
@@ -404,6 +466,43 @@ def _weights_ok(table, names: frozenset | None) -> bool:
     return isinstance(table, dict) and all(
         isinstance(k, str) and (names is None or k in names)
         and type(v) in (int, float) and math.isfinite(v) for k, v in table.items())
+
+
+def fit_fallback(designs: Sequence[Sequence[Unit]], latency_ms: Sequence[float],
+                 model_ms: float) -> tuple[dict[str, float], dict] | None:
+    """The memory-traffic fallback (`FALLBACK_BASIS` weights) and its meta (designs, kinds,
+    held-out error), fitted on the designs made of kernels that read each input element once
+    (element-wise, data movement, global pools; not window ops such as MaxPool or LRN, which
+    cost several times their traffic and have regressors of their own): each is the
+    equation `latency - model constant = sum of its kernels' (a + b * bytes)`, solved by
+    non-negative least squares on relative errors. The error is measured as the fallback is
+    used, on kinds it has not seen: each kind's designs (by their costliest kernel's kind)
+    are predicted by a fit on the others; per design |predicted - measured| / measured of the
+    kernels' part (latency - model constant). None when fewer than 3 kinds qualify."""
+    rows, ys, groups = [], [], []
+    for units, y in zip(designs, latency_ms, strict=True):
+        if not units or y <= model_ms or any(u.cls in COMPUTE_CLASSES or u.cls == "LRN"
+                                             or u.k_area > 1 for u in units):
+            continue
+        f = [fallback_features(u) for u in units]
+        rows.append([sum(x[name] for x in f) for name in FALLBACK_BASIS])
+        ys.append(y - model_ms)
+        groups.append(max(units, key=lambda u: u.in_elems + u.out_elems).kind)
+    kinds = sorted(set(groups))
+    if len(kinds) < 3:
+        return None
+    X, y, groups = np.array(rows), np.array(ys), np.array(groups)
+    pred = np.empty(len(y))
+    for kind in kinds:
+        test = groups == kind
+        pred[test] = X[test] @ _solve(X[~test], y[~test])
+    rel = np.abs(pred - y) / y
+    weights = dict(zip(FALLBACK_BASIS, map(float, _solve(X, y)), strict=True))
+    meta = {"basis": list(FALLBACK_BASIS), "designs": int(len(y)), "kinds": kinds,
+            "held_out": {"kinds": len(kinds), "median_abs_rel_err": round(float(np.median(rel)), 4),
+                         "p90_abs_rel_err": round(float(np.percentile(rel, 90)), 4),
+                         "note": "leave one kind out: each kind priced by a fit on the others"}}
+    return weights, meta
 
 
 def _design_matrix(designs: Sequence[Sequence[Unit]], columns) -> np.ndarray:

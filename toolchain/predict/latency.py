@@ -43,7 +43,7 @@ from toolchain.target import Target
 
 __all__ = ["predictor_dir", "load_predictor", "model_units", "design_units", "predict_model",
            "predict_plan", "builtin_predictors_dir", "calibrated_to_this_cpu",
-           "calibration_enabled", "predictor_error"]
+           "calibration_enabled", "predictor_error", "refit_fallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,29 @@ def _measure_probes(target: Target, csv: Path) -> tuple[list[list[Unit]], list[f
         raise BadInputError(f"calibrating to this CPU: only {len(rows)} of {len(names)} "
                             "probes could be measured; run with --no-calibrate")
     return [design_units(r.design) for r in rows], [r.latency_ms for r in rows]
+
+
+def refit_fallback(folder: str | os.PathLike) -> KernelPredictor:
+    """Fit the memory-traffic fallback of the package in `folder` on its own training data
+    (its measurements.csv: the rows of single-op and pool probes, the designs made of
+    memory-bound kernels only) and save the package, its other weights unchanged. For packages
+    fitted before packages had a fallback (the shipped ones); `fit` makes one itself."""
+    from toolchain.measure.probe import probe_names
+    from toolchain.measure.records import read_measurements
+    from toolchain.predict.kernel import fit_fallback
+
+    folder = Path(folder)
+    package = KernelPredictor.load(folder)
+    probes = probe_names()
+    rows = [r for r in read_measurements(folder / "measurements.csv")
+            if r.design in probes and probes[r.design].family in ("op", "pool")]
+    fitted = fit_fallback([design_units(r.design) for r in rows],
+                          [r.latency_ms for r in rows], package.model.get("model", 0.0))
+    if fitted is None:
+        raise BadInputError(f"{folder}: too few memory-bound probe designs to fit a fallback")
+    package.fallback, package.meta["fallback"] = fitted
+    package.save(folder)
+    return package
 
 
 def model_units(source: str | os.PathLike | onnx.ModelProto,

@@ -331,6 +331,7 @@ def random_selection(rows: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 _COMPUTE = ("conv", "dwconv", "gemm")   # classes priced mostly by MACs; the rest is memory-bound
+_FALLBACK = "fallback"                  # the memory-traffic fallback's costs (KernelPredictor)
 
 
 def _kind_class(kind: str) -> str:
@@ -365,7 +366,8 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
     from toolchain.errors import BadInputError
     from toolchain.predict.kernel import KernelPredictor
 
-    kinds = sorted(proxy.weights)
+    # the memory-traffic fallback is one more kind of the "other" class (scaled with it)
+    kinds = sorted(proxy.weights) + ([_FALLBACK] if proxy.fallback is not None else [])
     member, blocks, names = _kind_groups(kinds)
     rows, y, skipped = [], [], []
     for units, t in zip(designs, latency_ms, strict=True):
@@ -375,7 +377,7 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
             continue
         per_kind = np.zeros(len(kinds))
         for cost in pred.kernels:
-            per_kind[kinds.index(cost.kind)] += cost.latency_ms
+            per_kind[kinds.index(_FALLBACK if cost.fallback else cost.kind)] += cost.latency_ms
         rows.append((pred.latency_ms, per_kind))
         y.append(float(t))
     if len(y) < 3:
@@ -395,14 +397,17 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
     clipped = [k for k, m in zip(kinds, scale, strict=True) if m < 0]
     scale = np.maximum(scale, 0.0)
     weights = {k: {f: w * float(m) for f, w in proxy.weights[k].items()}
-               for k, m in zip(kinds, scale, strict=True)}
+               for k, m in zip(kinds, scale, strict=True) if k != _FALLBACK}
     model = {**proxy.model, "model": float(const)}
-    out = KernelPredictor(weights, model, dict(meta or {}))
+    fallback = None if proxy.fallback is None else {
+        f: w * float(scale[kinds.index(_FALLBACK)]) for f, w in proxy.fallback.items()}
+    out = KernelPredictor(weights, model, dict(meta or {}), fallback)
     fitted = np.array([out.predict_units(u).latency_ms for u, ok
                        in zip(designs, _priced(proxy, designs), strict=True) if ok])
     rel = np.abs(fitted - y) / np.array(y)
     out.meta.update({
-        "kinds": kinds,
+        "kinds": [k for k in kinds if k != _FALLBACK],
+        "fallback": out.meta.get("fallback", proxy.meta.get("fallback")),
         "calibration": {**tr.summary(), "proxy": proxy.name, "samples": len(y),
                         "skipped": skipped, "clipped_kinds": clipped,
                         "groups": names, "scales": dict(zip(kinds, map(float, scale),
