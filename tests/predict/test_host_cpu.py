@@ -85,3 +85,27 @@ def test_another_cpus_package_is_calibrated_once_then_served_from_the_cache(tmp_
     monkeypatch.setenv("FLEETC_CALIBRATE", "0")
     assert latency.load_predictor(target, tmp_path / "xeon").weights == shipped.weights
     assert len(calls) == 1
+
+
+def test_no_calibrate_options(tmp_path, monkeypatch):
+    """`predict --no-calibrate` uses the package as it is (no timing); compile's option turns
+    calibration off for the whole run (fleet workers read the same environment)."""
+    import onnx
+    from click.testing import CliRunner
+
+    from tests.predict.test_fallback import concat_model
+    from toolchain.cli import cli
+    from toolchain.predict import latency
+
+    monkeypatch.setenv("FLEETC_CALIBRATE", "1")
+
+    def measure(target, csv):
+        raise AssertionError("calibration ran")
+    monkeypatch.setattr(latency, "_measure_probes", measure)
+    onnx.save(concat_model(), tmp_path / "m.onnx")
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "m.onnx"), "-t", "host-ort-1t",
+                                      "--no-calibrate"])
+    assert result.exit_code == 0 and "predictor error 4.2%" in result.output
+    CliRunner().invoke(cli, ["compile", str(tmp_path / "none.onnx"), "-t", "host-ort-1t",
+                             "--no-calibrate", "-o", str(tmp_path / "out")])
+    assert latency.calibration_enabled() is False

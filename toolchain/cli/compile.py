@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import click
 
@@ -43,11 +44,17 @@ logger = logging.getLogger(__name__)
               "atomically).")
 @click.option("--force", is_flag=True,
               help="Replace OUTDIR even if it holds files fleetc did not write (never an input).")
+@click.option("--no-calibrate", is_flag=True,
+              help="Use the target's predictor package as it is, even if it was measured on "
+                   "another CPU (default: calibrate it to this CPU once, about 20 s).")
 def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, plan, strict,
-                retry, seed, no_measure, as_json, outdir, force) -> None:
+                retry, seed, no_measure, as_json, outdir, force, no_calibrate) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
     from toolchain.compile.driver import MAX_LATENCY_RETRIES, compile_model
     from toolchain.target import load_target
+
+    if no_calibrate:   # read where the predictor is loaded (toolchain/predict/latency.py)
+        os.environ["FLEETC_CALIBRATE"] = "0"
 
     result = compile_model(model, load_target(target), outdir, latency_ms=latency_ms,
                            energy_mj=energy_mj,

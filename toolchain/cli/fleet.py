@@ -1,6 +1,7 @@
 """`fleetc fleet` and `fleetc cache clean`."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -56,10 +57,16 @@ def summary_table(result, fleet) -> str:
               "they hold files fleetc did not write (never an input).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print fleet.json on stdout instead of the summary table.")
+@click.option("--no-calibrate", is_flag=True,
+              help="Use host targets' predictor packages as they are, even if measured on "
+                   "another CPU (default: calibrate them to this CPU once, about 20 s each).")
 def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None,
-                  no_cache: bool, depfile: str | None, force: bool, as_json: bool) -> None:
+                  no_cache: bool, depfile: str | None, force: bool, as_json: bool,
+                  no_calibrate: bool) -> None:
     """Build every device of FLEET_FILE (TOML, see docs/fleet.md): shared work once, unchanged
     devices from the cache, the rest in parallel. Exit 4 if any device failed."""
+    if no_calibrate:   # read where predictors are loaded, also in worker processes
+        os.environ["FLEETC_CALIBRATE"] = "0"
     fleet = load_fleet(fleet_file)
     check_output(fleet, outdir, force)      # before any work, as is the depfile's
     if depfile is not None:
