@@ -2,36 +2,44 @@
 
 Per seed, the device-conditioned predictor is fitted on the training columns (deterministic)
 and the optimizer network is trained with that seed (toolchain.optimize.amortized). Per target
-the method reads K cells: its fingerprint (the predictor's reference designs, substitutes for
-those it did not measure, whose latencies are then imputed by the predictor for the network's
-input). For every budget quantile q (B = q-quantile of the target's filled latencies) it
-chooses one design among the target's filled rows that have an objective:
+the method reads K cells chosen by `--selection` (as `bench fewshot`); the device's posterior
+(`ConditionedPredictor.posterior`) gives every design a predicted latency and its standard
+deviation, and the network's input fingerprint is that posterior's prediction on the reference
+designs (the measured value where a reference design was among the K cells). For every budget
+quantile q (B = q-quantile of the target's filled latencies) one design is chosen among the
+target's filled rows that have an objective:
 
-- V = 0: the network's design for (fingerprint, B), decoded and repaired with the predictor;
-- V > 0: the V cells are spent jointly for all budgets. Each verification asks the
-  optimizer for every budget times each factor of SHORT_LIST, refines those designs by
-  hill-climbing with the predictor refitted on every cell read so far, adds their
-  single-column changes (the short list), and measures the candidate of the largest expected
-  gain summed over the budgets: P(latency <= B) x gain, gain = objective - best objective
-  measured within B, divided by the largest such gain on the short list (so each budget
-  weighs alike), P from the refitted predictor with its leave-one-out log-latency spread
-  (robust: median absolute error). The choice
-  per budget is the best objective among measured designs within B (fingerprint cells
-  included), else the optimizer's design for 0.85 B.
+- V = 0, direct choice under uncertainty: a design is *confident* when P(latency <= B) >=
+  `--confidence` c under the posterior (mean + z_c sd <= B, z_c the normal c-quantile). The
+  network is asked for the budget B shrunk by the device's median ratio mean / (mean + z_c sd)
+  and its design is kept if confident; otherwise (and for the search row always) the best
+  objective among confident designs, else the design of the lowest mean + z_c sd.
+- V > 0: the V cells are spent jointly for all budgets. Each step refits the posterior on every
+  cell read, asks the proposer for every budget times each factor of SHORT_LIST, refines those
+  designs by hill-climbing with the posterior mean, adds their single-column changes (the short
+  list), and measures the candidate of the largest expected gain summed over the budgets:
+  P(latency <= B) x (objective - best objective measured within B), each budget's gains divided
+  by their largest (so each budget weighs alike). The choice per budget is the best objective
+  measured within B (K cells included), else the direct confident choice.
 
-Also reported: `search` - the same predictor with per-device exhaustive scoring of every
-design (direct choice), and the timing of both in one batch for all test devices and budgets
-(`seconds_per_device`, `search_seconds_per_device`, medians of repeated runs).
+Two rows, both timed: `amortized` (the proposer is the network) and `search` (the ablation: the
+same procedure with per-device exhaustive scoring as the proposer). `seconds_per_device` and
+`search_seconds_per_device` are the wall time of exactly the procedure whose choices are scored
+- from the K cells to the choices: posterior fits, proposals, short lists, refits, decode,
+repair - for all test devices and budgets in one batch, divided by their count, median of
+TIMING_REPEATS runs in the same process (the V measurements are table reads, counted in
+`measurements`). `confidence_curve`: the direct choice (V = 0, network) at other confidences.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
-from toolchain.bench.fewshot import DeviceContext, check_devices, single_thread
+from toolchain.bench.fewshot import SELECTIONS, DeviceContext, check_devices, single_thread
 from toolchain.bench.scores import (
     BudgetTally,
     budget_key,
@@ -39,6 +47,7 @@ from toolchain.bench.scores import (
     finite_or_none,
     normal_cdf,
     outcome,
+    seed_spread,
 )
 from toolchain.bench.table import Table, TargetAccess
 from toolchain.errors import BadInputError
@@ -47,29 +56,22 @@ from toolchain.optimize.amortized import (
     DesignSpace,
     ExhaustiveSearch,
     TrainConfig,
+    exhaustive_choice,
     refine,
     train_amortized,
 )
 
-__all__ = ["AmortizeOptions", "run_amortize", "robust_spread"]
+__all__ = ["AmortizeOptions", "run_amortize", "PROPOSERS", "CURVE"]
 
 logger = logging.getLogger(__name__)
 
 NEAR = 0.05           # a violation by at most 5% of the budget counts as "near"
-# Verification (see the module docstring). Chosen on leave-device-out splits of the training
-# columns only (six splits: phones, CPUs, GPUs, mixes held out), never on test columns.
-SHORT_LIST = np.geomspace(0.7, 1.05, 12)   # asked budgets of the short list, times B
-MIN_SPREAD = 0.01                           # floor of the predictor's log-latency spread
-FALLBACK = 0.85
-TIMING_REPEATS, TIMING_ROUNDS = 5, 7
-
-
-def robust_spread(errors: np.ndarray) -> float:
-    """1.4826 x the median absolute log error (the sd of a normal error), at least MIN_SPREAD.
-    Robust: with the fingerprint alone a left-out cell is often an extrapolation, and one
-    near-zero or negative prediction would make an RMS spread so wide that every candidate
-    looks feasible."""
-    return max(1.4826 * float(np.median(np.abs(errors))), MIN_SPREAD)
+# Short list of the verification: asked budgets, times B. Kept from the leave-device-out study
+# on the training columns (docs/bench.md); never chosen on test columns.
+SHORT_LIST = np.geomspace(0.7, 1.05, 12)
+TIMING_REPEATS = 3
+PROPOSERS = ("amortized", "search")
+CURVE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)   # confidences of `confidence_curve`
 
 
 @dataclass(frozen=True)
@@ -81,20 +83,28 @@ class AmortizeOptions:
     samples: int = 10
     verify: int = 0
     seeds: int = 5
+    selection: str = "fixed"
+    confidence: float = 0.9
     train_config: TrainConfig = TrainConfig()
 
 
 @dataclass
 class _Device:
-    """What the method knows about one target after reading its fingerprint."""
+    """One target: its choosable rows and the K cells read (the procedure starts here)."""
 
     name: str
     rows: np.ndarray          # filled rows with an objective (the choices that exist)
-    access: TargetAccess
-    fingerprint: np.ndarray   # on the predictor's reference designs (measured or imputed)
-    scale: float              # mean of the measured fingerprint cells
-    weights: np.ndarray       # predictor weights (ms) from the fingerprint
-    allowed: np.ndarray       # mask over table rows
+    sampled: np.ndarray       # the K rows read
+    values: np.ndarray        # their latencies
+    budgets: np.ndarray       # B per budget quantile
+    allowed: np.ndarray       # mask over space rows
+    true: np.ndarray          # the column (only for `access`, never read by the method)
+
+    def access(self, limit: int) -> TargetAccess:
+        """A fresh TargetAccess holding the K cells already read."""
+        access = TargetAccess(self.name, self.true, limit)
+        access.measure(self.sampled)
+        return access
 
 
 class _Bench:
@@ -102,159 +112,162 @@ class _Bench:
         self.table, self.opts = table, opts
         self.ctx = DeviceContext(table, opts.train)
         self.objective = table.column(opts.objective)
-        self.space = DesignSpace(table.encoding_matrix()[self.ctx.usable],
-                                 self.ctx.features[self.ctx.usable],
-                                 self.objective[self.ctx.usable])
-        self.rows_used = np.flatnonzero(self.ctx.usable)   # space row -> table row
+        usable = self.ctx.usable
+        self.space = DesignSpace(table.encoding_matrix()[usable], self.ctx.features[usable],
+                                 self.objective[usable])
+        self.rows_used = np.flatnonzero(usable)   # space row -> table row
+        self.space_row = np.full(table.n_rows, -1)
+        self.space_row[self.rows_used] = np.arange(len(self.rows_used))
         ref = self.ctx.reference_rows
-        self.train_fp = np.array([table.column(c)[ref] for c in opts.train])
-        self.train_fp = self.train_fp[np.all(np.isfinite(self.train_fp), axis=1)]
+        fp = np.array([table.column(c)[ref] for c in opts.train])
+        self.train_fp = fp[np.all(np.isfinite(fp), axis=1)]
+        self.z = NormalDist().inv_cdf(opts.confidence)
 
-    def device(self, target: str) -> _Device:
+    def device(self, target: str, seed: int) -> _Device:
         true = self.table.column(target)
-        access = TargetAccess(target, true, self.opts.samples + self.opts.verify)
+        access = TargetAccess(target, true, self.opts.samples)
         rows = access.rows[self.ctx.usable[access.rows] & (true[access.rows] > 0)]
-        n_fp = min(self.opts.samples, self.ctx.predictor.n_reference)
-        sampled = self.ctx.sample_rows(rows, self.opts.samples, seed=0)
+        sampled = self.ctx.sample_rows(rows, self.opts.samples, seed, self.opts.selection)
         values = access.measure(sampled)
-        scale = float(np.mean(values[:n_fp]))
-        weights = self.ctx.adapt(sampled, values, scale)
-        ref = self.ctx.reference_rows
-        fingerprint = self.ctx.features[ref] @ weights
-        measured = np.isin(ref, sampled)
-        fingerprint[measured] = access.measure(ref[measured])
         choosable = rows[np.isfinite(self.objective[rows])]
         allowed = np.zeros(self.table.n_rows, bool)
         allowed[choosable] = True
-        return _Device(target, choosable, access, fingerprint, scale, weights,
-                       allowed[self.rows_used])
+        budgets = np.array([budget_of(true[choosable], q) for q in self.opts.budgets])
+        return _Device(target, choosable, sampled, values, budgets, allowed[self.rows_used],
+                       true)
 
-    def choose(self, opt: AmortizedOptimizer, dev: _Device, weights: np.ndarray,
-               budget: float) -> int:
-        """Table row the optimizer chooses for one budget with the given predictor weights."""
-        row = opt.choose(self.space, weights[None], dev.fingerprint[None], np.array([budget]),
-                         dev.allowed)[0]
-        return int(self.rows_used[row])
+    # ------------------------------------------------------------ the procedure (timed)
 
-    def proposal(self, opt: AmortizedOptimizer, dev: _Device, weights: np.ndarray,
-                 budget: float) -> int:
-        """The optimizer's design, refined by hill-climbing with the refitted predictor."""
-        row = opt.choose(self.space, weights[None], dev.fingerprint[None], np.array([budget]),
-                         dev.allowed)
-        row = refine(self.space, row, weights[None], np.array([budget]), dev.allowed)[0]
-        return int(self.rows_used[row])
+    def state(self, seen: np.ndarray, values: np.ndarray):
+        """Posterior, its mean and sd (ms) over the space, and the network's fingerprint."""
+        post = self.ctx.posterior(seen, values)
+        mean, sd = post.predict(self.space.features)
+        fp = mean[self.space_row[self.ctx.reference_rows]]
+        here = np.isin(self.ctx.reference_rows, seen)
+        lookup = dict(zip(seen.tolist(), values.tolist(), strict=True))
+        fp[here] = [lookup[int(r)] for r in self.ctx.reference_rows[here]]
+        return post, mean, sd, fp
 
-    def short_list(self, opt: AmortizedOptimizer, dev: _Device, weights: np.ndarray,
-                   budgets: np.ndarray) -> np.ndarray:
-        """The optimizer's designs (refined by hill-climbing with the refitted predictor) for
-        each budget times each factor of SHORT_LIST: table rows, distinct."""
-        asked = np.outer(budgets, SHORT_LIST).ravel()
-        n = len(asked)
-        w = np.repeat(weights[None], n, axis=0)
-        rows = opt.choose(self.space, w, np.repeat(dev.fingerprint[None], n, axis=0), asked,
-                          dev.allowed)
+    def confident(self, dev: _Device, mean: np.ndarray, sd: np.ndarray, budget: float,
+                  z: float) -> int:
+        """Space row: best objective with mean + z sd <= budget, else the lowest mean + z sd."""
+        upper = np.where(dev.allowed, mean + z * sd, np.inf)
+        value = np.where(dev.allowed, self.space.objective, -np.inf)
+        return int(exhaustive_choice(upper[None], value, np.array([budget]))[0])
+
+    def propose(self, proposer: str, opt: AmortizedOptimizer, dev: _Device, post, fp,
+                asked: np.ndarray) -> np.ndarray:
+        """Space rows the proposer picks for the asked budgets (posterior mean latency)."""
+        w = np.repeat(post.weights_ms[None], len(asked), axis=0)
+        if proposer == "amortized":
+            return opt.choose(self.space, w, np.repeat(fp[None], len(asked), axis=0), asked,
+                              dev.allowed)
+        return ExhaustiveSearch(self.space, dev.allowed).choose(w, asked)
+
+    def direct(self, proposer: str, opt: AmortizedOptimizer, dev: _Device, mean, sd, post, fp,
+               z: float) -> list[int]:
+        """The V = 0 choice per budget (module docstring); space rows."""
+        if proposer == "search":
+            return [self.confident(dev, mean, sd, b, z) for b in dev.budgets]
+        shrink = float(np.median(mean[dev.allowed] / (mean[dev.allowed] + z * sd[dev.allowed])))
+        rows = self.propose(proposer, opt, dev, post, fp, dev.budgets * shrink)
+        return [int(r) if mean[r] + z * sd[r] <= b else self.confident(dev, mean, sd, b, z)
+                for r, b in zip(rows, dev.budgets, strict=True)]
+
+    def short_list(self, proposer, opt, dev, post, fp) -> np.ndarray:
+        asked = np.outer(dev.budgets, SHORT_LIST).ravel()
+        rows = self.propose(proposer, opt, dev, post, fp, asked)
+        w = np.repeat(post.weights_ms[None], len(asked), axis=0)
         rows = refine(self.space, rows, w, asked, dev.allowed)
         rows = self.space.neighbours[np.unique(rows)].ravel()   # and their single changes
         rows = rows[rows >= 0]
-        rows = rows[dev.allowed[rows]]
-        return np.unique(self.rows_used[rows])
+        return np.unique(rows[dev.allowed[rows]])
 
-    def spread(self, seen: np.ndarray, values: np.ndarray, scale: float) -> float:
-        """Spread of the predictor's log-latency error on the cells read (`robust_spread` of
-        the leave-one-out errors)."""
-        errors = []
-        for i in range(len(seen)):
-            keep = np.arange(len(seen)) != i
-            w = self.ctx.adapt(seen[keep], values[keep], scale)
-            errors.append(np.log(max(float(self.ctx.features[seen[i]] @ w), 1e-12) / values[i]))
-        return robust_spread(np.array(errors))
-
-    def verified(self, opt: AmortizedOptimizer, dev: _Device,
-                 budgets: np.ndarray) -> list[int]:
-        """Spend the target's V cells on the optimizer's short list for its budgets: each time
-        the candidate of the largest expected gain summed over the budgets, P(latency <= B) x
-        (objective - best objective measured within B) / (the budget's largest such gain), P
-        from the refitted predictor and its spread. Choice per budget: the best measured
-        design within B (fingerprint cells included), else the design for a budget well
-        below B."""
-        objective = self.objective
-        while dev.access.remaining > 0:
-            seen, values = dev.access.measured()
-            weights = self.ctx.adapt(seen, values, dev.scale)
-            cands = self.short_list(opt, dev, weights, budgets)
-            cands = cands[~np.isin(cands, seen)]
+    def verified(self, proposer: str, opt: AmortizedOptimizer, dev: _Device) -> tuple[list, int]:
+        """Spend V cells on the short list (module docstring); (table rows, cells read)."""
+        access = dev.access(self.opts.samples + self.opts.verify)
+        objective = self.space.objective
+        while access.remaining > 0:
+            seen, values = access.measured()
+            post, mean, sd, fp = self.state(seen, values)
+            cands = self.short_list(proposer, opt, dev, post, fp)
+            cands = cands[~np.isin(self.rows_used[cands], seen)]
             if not len(cands):
                 break
-            pred = np.maximum(self.ctx.features[cands] @ weights, 1e-12)
-            sd = self.spread(seen, values, dev.scale)
+            seen_space = self.space_row[seen]
             score = np.zeros(len(cands))
-            for budget in budgets:
-                ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
+            for budget in dev.budgets:
+                ok = seen_space[(values <= budget) & dev.allowed[seen_space]]
                 best = float(np.max(objective[ok])) if len(ok) else \
                     float(np.min(objective[cands])) - 1.0
                 gain = np.maximum(objective[cands] - best, 0.0)
-                if gain.max() > 0:   # each budget's gains up to 1: no budget starves the others
+                if gain.max() > 0:
                     gain = gain / gain.max()
-                score += normal_cdf((np.log(budget) - np.log(pred)) / sd) * gain
+                score += normal_cdf((budget - mean[cands]) / np.maximum(sd[cands], 1e-12)) * gain
             if score.max() <= 0:
                 break
-            dev.access.measure([int(cands[np.argmax(score)])])
-        seen, values = dev.access.measured()
-        weights = self.ctx.adapt(seen, values, dev.scale)
+            access.measure([int(self.rows_used[cands[np.argmax(score)]])])
+        seen, values = access.measured()
+        post, mean, sd, fp = self.state(seen, values)
+        seen_space = self.space_row[seen]
         chosen = []
-        for budget in budgets:
-            ok = seen[(values <= budget) & np.isin(seen, dev.rows)]
+        for budget in dev.budgets:
+            ok = seen_space[(values <= budget) & dev.allowed[seen_space]]
             chosen.append(int(ok[np.argmax(objective[ok])]) if len(ok) else
-                          self.proposal(opt, dev, weights, budget * FALLBACK))
-        return chosen
+                          self.confident(dev, mean, sd, budget, self.z))
+        return [int(self.rows_used[r]) for r in chosen], access.measurements
 
-    def search(self, dev: _Device, budget: float) -> int:
-        search = ExhaustiveSearch(self.space, dev.allowed)
-        return int(self.rows_used[search.choose(dev.weights[None], np.array([budget]))[0]])
+    def choose_all(self, proposer: str, opt: AmortizedOptimizer,
+                   devices: list[_Device]) -> tuple[list[list[int]], list[int]]:
+        """The scored procedure for every device and budget: (table rows, cells read)."""
+        if self.opts.verify > 0:
+            out = [self.verified(proposer, opt, dev) for dev in devices]
+            return [rows for rows, _ in out], [n for _, n in out]
+        chosen = []
+        for dev in devices:
+            post, mean, sd, fp = self.state(dev.sampled, dev.values)
+            rows = self.direct(proposer, opt, dev, mean, sd, post, fp, self.z)
+            chosen.append([int(self.rows_used[r]) for r in rows])
+        return chosen, [len(dev.sampled)] * len(devices)
 
-
-def _timing(bench: _Bench, opt: AmortizedOptimizer, devices: list[_Device],
-            budgets: dict[str, list[float]]) -> tuple[float, float]:
-    """Seconds per (device, budget) of both methods, all in one batch, median of repeats.
-    Both start from the fingerprints and include the predictor's weights."""
-    fp = np.repeat(np.array([d.fingerprint for d in devices]), len(bench.opts.budgets), axis=0)
-    B = np.concatenate([budgets[d.name] for d in devices])
-    pred = bench.ctx.predictor
-    # built once, as the optimizer's tables: designs by objective, the R + 1 column basis
-    exhaustive = ExhaustiveSearch(bench.space, predictor=pred)
-
-    def amortized() -> None:
-        opt.choose_from_fingerprints(bench.space, pred, fp, B)
-
-    def search() -> None:
-        exhaustive.choose_from_fingerprints(fp, B)
-
-    amortized()   # builds the onnxruntime session once
-    # Rounds of a block of each (the median of a block is warm: a search right before would
-    # evict the optimizer's tables from the cache); rounds so the machine's load, which
-    # drifts, affects both alike. Median over rounds of the block medians.
-    rounds: list[list[float]] = [[], []]
-    for _ in range(TIMING_ROUNDS):
-        for k, run in enumerate((amortized, search)):
-            times = []
-            for _ in range(TIMING_REPEATS):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            rounds[k].append(float(np.median(times)))
-    return float(np.median(rounds[0])) / len(B), float(np.median(rounds[1])) / len(B)
+    def curve(self, opt: AmortizedOptimizer, devices: list[_Device]) -> dict[float, list]:
+        """Direct network choices (table rows) per confidence of CURVE."""
+        out: dict[float, list] = {}
+        states = [self.state(dev.sampled, dev.values) for dev in devices]
+        for c in CURVE:
+            z = NormalDist().inv_cdf(c)
+            out[c] = [[int(self.rows_used[r]) for r in
+                       self.direct("amortized", opt, dev, mean, sd, post, fp, z)]
+                      for dev, (post, mean, sd, fp) in zip(devices, states, strict=True)]
+        return out
 
 
-def _tally(tally: BudgetTally, dev: _Device, true: np.ndarray, objective: np.ndarray, q: float,
-           budget: float, chosen: int) -> None:
-    met, regret = outcome(chosen, true, objective, dev.rows, budget)
-    tally.add(dev.name, q, met, regret, near=bool(true[chosen] <= budget * (1 + NEAR)))
+def _timed(bench: _Bench, proposer: str, opt, devices) -> tuple[list, list, float]:
+    """Choices of the first run and the median wall time of TIMING_REPEATS runs, per
+    (device, budget)."""
+    times, first = [], None
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        result = bench.choose_all(proposer, opt, devices)
+        times.append(time.perf_counter() - start)
+        first = first or result
+    per = len(devices) * len(bench.opts.budgets)
+    return first[0], first[1], float(np.median(times)) / per
 
 
-def _summary(tally: BudgetTally) -> dict:
+def _tally(tally: BudgetTally, dev: _Device, objective: np.ndarray, qs, rows) -> None:
+    for q, budget, row in zip(qs, dev.budgets, rows, strict=True):
+        met, regret = outcome(row, dev.true, objective, dev.rows, budget)
+        tally.add(dev.name, q, met, regret, near=bool(dev.true[row] <= budget * (1 + NEAR)))
+
+
+def _summary(tally: BudgetTally, per_seed: list[tuple[float, float]]) -> dict:
+    regrets = [r for r, _ in per_seed if r is not None]
     return {"median_regret": finite_or_none(tally.median_regret()),
             "violation_rate": finite_or_none(tally.overall_violation_rate()),
-            "near_violation_rate": finite_or_none(tally.near_violation_rate())}
+            "near_violation_rate": finite_or_none(tally.near_violation_rate()),
+            "median_regret_std": seed_spread(regrets),
+            "violation_rate_std": seed_spread([v for _, v in per_seed])}
 
 
 def _check(table: Table, opts: AmortizeOptions) -> None:
@@ -262,56 +275,72 @@ def _check(table: Table, opts: AmortizeOptions) -> None:
     table.check([opts.objective], role="objective")
     if opts.verify < 0:
         raise BadInputError("--verify must be >= 0")
+    if opts.selection not in SELECTIONS:
+        raise BadInputError(f"--selection is one of {', '.join(SELECTIONS)}")
+    if not 0 < opts.confidence < 1:
+        raise BadInputError(f"--confidence must be strictly between 0 and 1, "
+                            f"got {opts.confidence}")
 
 
 def run_amortize(table: Table, opts: AmortizeOptions, progress=None) -> dict:
-    """Run the bench; returns the protocol's JSON object (plus direct, search, timing)."""
+    """Run the bench; returns the protocol's JSON object (plus the search row, the curve)."""
     _check(table, opts)
     start = time.perf_counter()
     with single_thread():
         bench = _Bench(table, opts)
-        tallies = {name: BudgetTally() for name in ("main", "direct", "search")}
+        tallies = {p: BudgetTally() for p in PROPOSERS}
+        curve = {c: BudgetTally() for c in CURVE}
+        per_seed = {p: [] for p in PROPOSERS}
         measurements: dict[str, int] = {}
-        timings = []
+        seconds = {p: [] for p in PROPOSERS}
+        train_seconds = []
         for seed in range(opts.seeds):
+            t0 = time.perf_counter()
             cfg = TrainConfig(**{**opts.train_config.__dict__, "seed": seed})
             opt = train_amortized(bench.ctx.predictor, bench.space, bench.train_fp, cfg)
-            devices, budgets = [], {}
-            for target in opts.targets:
-                dev = bench.device(target)
-                true = table.column(target)
-                budgets[target] = [budget_of(true[dev.rows], q) for q in opts.budgets]
-                for q, budget in zip(opts.budgets, budgets[target], strict=True):
-                    _tally(tallies["direct"], dev, true, bench.objective, q, budget,
-                           bench.choose(opt, dev, dev.weights, budget))
-                    _tally(tallies["search"], dev, true, bench.objective, q, budget,
-                           bench.search(dev, budget))
-                if opts.verify > 0:
-                    chosen = bench.verified(opt, dev, np.array(budgets[target]))
-                else:
-                    chosen = [bench.choose(opt, dev, dev.weights, b) for b in budgets[target]]
-                for q, budget, row in zip(opts.budgets, budgets[target], chosen, strict=True):
-                    _tally(tallies["main"], dev, true, bench.objective, q, budget, row)
-                measurements[target] = max(measurements.get(target, 0), dev.access.measurements)
-                devices.append(dev)
-            timings.append(_timing(bench, opt, devices, budgets))
+            train_seconds.append(time.perf_counter() - t0)
+            devices = [bench.device(t, seed) for t in opts.targets]
+            opt.choose(bench.space, np.repeat(bench.ctx.predictor.mean[None], 1, axis=0),
+                       bench.train_fp[:1], devices[0].budgets[:1], None)   # session built once
+            for proposer in PROPOSERS:
+                rows, cells, secs = _timed(bench, proposer, opt, devices)
+                seconds[proposer].append(secs)
+                seed_tally = BudgetTally()
+                for dev, chosen, n in zip(devices, rows, cells, strict=True):
+                    _tally(tallies[proposer], dev, bench.objective, opts.budgets, chosen)
+                    _tally(seed_tally, dev, bench.objective, opts.budgets, chosen)
+                    if proposer == "amortized":
+                        measurements[dev.name] = max(measurements.get(dev.name, 0), n)
+                per_seed[proposer].append((seed_tally.median_regret(),
+                                           seed_tally.overall_violation_rate()))
+            for c, rows in bench.curve(opt, devices).items():
+                for dev, chosen in zip(devices, rows, strict=True):
+                    _tally(curve[c], dev, bench.objective, opts.budgets, chosen)
             if progress:
-                main = tallies["main"]
+                main = tallies["amortized"]
                 progress(f"seed {seed}: median regret {main.median_regret():.3f}, "
                          f"violations {main.overall_violation_rate():.3f} so far")
-    main = tallies["main"]
+    main = tallies["amortized"]
     targets = {t: {"regret": {k: finite_or_none(v) for k, v in main.regret(t).items()},
                    "violation_rate": main.violation_rate(t),
-                   "direct_regret": {k: finite_or_none(v)
-                                     for k, v in tallies["direct"].regret(t).items()},
-                   "direct_violation_rate": tallies["direct"].violation_rate(t),
+                   "search_regret": {k: finite_or_none(v)
+                                     for k, v in tallies["search"].regret(t).items()},
+                   "search_violation_rate": tallies["search"].violation_rate(t),
                    "measurements": measurements[t]} for t in opts.targets}
-    seconds, search_seconds = np.median(np.array(timings), axis=0)
+    amortized_s = float(np.median(seconds["amortized"]))
+    search_s = float(np.median(seconds["search"]))
     return {"samples": opts.samples, "verify": opts.verify, "seeds": opts.seeds,
+            "selection": opts.selection, "confidence": opts.confidence,
             "objective": opts.objective, "budgets": [budget_key(q) for q in opts.budgets],
-            "train": list(opts.train), "targets": targets, **_summary(main),
-            "direct": _summary(tallies["direct"]), "search": _summary(tallies["search"]),
-            "seconds_per_device": float(seconds),
-            "search_seconds_per_device": float(search_seconds),
-            "speedup": float(search_seconds / seconds),
+            "train": list(opts.train), "targets": targets,
+            **_summary(main, per_seed["amortized"]),
+            "search": {**_summary(tallies["search"], per_seed["search"]),
+                       "seconds_per_device": search_s},
+            "confidence_curve": [{"confidence": c,
+                                  "median_regret": finite_or_none(curve[c].median_regret()),
+                                  "violation_rate": finite_or_none(
+                                      curve[c].overall_violation_rate())} for c in CURVE],
+            "seconds_per_device": amortized_s, "search_seconds_per_device": search_s,
+            "speedup": search_s / amortized_s,
+            "train_seconds": float(np.median(train_seconds)),
             "seconds": time.perf_counter() - start}

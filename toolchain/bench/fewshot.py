@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.bench.proxy import reference_features
-from toolchain.bench.scores import acc10, held_out, spearman
+from toolchain.bench.scores import acc10, held_out, seed_spread, spearman
 from toolchain.bench.table import Table, TargetAccess, parse_names
 from toolchain.errors import BadInputError
 from toolchain.predict.conditioned import (
@@ -42,7 +42,7 @@ from toolchain.predict.conditioned import (
 __all__ = [
     "FewshotOptions", "run_fewshot", "DeviceContext", "ReferenceBaseline", "tie_cap",
     "METHODS", "SELECTIONS", "check_devices", "target_columns", "single_thread",
-    "ceiling_fit", "seed_spread",
+    "ceiling_fit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,11 +187,6 @@ def ceiling_fit(X: np.ndarray, rows: np.ndarray, true: np.ndarray) -> float:
     fitted and scored on all of the target's filled rows (independent of the method)."""
     coef = np.linalg.lstsq(X[rows], np.log(true[rows]), rcond=None)[0]
     return spearman(X[rows] @ coef, true[rows])
-
-
-def seed_spread(per_seed: list[float]) -> float:
-    """Standard deviation over seeds (0 for one seed)."""
-    return float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
 
 
 def _one_target(opts: FewshotOptions, ctx, true: np.ndarray, target: str,

@@ -31,6 +31,7 @@ from toolchain.bench.scores import (
     held_out,
     normal_cdf,
     outcome,
+    seed_spread,
     spearman,
 )
 from toolchain.bench.table import Table, TargetAccess
@@ -424,6 +425,8 @@ def run_proxy(table: Table, opts: ProxyOptions, progress=None) -> dict:
         entry = {
             "raw_spearman": spearman(proxy[shared], true[shared]),
             "spearman": float(np.mean(res.spearman)),
+            "spearman_std": seed_spread(res.spearman),
+            "spearman_per_seed": [float(v) for v in res.spearman],
             "worst_seed_spearman": float(np.min(res.spearman)),
             "acc10": float(np.mean(res.acc10)),
             "path": max(set(res.paths), key=res.paths.count),
@@ -445,6 +448,8 @@ def run_proxy(table: Table, opts: ProxyOptions, progress=None) -> dict:
         "objective": opts.objective, "budgets": [budget_key(q) for q in opts.budgets],
         "targets": targets,
         "mean_spearman": float(np.mean(spearmans)),
+        "mean_spearman_std": seed_spread(list(np.mean([t["spearman_per_seed"]
+                                                       for t in targets.values()], axis=0))),
         "worst_spearman": float(np.min(spearmans)),
         "worst_vs_raw": float(min(t["spearman"] - t["raw_spearman"] for t in targets.values())),
     }

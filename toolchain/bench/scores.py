@@ -14,6 +14,7 @@ API (stable):
     tally.median_regret() / .overall_violation_rate() / .near_violation_rate(...)
     normal_cdf(z)                         # standard normal CDF, vectorized
     budget_key(q) -> "0.1";  write_json(path, obj) (atomic)
+    seed_spread(per_seed)                 # standard deviation over seeds (0 for one)
 
 Regret is in objective points: (best objective among the target's rows with measured latency
 <= B) - (objective of the chosen row), only for choices that met B; `violation_rate` counts
@@ -36,6 +37,7 @@ from toolchain.predict.kernel import rankdata, spearman
 __all__ = [
     "rankdata", "spearman", "acc10", "held_out", "budget_of", "choose_direct", "outcome",
     "ceiling_spearman", "normal_cdf", "BudgetTally", "budget_key", "write_json", "finite_or_none",
+    "seed_spread",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,11 @@ def ceiling_spearman(fit_predict: Callable[[np.ndarray, np.ndarray, np.ndarray],
 def budget_key(q: float) -> str:
     """JSON key of a budget quantile: 0.1 -> "0.1", 0.25 -> "0.25"."""
     return f"{q:g}"
+
+
+def seed_spread(per_seed: list[float]) -> float:
+    """Standard deviation over seeds (0 for one seed)."""
+    return float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -127,13 +127,18 @@ def fewshot_cmd(data, train, test, samples, seeds, method, selection, json_out) 
 @click.option("--verify", "-v", type=int, default=0, show_default=True,
               help="V more target cells per target to verify candidates before choosing.")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds 0..N-1.")
+@selection_option
+@click.option("--confidence", type=float, default=0.9, show_default=True,
+              help="Direct choice: P(latency <= budget) at least this under the predictor.")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Write the full results here.")
-def amortize_cmd(data, train, test, objective, budgets, samples, verify, seeds, json_out) -> None:
+def amortize_cmd(data, train, test, objective, budgets, samples, verify, seeds, selection,
+                 confidence, json_out) -> None:
     """Amortized optimizer (one network pass per device) on test devices measured K (+V) times."""
     table = load_data(data)
     names = tuple(parse_names(train))
     opts = AmortizeOptions(train=names, targets=target_columns(table, names, test),
                            objective=objective, budgets=parse_budgets(budgets), samples=samples,
-                           verify=verify, seeds=seeds)
+                           verify=verify, seeds=seeds, selection=selection,
+                           confidence=confidence)
     emit(run_amortize(table, opts, progress=progress), json_out)

@@ -18,6 +18,11 @@ most likely value of each head (at most MAX_FLIPS heads at their second), and a 
 faster Pareto designs precomputed per network output (`candidate_table`); the choice is the
 best objective predicted within budget; when no candidate is predicted within budget (rare),
 exhaustive scoring for that device.
+
+A table whose space is too large to address by key (e.g. FBNet's 9^22 designs, of which a
+table holds a sample) is chosen from in numpy instead (`_choose_sampled`): the network's heads
+score every row of the table (sum of the log-probabilities of its values), the SAMPLED_TOP best
+rows are the candidates, and the same best-within-budget rule applies.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ LADDER = ()               # per-design faster fallbacks: front designs below the
 REFINE_STEPS = 6           # hill-climbing steps of `refine`
 QUANTIZE = True           # int8 MLP in the chooser graph (`_quantized`)
 SLACK_SCALE = 2.0 ** 80   # scales the chooser's budget slack far above every value
+SAMPLED_TOP = 32          # candidates per (device, budget) on a table too large for keys
 FORMAT_VERSION = 1
 
 
@@ -367,9 +373,12 @@ class AmortizedOptimizer:
 
         `weights` (n, d): the predictor's device weights (ms) for each row of `fingerprints`;
         `allowed`: mask of rows that may be chosen (default: rows with an objective)."""
+        budgets = np.asarray(budgets, float)
+        if not space.dense:
+            return self._choose_sampled(space, np.asarray(weights, float), fingerprints, budgets,
+                                        allowed)
         value = space.value32 if allowed is None or allowed.all() else \
             space.values_by_key(allowed)
-        budgets = np.asarray(budgets, float)
         feeds = {"x": network_inputs(fingerprints, budgets),
                  "w": np.asarray(weights, np.float32), "budgets": budgets.reshape(-1, 1),
                  "value": value}
@@ -382,11 +391,43 @@ class AmortizedOptimizer:
         lean: the Python around the call is part of the timed cost, and after the call it runs
         with cold caches (a few us per numpy operation)."""
         budgets = np.asarray(budgets, float)
+        if not space.dense:
+            return self._choose_sampled(space, predictor.device_weights(fingerprints),
+                                        fingerprints, budgets, None)
         # float64 in (the graph casts), budget (n, 1) by reshape: a [:, None] view has a zero
         # stride, which costs onnxruntime a copy
         out = self._run(space, predictor, {"fingerprints": np.asarray(fingerprints, float),
                                            "budgets": budgets.reshape(-1, 1)})
         return self._finish(space, out, None, budgets, None, predictor, fingerprints)
+
+    def _choose_sampled(self, space: DesignSpace, weights: np.ndarray, fingerprints: np.ndarray,
+                        budgets: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        """`choose` on a table that holds a sample of a large space: the SAMPLED_TOP rows the
+        network's heads find most likely, best objective predicted within budget among them,
+        else exhaustive scoring (module docstring)."""
+        logits = self.logits(fingerprints, budgets).astype(float)
+        offsets = space.head_offsets
+        logp = np.empty_like(logits)
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True):
+            z = logits[:, a:b] - logits[:, a:b].max(axis=1, keepdims=True)
+            logp[:, a:b] = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        ok = np.isfinite(space.objective) if allowed is None else \
+            allowed & np.isfinite(space.objective)
+        rows = np.flatnonzero(ok)
+        score = logp[:, offsets[:-1] + space.digits[rows]].sum(axis=2)      # (n, rows)
+        top = min(SAMPLED_TOP, len(rows))
+        cand = rows[np.argpartition(-score, top - 1, axis=1)[:, :top]]      # (n, top)
+        lat = np.einsum("ntd,nd->nt", space.features[cand], weights)
+        value = np.where(lat <= budgets[:, None], space.objective[cand], -np.inf)
+        best = np.argmax(value, axis=1)
+        chosen = cand[np.arange(len(cand)), best]
+        missed = ~np.isfinite(value[np.arange(len(cand)), best])
+        if missed.any():
+            objective = np.where(ok, space.objective, -np.inf)
+            pred = weights[missed] @ space.features.T
+            pred[:, ~ok] = np.inf
+            chosen[missed] = exhaustive_choice(pred, objective, budgets[missed])
+        return chosen
 
     @staticmethod
     def _finish(space: DesignSpace, out, weights, budgets, allowed, predictor=None,
