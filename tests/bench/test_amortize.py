@@ -182,7 +182,7 @@ def test_bad_input_exits_2(table_path, args, needle):
 
 
 def test_json_has_protocol_keys(table_path, tmp_path, monkeypatch):
-    import toolchain.cli.bench as cli_bench   # the name the command calls
+    import toolchain.cli.bench as cli_bench  # the name the command calls
 
     monkeypatch.setattr(cli_bench, "AmortizeOptions",
                         lambda **kw: AmortizeOptions(**kw, train_config=SMALL))
