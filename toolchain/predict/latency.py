@@ -141,9 +141,9 @@ def calibrated_to_this_cpu(target: Target, predictor: KernelPredictor) -> Kernel
         except BadInputError as err:
             logger.warning("%s; calibrating again", err)
     logger.warning("predictor %s was measured on %s, this is %s: calibrating it to this CPU "
-                   "with %d fingerprint probes (about 20 s, once; cached in %s; --no-calibrate "
-                   "skips this)", predictor.name, describe_cpu(recorded), describe_cpu(here),
-                   len(_calibration_probes()), parent)
+                   "with %d fingerprint probes (once: about 20 s with onnxruntime, longer with "
+                   "TVM builds; cached in %s; --no-calibrate skips this)", predictor.name,
+                   describe_cpu(recorded), describe_cpu(here), len(_calibration_probes()), parent)
     remove_dead_temps(parent, ".calibrate-")
     with owned_temp_dir(parent, ".calibrate-") as tmp:
         csv = tmp / "package" / "measurements.csv"
