@@ -167,3 +167,8 @@ def test_retry_replans_with_the_measured_ratio(tiny, tmp_path, monkeypatch):
     assert kept.manifest["predicted"]["latency_ms"] == first["predicted_latency_ms"]
     assert any(w.startswith("measured latency") and "--retry" in w
                for w in kept.manifest["warnings"])
+    # --retry without a latency budget: nothing to check, one attempt recorded.
+    free = compile_model(prep, "host-ort-1t", tmp_path / "free", max_accuracy_drop=5.0,
+                         cost=cost, latency_retries=2)
+    assert free.manifest["budget_met"] is None
+    assert [a["predicted_latency_budget_ms"] for a in free.manifest["latency_retries"]] == [None]

@@ -600,8 +600,9 @@ def _check_latency(prep: Prepared, chosen: Candidate, candidates: list[Candidate
             raise InfeasibleError(miss + " (--strict)")
         notes.append(miss)
     attempts = None if not retries else tuple(
-        {"predicted_latency_budget_ms": round(b.latency_ms, 4), "solver": c.solver,
-         "predicted_latency_ms": round(c.metrics.latency_ms, 4), "measured_latency_ms": ms,
+        {"predicted_latency_budget_ms": None if b.latency_ms is None else _figure(b.latency_ms),
+         "solver": c.solver, "predicted_latency_ms": _figure(c.metrics.latency_ms),
+         "measured_latency_ms": ms,
          "budget_met": budget_met(ms, target_ms)} for c, _, ms, b in tried)
     return chosen, candidates, LatencyCheck(latency, ok, attempts, notes)
 
