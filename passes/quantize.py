@@ -7,7 +7,11 @@ by a float BN would stay float). Rule: `onnxruntime.quantization.quantize_static
 on the calibration data, and `nodes_to_quantize` = the int8 kernels' nodes plus the
 data-movement / elementwise nodes (Add, pooling, Concat, ...) all of whose inputs come from
 quantized nodes; everything else is excluded and stays float. Never the QOperator or dynamic
-formats (TVM cannot import them).
+formats (TVM cannot import them). Calibration runs once per call, unless the calibration data
+carries the fp32 model's activation ranges (`CalibData.int8_ranges`, from `reference_ranges`:
+the fp32 model and its copy with every foldable BN folded, one calibration each): compile's
+sensitivity step quantizes one kernel of the fp32 model at a time, and those ranges are what
+calibrating each such model would find (up to float rounding), so it calibrates once per model.
 Post-conditions: output shapes unchanged; Q/DQ pairs around the int8 kernels; the original
 node names are kept, so later passes (fp16) still find their kernels.
 """
@@ -27,7 +31,7 @@ from toolchain.errors import BadInputError
 from toolchain.ir import Graph
 from toolchain.pipeline import Pass, PassContext, PassResult
 
-__all__ = ["QuantizePass", "quantize"]
+__all__ = ["QuantizePass", "quantize", "reference_ranges"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,20 @@ class _Reader:
 
     def rewind(self) -> None:
         self._feeds = iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._feeds = iter(self._all[start_index:end_index])
+
+    def stride(self) -> int:
+        """Feeds per calibration round (the calibrator keeps every tensor of a round in memory;
+        onnxruntime wants the count to divide the total)."""
+        return next(s for s in range(min(STRIDE, len(self)), 0, -1) if len(self) % s == 0)
+
+
+STRIDE = 4   # calibration rounds of at most 4 feeds: min/max merge exactly across rounds
 
 
 def quantize(graph: Graph, kernels: list[str], calib: CalibData | None) -> list[str]:
@@ -113,13 +131,70 @@ def _run_quantize_static(model: onnx.ModelProto, nodes: list[str], calib: CalibD
     onnx.helper.set_model_props(model, {PRE_PROCESSED[0]: PRE_PROCESSED[1]})
     with tempfile.TemporaryDirectory(prefix="fleetc_quant_") as tmp:
         out = Path(tmp) / "int8.onnx"
+        cache = _ranges_file(calib.int8_ranges, Path(tmp)) if calib.int8_ranges else None
+        reader = _Reader(calib, graph)
         quantize_static(
-            model, out, _Reader(calib, graph), quant_format=QuantFormat.QDQ, per_channel=True,
+            model, out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes, nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                           "CalibStridedMinMax": reader.stride()})   # bounded memory
         return onnx.load(str(out))
+
+
+def _ranges_file(ranges: dict[str, tuple[float, float]], folder: Path) -> Path:
+    """The ranges as onnxruntime's calibration cache (quantize_static then skips calibrating)."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorsData,
+        save_tensors_data,
+    )
+
+    data = TensorsData(CalibrationMethod.MinMax, {
+        k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()})
+    path = folder / "ranges.json"
+    save_tensors_data(data, path)
+    return path
+
+
+def _calibrate(model: onnx.ModelProto, calib: CalibData, graph: Graph
+               ) -> dict[str, tuple[float, float]]:
+    """Min and max of every float tensor of `model` over the calibration samples (onnxruntime's
+    MinMax calibrator, as quantize_static runs it)."""
+    import numpy as np
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="fleetc_ranges_") as tmp:
+        path = Path(tmp) / "fp32.onnx"
+        onnx.save(model, str(path))
+        calibrator = create_calibrator(path, [], augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax)
+        reader = _Reader(calib, graph)
+        step = reader.stride()
+        for start in range(0, len(reader), step):
+            reader.set_range(start, start + step)
+            calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+        del calibrator
+    return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1])))
+            for k, v in data.items()}
+
+
+def reference_ranges(graph: Graph, calib: CalibData) -> dict[str, tuple[float, float]]:
+    """Activation ranges for the int8 rewrite of any one kernel of `graph` (see the module doc):
+    the fp32 graph's, overridden by those of its copy with every foldable BN folded into its
+    Conv (that Conv's output, what the rewrite quantizes, then holds the BN's values)."""
+    from passes.fold_batchnorm import fold_batchnorm
+
+    ranges = _calibrate(export_onnx(graph), calib, graph)
+    folded = graph.copy()
+    names = [k.name for k in (graph.kernels or []) if folded.op(k.name) == "Conv"] \
+        if graph.kernels is not None else []
+    if sum(fold_batchnorm(folded, n) for n in names):
+        ranges.update(_calibrate(export_onnx(folded), calib, folded))
+    return ranges
 
 
 @dataclass

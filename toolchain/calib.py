@@ -54,6 +54,10 @@ class CalibData:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     source: str = "synthetic"
+    # Activation ranges (tensor -> (min, max)) the fp32 model reaches on these samples, when
+    # known: the int8 rewrite of one kernel of that model uses them instead of calibrating
+    # again (compile's sensitivity step; passes/quantize.py). Never for other plans.
+    int8_ranges: dict[str, tuple[float, float]] | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -66,6 +70,9 @@ class CalibData:
         """The first n samples."""
         labels = None if self.labels is None else self.labels[:n]
         return CalibData({k: v[:n] for k, v in self.inputs.items()}, labels, self.source)
+
+    def with_ranges(self, ranges: dict[str, tuple[float, float]] | None) -> CalibData:
+        return CalibData(self.inputs, self.labels, self.source, ranges)
 
 
 def _model_inputs(graph: Graph) -> dict[str, tuple[tuple, str]]:

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 @click.option("--max-accuracy-drop", type=float,
               help="Largest accepted accuracy drop, points (measured on --calib). Without any "
               "budget: 1 point, at the least latency.")
+@click.option("--max-distortion", type=float,
+              help="Largest accepted output distortion, percent relative L2 vs fp32 (the "
+              "metric when accuracy cannot be measured with --calib).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz: inputs [, labels]); accuracy is unmeasured without.")
 @click.option("--plan", "plan", type=click.Path(dir_okay=False),
@@ -47,8 +50,9 @@ logger = logging.getLogger(__name__)
 @click.option("--no-calibrate", is_flag=True,
               help="Use the target's predictor package as it is, even if it was measured on "
                    "another CPU (default: calibrate it to this CPU once, about 20 s).")
-def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, plan, strict,
-                retry, seed, no_measure, as_json, outdir, force, no_calibrate) -> None:
+def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, max_distortion, calib,
+                plan, strict, retry, seed, no_measure, as_json, outdir, force,
+                no_calibrate) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
     from toolchain.compile.driver import MAX_LATENCY_RETRIES, compile_model
     from toolchain.target import load_target
@@ -58,7 +62,8 @@ def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, calib, 
 
     result = compile_model(model, load_target(target), outdir, latency_ms=latency_ms,
                            energy_mj=energy_mj,
-                           max_accuracy_drop=max_accuracy_drop, calib=calib, seed=seed,
+                           max_accuracy_drop=max_accuracy_drop,
+                           max_distortion=max_distortion, calib=calib, seed=seed,
                            plan=plan, strict=strict,
                            latency_retries=MAX_LATENCY_RETRIES if retry else 0,
                            measure_latency=not no_measure, force=force,
@@ -79,8 +84,10 @@ def _summary(m: dict) -> str:
     predicted_drop = "" if p["accuracy_drop"] is None else \
         f" ({p['accuracy_drop']:.3f} predicted)"
     predicted = "unpriced" if p["latency_ms"] is None else f"{p['latency_ms']:.3f} ms"
+    what = ("output distortion {:.3f}% measured" if meas.get("metric") == "distortion" else
+            "accuracy drop {:.3f} points measured").format(meas["accuracy_drop"])
     line = (f"target {m['target']}: plan by {m['solver']}, predicted {predicted}, "
-            f"accuracy drop {meas['accuracy_drop']:.3f} points measured{predicted_drop}")
+            f"{what}{predicted_drop}")
     if meas["latency_ms"] is not None:
         line += f", measured latency {meas['latency_ms']:.3f} ms"
     met = m.get("budget_met")

@@ -89,6 +89,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
 DEFAULT_MAX_DROP = 1.0      # points: the accuracy limit of a compile given no budget at all
+DEFAULT_MAX_DISTORTION = 5.0   # percent relative L2: the same when accuracy cannot be measured
 MAX_LATENCY_RETRIES = 2     # --retry: re-plans after a measured latency budget miss
 SENSITIVITY_CALIB = 64      # calibration samples the sensitivity rewrites fit on
 RELINEARIZE = 3             # exact solves per resolution, each around the previous solution
@@ -114,6 +115,7 @@ class Prepared:
     _sens: dict = field(default_factory=dict)
     _models: dict = field(default_factory=dict, repr=False)
     _scores: dict = field(default_factory=dict, repr=False)
+    _ranges: dict | None = field(default=None, repr=False)
 
     def sensitivity(self, precisions: tuple[str, ...], progress: Progress | None = None
                     ) -> SensitivityTable:
@@ -121,8 +123,7 @@ class Prepared:
         key = tuple(sorted(precisions))
         if key not in self._sens:
             kernels = {k: self.space.choices(k, precisions) for k in self.space.options}
-            step = (lambda i, n, what: progress(f"sensitivity {i}/{n}: {what}")) \
-                if progress else None
+            step = _eta_progress(progress) if progress else None
             self._sens[key] = measure_sensitivity(
                 self.estimator, self._rewrite_light, kernels, self.space.blocks,
                 self.space.resolutions, self.space.input_name, self.input_shape,
@@ -136,7 +137,7 @@ class Prepared:
 
         key = replace(plan, target=None).to_json()
         if key not in self._models:
-            if len(self._models) >= 8:
+            if len(self._models) >= 2:   # measured, then built: memory stays bounded
                 self._models.pop(next(iter(self._models)))
             self._models[key] = apply_plan(self.model, plan, calib=self.calib)
         return self._models[key]
@@ -144,10 +145,20 @@ class Prepared:
     def _rewrite_light(self, plan: Plan) -> onnx.ModelProto:
         """The rewrite for sensitivity: int8 ranges and pruning reconstruction fit on the first
         SENSITIVITY_CALIB samples (hundreds of single changes; the plans compile measures and
-        builds use every sample)."""
-        from toolchain.compile.rewrite import apply_plan
+        builds use every sample), from the analyzed graph (no import per change), unchecked
+        (the estimator loads it in onnxruntime next); one kernel made int8 reuses the fp32
+        model's activation ranges, calibrated once (passes/quantize.py)."""
+        from toolchain.compile.rewrite import rewrite
 
-        return apply_plan(self.model, plan, calib=self.calib.take(SENSITIVITY_CALIB))
+        calib = self.calib.take(SENSITIVITY_CALIB)
+        if not plan.skip_blocks and not plan.input_shape and len(plan.kernels) == 1 \
+                and next(iter(plan.kernels.values())) == Choice("int8"):
+            if self._ranges is None:
+                from passes.quantize import reference_ranges
+
+                self._ranges = reference_ranges(self.graph, calib)
+            calib = calib.with_ranges(self._ranges)
+        return rewrite(self.graph, plan, calib=calib, check=False).model
 
     def score(self, plan: Plan) -> Score:
         """Measured accuracy of the model under a plan (memoized: it is deterministic)."""
@@ -155,6 +166,26 @@ class Prepared:
         if key not in self._scores:
             self._scores[key] = self.estimator.score(self.rewrite(plan))
         return self._scores[key]
+
+
+def _eta_progress(progress: Progress) -> Callable[[int, int, str], None]:
+    """'sensitivity 17/134: kernel|conv1|int8 (elapsed 1m05s, about 7m20s left)': the time left
+    extrapolated from the changes measured so far in this run (cached ones cost nothing)."""
+    import time
+
+    start, done = time.monotonic(), [0]
+
+    def step(i: int, n: int, what: str) -> None:
+        elapsed = time.monotonic() - start
+        eta = f", about {_clock(elapsed / done[0] * (n - i + 1))} left" if done[0] else ""
+        progress(f"sensitivity {i}/{n}: {what} (elapsed {_clock(elapsed)}{eta})")
+        done[0] += 1
+    return step
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @dataclass(frozen=True)
@@ -216,7 +247,11 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, calib: str | os.PathLike
         data = data.take(samples)
     if progress:
         progress(f"scoring the fp32 model on {len(data)} calibration samples")
-    estimator = AccuracyEstimator(proto, data.inputs, data.labels)
+    estimator = AccuracyEstimator(proto, data.inputs, data.labels, batch=_batch_size(graph))
+    if estimator.degenerate:
+        warnings.append(f"accuracy cannot be measured with this calibration data: "
+                        f"{estimator.degenerate}; changes are scored by output distortion "
+                        "instead (relative L2 vs fp32, percent; limit: --max-distortion)")
     first = graph.inputs[0] if graph.inputs else None
     shape = tuple(graph.shape(first)) if first and graph.shape(first) else None
     sens_cache = None
@@ -231,6 +266,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                   outdir: str | os.PathLike, *, latency_ms: float | None = None,
                   energy_mj: float | None = None, max_accuracy_drop: float | None = None,
                   calib: str | os.PathLike | None = None, cost: PlanCostFn | None = None,
+                  max_distortion: float | None = None,
                   predictor_name: str | None = None, warnings: list[str] | None = None,
                   retries: int = 3, seed: int = 0, plan: Plan | str | os.PathLike | None = None,
                   strict: bool = False, latency_retries: int = 0,
@@ -256,8 +292,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                                "compile", force)
     output()
     tgt = resolve_target(target)   # the API edge: a name or a Target
+    defaults = False   # no budget given: the default limits (their own message, no warning)
     for name, v in (("latency-ms", latency_ms), ("energy-mj", energy_mj),
-                    ("max-accuracy-drop", max_accuracy_drop)):
+                    ("max-accuracy-drop", max_accuracy_drop),
+                    ("max-distortion", max_distortion)):
         if v is not None and not (np.isfinite(v) and v >= 0 and (v > 0 or name[0] == "m")):
             raise BadInputError(f"--{name} must be a positive number, got {v}")
     if not 0 <= latency_retries <= MAX_LATENCY_RETRIES:
@@ -265,14 +303,18 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                             f"got {latency_retries}")
     if plan is not None:
         given = plan if isinstance(plan, Plan) else Plan.load(plan)
-        if energy_mj is not None or max_accuracy_drop is not None or latency_retries:
+        if energy_mj is not None or max_accuracy_drop is not None or latency_retries \
+                or max_distortion is not None:
             raise BadInputError("--plan builds the plan as given: only --latency-ms (checked on "
                                 "the measured latency) goes with it, not --energy-mj, "
                                 "--max-accuracy-drop or --retry")
-    elif latency_ms is None and energy_mj is None and max_accuracy_drop is None:
-        max_accuracy_drop = DEFAULT_MAX_DROP
+    elif latency_ms is None and energy_mj is None and max_accuracy_drop is None \
+            and max_distortion is None:
+        max_accuracy_drop, max_distortion = DEFAULT_MAX_DROP, DEFAULT_MAX_DISTORTION
         say(f"no budget given: the least latency whose measured accuracy drop is within "
-            f"{DEFAULT_MAX_DROP:g} point (the default --max-accuracy-drop)")
+            f"{DEFAULT_MAX_DROP:g} point (the default --max-accuracy-drop; output distortion "
+            f"{DEFAULT_MAX_DISTORTION:g}% when accuracy cannot be measured)")
+        defaults = True
     if energy_mj is not None and cost is None and tgt.power_w is None:
         # Checked before any work: the kernel predictors price latency only, so the target
         # file's power figure is the one energy model a built-in target can have.
@@ -281,6 +323,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                             "its target file")
     prep = model if isinstance(model, Prepared) else prepare(model, calib, progress=say)
     warnings = list(prep.warnings) + list(warnings or [])
+    max_accuracy_drop = _accuracy_limit(prep, max_accuracy_drop, max_distortion,
+                                        [] if defaults else warnings)
     cost, predictor_name, cost_warnings = _cost_function(tgt, prep, cost, predictor_name,
                                                          energy_mj is not None)
     warnings += cost_warnings
@@ -306,6 +350,38 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                                                latency_retries, strict, predictor_name, say)
     return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
                    warnings + check.warnings, Path(outdir), output, check, say)
+
+
+def _accuracy_limit(prep: Prepared, drop: float | None, distortion: float | None,
+                    warnings: list[str]) -> float | None:
+    """The limit on the metric's drop: --max-distortion when accuracy cannot be measured with
+    the data (the metric is output distortion), else --max-accuracy-drop; the other, if given,
+    does not apply and a warning says so."""
+    if prep.estimator.metric == "distortion":
+        if drop is not None:
+            warnings.append("--max-accuracy-drop does not apply: accuracy cannot be measured "
+                            "with this calibration data (--max-distortion limits the output "
+                            "distortion)")
+        return distortion
+    if distortion is not None:
+        warnings.append("--max-distortion does not apply: accuracy is measured with this "
+                        "calibration data (--max-accuracy-drop limits it)")
+    return drop
+
+
+ACTIVATION_BYTES = 256 << 20   # per accuracy run: 4 x the largest activation x the batch
+
+
+def _batch_size(graph) -> int:
+    """Samples per accuracy run: at most 64, and few enough that four copies of the model's
+    largest activation tensor at that batch fit in ACTIVATION_BYTES (memory stays bounded on
+    224x224 models: VGG-19 runs 5 at a time, ResNet-50 20)."""
+    largest = max((int(np.prod([d for d in info.shape if isinstance(d, int)]))
+                   * np.dtype(info.dtype).itemsize
+                   for t, info in graph.tensors.items()
+                   if info.shape is not None and not graph.is_weight(t)
+                   and info.dtype in ("float32", "float16")), default=1)
+    return int(min(64, max(1, ACTIVATION_BYTES // (4 * max(largest, 1)))))
 
 
 def _input_paths(model, calib) -> list:
@@ -630,6 +706,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
     from toolchain.measure.child import call as in_child
 
     model = prep.rewrite(chosen.plan)
+    distortion = prep.estimator.metric == "distortion"
     dest = output()
     prefix = f".{dest.name}.tmp-"
     remove_dead_temps(dest.parent, prefix)     # left by a compile that was killed
@@ -652,7 +729,8 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "inputs": {"model_sha256": prep.model_sha256, "calib_sha256": prep.calib_sha256},
             "tools": tool_versions(),
             "budgets": {"latency_ms": budget.latency_ms, "energy_mj": budget.energy_mj,
-                        "max_accuracy_drop": budget.max_drop},
+                        "max_accuracy_drop": None if distortion else budget.max_drop,
+                        "max_distortion_pct": budget.max_drop if distortion else None},
             "objective": OBJECTIVES[objective],
             "solver": chosen.solver,
             "predictor": predictor,
@@ -665,6 +743,7 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
             "measured": {"latency_ms": check.latency_ms, "accuracy": chosen.measured_accuracy,
                          "accuracy_drop": chosen.measured_drop,
                          "metric": prep.estimator.baseline.metric,
+                         "unit": "% relative L2 vs fp32" if distortion else "points",
                          "baseline_accuracy": prep.estimator.baseline.value,
                          "samples": prep.estimator.samples},
             "budget_met": check.budget_met,

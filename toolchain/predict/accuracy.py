@@ -3,6 +3,11 @@
 Metric: with labels, top-1 accuracy (percent) on the calibration samples; without labels, top-1
 agreement with the fp32 model (percent; the fp32 model scores 100), with the mean output cosine
 similarity to fp32 reported beside it. A drop is in points: baseline score minus score.
+Degenerate data: when the fp32 outputs do not vary with the inputs (relative spread below
+DEGENERATE_SPREAD: 1000x float32 rounding, a floor that looks at no model's accuracy) or the
+labels are all one class, accuracy cannot be measured with the data (every change would agree
+100%); the metric is then "distortion": the mean relative L2 distance of the outputs from
+fp32's, in percent (score = 100 - distortion, so a drop is the distortion in percent).
 
 Sensitivity: each atomic change (one kernel's precision, or its width, or its kernel size; one
 block skipped; one input resolution) is applied alone to the fp32 model and its drop measured
@@ -42,26 +47,31 @@ from toolchain.space import Choice, Plan
 
 __all__ = [
     "Score", "AccuracyEstimator", "SensitivityTable", "measure_sensitivity", "atomic_changes",
-    "choice_key", "cache_key", "effective_drop", "COSINE_WEIGHT",
+    "choice_key", "cache_key", "effective_drop", "COSINE_WEIGHT", "DEGENERATE_SPREAD",
+    "degenerate_reason",
 ]
 
 logger = logging.getLogger(__name__)
 
 ORIGINAL = Choice()
 COSINE_WEIGHT = 0.1   # points per percent of output cosine lost (see effective_drop)
-CACHE_FORMAT = 2      # in the cache key: 2 = an entry folder with digests (1: a bare JSON file)
+CACHE_FORMAT = 3      # in the cache key: 3 = the distortion metric on degenerate data (2: an
+#                       entry folder with digests, 1: a bare JSON file)
+DEGENERATE_SPREAD = 1e-4   # relative spread of the fp32 outputs across samples below which they
+#                            do not vary with the input (float32 rounding is ~1e-7)
 _DROPS = "drops.json"
 _TEMP_PREFIX = ".build-"
 
 
 @dataclass(frozen=True)
 class Score:
-    metric: str              # "top1" (labels given) or "agreement" (with the fp32 model)
-    value: float             # the metric, percent
+    metric: str              # "top1" (labels), "agreement" (with fp32) or "distortion"
+    value: float             # the metric, percent (distortion: 100 - distortion)
     top1: float | None       # percent, when labels are given
     agreement: float         # top-1 agreement with fp32, percent
     cosine: float            # mean cosine similarity of the outputs to fp32's
     samples: int
+    distortion: float = 0.0  # mean relative L2 distance of the outputs from fp32's, percent
 
 
 class AccuracyEstimator:
@@ -79,32 +89,60 @@ class AccuracyEstimator:
             raise BadInputError(f"calibration labels: {len(labels)} for {self.samples} samples")
         self.inputs, self.labels = inputs, labels
         self.batch, self.threads = batch, threads
+        self._batched = self._batching(reference)
         self._ref = self.outputs(reference)
         if labels is not None and self._ref.ndim != 2:
             raise BadInputError(f"labels given but the model output has shape "
                                 f"{self._ref.shape}; top-1 needs (samples, classes)")
+        self.degenerate = degenerate_reason(self._ref, labels)
+        self.metric = "distortion" if self.degenerate else \
+            "top1" if labels is not None else "agreement"
         self.baseline = self._score(self._ref)
 
     def outputs(self, model: onnx.ModelProto) -> np.ndarray:
         """The model's first output over every sample, batched (inputs resized if needed).
 
-        Models with a fixed batch of 1 (the IR fixes it) are first tried with a symbolic batch
-        (`_with_free_batch`); if that fails or the output does not follow the batch (a reshape
-        baked the 1 in), the samples run one batch-sized chunk at a time."""
-        free = _with_free_batch(model)
+        A model with a fixed batch of 1 (the IR fixes it) runs as a copy with a symbolic batch
+        (`_with_free_batch`, reshapes that bake the 1 in included) when the reference model's
+        copy was shown to give the per-sample outputs (decided once, in `_batching`); else one
+        sample at a time, so onnxruntime is never asked to run what fails."""
+        free = _with_free_batch(model) if self._free_batch() else None
         if free is not None:
             try:
                 return self._run(free, self.batch, strict=True)
-            except (BadInputError, _BatchMismatchError):
-                logger.debug("free-batch run failed; running per fixed batch")
+            except (BadInputError, _BatchMismatchError) as err:
+                logger.debug("free-batch run failed (%s); running per fixed batch", err)
         return self._run(model, None, strict=False)
 
-    def _run(self, model: onnx.ModelProto, step: int | None, strict: bool) -> np.ndarray:
+    def _free_batch(self) -> bool:
+        return getattr(self, "_batched", False)
+
+    def _batching(self, reference: onnx.ModelProto) -> bool:
+        """Whether the reference's free-batch copy runs two samples at once and gives what it
+        gives them one at a time (onnxruntime's log silenced: a failure is expected here)."""
+        free = _with_free_batch(reference)
+        if free is None or self.samples < 2:
+            return False
+        two = AccuracyEstimator.__new__(AccuracyEstimator)
+        two.inputs = {k: v[:2] for k, v in self.inputs.items()}
+        two.samples, two.batch, two.threads = 2, 2, self.threads
+        try:
+            both = two._run(free, 2, strict=True, quiet=True)
+        except (BadInputError, _BatchMismatchError) as err:
+            logger.info("the model does not run batched (%s): one sample at a time",
+                        str(err).splitlines()[0][:200])
+            return False
+        one = two._run(reference, None, strict=False)
+        scale = max(float(np.abs(one).max()), 1e-6)
+        return bool(np.allclose(both, one, rtol=1e-3, atol=1e-4 * scale))
+
+    def _run(self, model: onnx.ModelProto, step: int | None, strict: bool,
+             quiet: bool = False) -> np.ndarray:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4 if quiet else 3
         try:
             sess = ort.InferenceSession(model.SerializeToString(), opts,
                                         providers=["CPUExecutionProvider"])
@@ -120,10 +158,12 @@ class AccuracyEstimator:
             dim0 = feeds_meta[0].shape[0] if feeds_meta[0].shape else None
             step = dim0 if isinstance(dim0, int) and dim0 > 0 else self.batch
         chunks = []
+        run_opts = ort.RunOptions()
+        run_opts.log_severity_level = opts.log_severity_level
         for start in range(0, self.samples, step):
             feeds = {i.name: self._feed(i, start, step) for i in feeds_meta}
             try:
-                out = sess.run([sess.get_outputs()[0].name], feeds)[0]
+                out = sess.run([sess.get_outputs()[0].name], feeds, run_opts)[0]
             except Exception as err:
                 if strict:
                     raise _BatchMismatchError(str(err)) from err
@@ -150,9 +190,10 @@ class AccuracyEstimator:
         top1 = None
         if self.labels is not None:
             top1 = float(np.mean(out.argmax(1) == self.labels.reshape(-1)) * 100)
-        value = top1 if top1 is not None else agree
-        return Score("top1" if top1 is not None else "agreement", value, top1, agree, cosine,
-                     self.samples)
+        ref_norm = np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
+        distortion = float(np.mean(np.linalg.norm(out - ref, axis=1) / ref_norm) * 100)
+        value = {"top1": top1, "agreement": agree, "distortion": 100.0 - distortion}[self.metric]
+        return Score(self.metric, value, top1, agree, cosine, self.samples, distortion)
 
     def score(self, model: onnx.ModelProto) -> Score:
         return self._score(self.outputs(model))
@@ -162,13 +203,32 @@ class AccuracyEstimator:
         return self.baseline.value - self.score(model).value
 
 
+def degenerate_reason(ref: np.ndarray, labels: np.ndarray | None) -> str | None:
+    """Why accuracy cannot be measured on this data (None if it can): labels of one class, or
+    fp32 outputs (samples x values) that do not vary with the input."""
+    if labels is not None and len(np.unique(labels)) < 2:
+        return "the calibration labels are all one class"
+    if len(ref) < 2:
+        return None
+    mean = ref.mean(axis=0)
+    spread = float(np.linalg.norm(ref - mean, axis=1).max() / max(np.linalg.norm(mean), 1e-30))
+    if spread < DEGENERATE_SPREAD:
+        return (f"the fp32 outputs do not vary with the inputs (relative spread {spread:.2g} "
+                f"across {len(ref)} samples)")
+    return None
+
+
 class _BatchMismatchError(Exception):
     """The free-batch copy of a model does not run per batch."""
 
 
 def _with_free_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy whose inputs and outputs have a symbolic first dimension (None if it has none
-    fixed to 1); intermediate shape annotations are dropped so nothing contradicts it."""
+    fixed to 1), and whose Reshapes to a constant shape starting with 1 start with -1 instead
+    (0 - the input's first dimension - when the shape already has a -1): exporters and the
+    opset converter bake the batch of 1 into such shapes. Intermediate shape annotations are
+    dropped so nothing contradicts it. Whether the copy computes the same is checked by the
+    caller (`AccuracyEstimator._batching`)."""
     g = model.graph
     inits = {i.name for i in g.initializer}
     ios = [vi for vi in list(g.input) + list(g.output) if vi.name not in inits]
@@ -181,7 +241,32 @@ def _with_free_batch(model: onnx.ModelProto) -> onnx.ModelProto | None:
         if vi.name not in inits:
             vi.type.tensor_type.shape.dim[0].dim_param = "batch"
     del copy.graph.value_info[:]
+    _free_reshapes(copy.graph)
     return copy
+
+
+def _free_reshapes(graph: onnx.GraphProto) -> None:
+    """Reshape shapes [1, ...] (an initializer or a Constant's `value`) -> [-1 or 0, ...], each
+    node given its own new initializer."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    for k, node in enumerate(graph.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or any(
+                a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        tensor = inits.get(node.input[1]) or consts.get(node.input[1])
+        if tensor is None:
+            continue
+        shape = numpy_helper.to_array(tensor).astype(np.int64).copy()
+        if shape.ndim != 1 or not len(shape) or shape[0] != 1:
+            continue
+        shape[0] = 0 if (shape == -1).any() else -1
+        name = f"{node.input[1]}__free_batch_{k}"
+        graph.initializer.append(numpy_helper.from_array(shape, name))
+        node.input[1] = name
 
 
 def choice_key(kind: str, name: str, value) -> str:
@@ -266,14 +351,18 @@ def measure_sensitivity(estimator: AccuracyEstimator, apply: Callable[[Plan], on
         raw[key] = [round(estimator.baseline.value - score.value, 6), round(score.cosine, 8)]
         if cache is not None:
             _write_cache(cache, raw)
-    return SensitivityTable({k: effective_drop(*raw[k]) for k, _ in todo}, estimator.baseline)
+    return SensitivityTable({k: effective_drop(*raw[k], metric=estimator.metric)
+                             for k, _ in todo}, estimator.baseline)
 
 
-def effective_drop(drop: float, cosine: float) -> float:
+def effective_drop(drop: float, cosine: float, metric: str = "agreement") -> float:
     """What the optimizer adds up for one change: the measured drop, never below 0 (a single
     change that scores better on the calibration set is noise, and summing such gains
     over-promises), plus COSINE_WEIGHT points per percent of output cosine lost (a graded
-    signal where the top-1 metric does not move)."""
+    signal where the top-1 metric does not move). For the distortion metric the drop is
+    already graded (percent relative L2): it alone."""
+    if metric == "distortion":
+        return max(drop, 0.0)
     return max(drop, 0.0) + COSINE_WEIGHT * 100.0 * max(0.0, 1.0 - cosine)
 
 
