@@ -88,7 +88,8 @@ def test_without_a_budget_least_latency_at_1_point_json_and_warnings_once(tiny, 
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)          # stdout is the manifest and nothing else
     assert m == json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert m["budgets"] == {"latency_ms": None, "energy_mj": None, "max_accuracy_drop": 1.0}
+    assert m["budgets"] == {"latency_ms": None, "energy_mj": None, "max_accuracy_drop": 1.0,
+                            "max_distortion_pct": None}
     assert m["objective"] == "least latency" and m["measured"]["accuracy_drop"] <= 1.0
     assert "no budget given" in result.stderr and "1 point" in result.stderr
     # Each warning is printed once (the no-calibration one was printed three times).
