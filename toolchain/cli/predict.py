@@ -56,6 +56,8 @@ def fit_cmd(target_name: str, data: str, out: str | None) -> None:
 
 
 def _summary(meta: dict) -> str:
+    if "zeroshot" in meta:
+        return meta["zeroshot"]["label"]
     h = meta.get("held_out", {})
     if not h.get("folds"):
         return f"fitted on {meta['training']['designs']} designs (too few for held-out error)"
@@ -73,7 +75,7 @@ def show_cmd(target_name: str) -> None:
 
     target = load_target(target_name)
     model = load_predictor(target)
-    click.echo(f"{predictor_dir(target)}: {_summary(model.meta)}")
+    click.echo(f"{predictor_dir(target) or 'no package'}: {_summary(model.meta)}")
     click.echo(json.dumps(model.meta, indent=2, sort_keys=True))
 
 
@@ -104,10 +106,11 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
     plan = Plan.load(plan_path) if plan_path else None
     result = predict_model(predictor, model, plan, strict)
     validated = predictor.meta.get("target") == target.name
+    estimate = predictor.meta.get("zeroshot")
     energy = target.energy_mj(result.latency_ms)
     if as_json:
         doc = {"model": model, "target": target.name, "plan": plan_path,
-               "validated": validated, "energy_mj": energy,
+               "validated": validated, "latency_estimate": estimate, "energy_mj": energy,
                "predictor_error": predictor_error(predictor.meta),
                "cpu": predictor.meta.get("cpu"), **result.to_json()}
         click.echo(json.dumps(doc, indent=2))
@@ -118,8 +121,9 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
     click.echo(f"{result.overhead_ms:10.4f} ms  {'(per-model fixed cost)':<24}")
     for u in result.unknown:
         click.echo(f"{'?':>10}     no model for {u}")
-    total = (f"total {result.latency_ms:.3f} ms on {target.name} (predictor error "
-             f"{predictor_error(predictor.meta)})")
+    total = f"total {result.latency_ms:.3f} ms on {target.name}"
+    if not estimate:     # a zero-shot estimate's expected error is in its label (below)
+        total += f" (predictor error {predictor_error(predictor.meta)})"
     if energy is not None:
         total += f", {energy:.2f} mJ"
     if result.fallback:
@@ -127,7 +131,9 @@ def predict_cmd(model: str, target_name: str, plan_path: str | None, package: st
                   f"memory-traffic fallback, error {result.fallback_error})")
     if result.unknown:
         total += f" (INCOMPLETE: {len(result.unknown)} kernel(s) without a model not counted)"
-    if not validated:
+    if estimate:
+        total += f" ({estimate['label']})"
+    elif not validated:
         total += (f" (unvalidated: predictor {predictor.name} was fitted on "
                   f"{predictor.meta.get('target', '?')}, not on measurements of {target.name})")
     click.echo(total)

@@ -30,6 +30,7 @@ def targets(ctx: click.Context) -> None:
     is listed as BROKEN with its first problem, the others as usual."""
     if ctx.invoked_subcommand is not None:
         return
+    zeroshot = False
     for name in list_targets():
         try:
             target = load_target(name)
@@ -37,7 +38,25 @@ def targets(ctx: click.Context) -> None:
             click.echo(f"{name[:64]:<18} BROKEN     {str(err)[:160]}")
             continue
         where = "here" if target.measurable_here else f"rpc:{target.measure.rpc_key}"
-        click.echo(f"{name:<18} {target.measure.kind:<10} {where:<20} {target.description}")
+        latency = _latency_source(target)
+        zeroshot |= latency == "ZERO-SHOT"
+        click.echo(f"{name:<18} {target.measure.kind:<10} {where:<20} {latency:<10} "
+                   f"{target.description}")
+    if zeroshot:
+        from toolchain.predict.zeroshot import estimate_record, load_model
+
+        click.echo(f"ZERO-SHOT: {estimate_record(load_model())['label']}")
+
+
+def _latency_source(target: Target) -> str:
+    """Where latency predictions come from: "package" (fitted or calibrated), "ZERO-SHOT"
+    (toolchain.predict.zeroshot) or "none"."""
+    from toolchain.predict.latency import predictor_dir
+    from toolchain.predict.zeroshot import estimate_for
+
+    if predictor_dir(target) is not None:
+        return "package"
+    return "ZERO-SHOT" if estimate_for(target) is not None else "none"
 
 
 @targets.command("show")

@@ -98,7 +98,15 @@ def candidate_rows(candidates, budget: Budget) -> list[list]:
 def write_outdir(folder: Path, plan: Plan, manifest: dict, points, rows, candidates,
                  budget: Budget) -> None:
     """plan.json, manifest.json, report.html and the `.fleetc-output` marker (kind "compile")
-    that lets a later compile replace the folder (toolchain.files.check_output_dir)."""
+    that lets a later compile replace the folder (toolchain.files.check_output_dir). A
+    zero-shot latency estimate is labelled: `latency_estimate` (null for a fitted or calibrated
+    predictor) and a warning with its expected error."""
+    from toolchain.predict.zeroshot import manifest_estimate
+
+    estimate = manifest_estimate(manifest["target"], manifest["predictor"])
+    manifest["latency_estimate"] = estimate
+    if estimate is not None:
+        manifest["warnings"] = sorted({*manifest["warnings"], f"latency: {estimate['label']}"})
     plan.save(folder / "plan.json")
     atomic_write(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     html = render_report(manifest, points, rows, candidate_rows(candidates, budget))

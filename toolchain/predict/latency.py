@@ -87,9 +87,16 @@ def load_predictor(target: Target, folder: str | os.PathLike | None = None,
                    calibrate: bool = True) -> KernelPredictor:
     """The target's predictor (or the package in `folder`), calibrated to this CPU when the
     target is measured here and the package was measured on another CPU (unless `calibrate`
-    is false or FLEETC_CALIBRATE=0); BadInputError says how to make one."""
+    is false or FLEETC_CALIBRATE=0). A target without a package that cannot be measured here
+    gets its zero-shot estimate (`toolchain.predict.zeroshot`, labelled UNVALIDATED);
+    otherwise BadInputError says how to make one."""
     path = Path(folder) if folder else predictor_dir(target)
     if path is None:
+        from toolchain.predict.zeroshot import zeroshot_predictor
+
+        estimate = zeroshot_predictor(target, builtin_predictors_dir())
+        if estimate is not None:
+            return estimate
         hint = (f"fleetc profile --probe --target {target.name} -o {target.name}.csv && "
                 f"fleetc predictor fit --target {target.name} --data {target.name}.csv"
                 if target.measurable_here else
