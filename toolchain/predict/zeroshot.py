@@ -141,9 +141,13 @@ def zeroshot_predictor(target, shipped: Path) -> object | None:
     meta = {"name": f"{target.predictor}{SUFFIX}", "target": None, "validated": False,
             "zeroshot": {**record, "for_target": target.name, "spec": target_spec(target),
                          "anchor_package": base.name},
-            "kinds": base.kinds}
-    weights = {k: {f: w * ratio for f, w in v.items()} for k, v in base.weights.items()}
-    return KernelPredictor(weights, {f: w * ratio for f, w in base.model.items()}, meta)
+            "kinds": base.kinds, "fallback": base.meta.get("fallback")}
+
+    def scaled(table: dict[str, float]) -> dict[str, float]:
+        return {f: w * ratio for f, w in table.items()}
+
+    return KernelPredictor({k: scaled(v) for k, v in base.weights.items()}, scaled(base.model),
+                           meta, None if base.fallback is None else scaled(base.fallback))
 
 
 def estimate_for(target) -> dict | None:
