@@ -30,6 +30,7 @@ demo: $(STAMP)
 	  --rounds 3 -o $(DEMO)/standin.csv
 	$(VENV)/bin/fleetc fleet examples/demo/fleet.toml -o $(DEMO)/fleet --jobs 2
 	@echo "demo outputs: $(DEMO)/host (compile) and $(DEMO)/fleet (fleet.json, one folder per device)"
+	@echo "fleet page: $(abspath $(DEMO))/fleet/fleet.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -1,6 +1,16 @@
 """Fleet wall time: fleets of 1, 4 and 16 devices with --jobs 1 and --jobs 2 (digits fixture),
 and a MobileNetV2-style 224x224 fleet of host + Raspberry Pi 4 + Jetson Nano in one call.
 
+`--devices N` instead runs the issue-25 mix of the digits fixture from an empty FLEETC_HOME:
+N/3 host-ort-1t devices (latency budgets spread over 1.1-2.5 ms), N/3 rpi4 devices known by
+few-shot measurements and N/3 jetson-nano devices known by fingerprints, each with its own CSV
+(the fixed stand-in probe latencies, tests/fixtures/standin/standin.csv, times a per-device
+factor drawn log-uniformly from 0.5-4 and 5% noise per row), cold then warm; it prints the
+devices, distinct plans, distinct builds and the seconds of each phase (fleet.json).
+`--plan-only` plans without building.
+
+    .venv/bin/python benchmarks/bench_fleet.py --devices 300 [--jobs 2] [--plan-only]
+
 Prints figures; asserts nothing about speed. Every run uses a fresh FLEETC_HOME except for the
 shared accuracy-sensitivity cache, which is measured once up front (as the first device of any
 fleet pays it), so the figures compare the per-device work and its parallelism.
@@ -10,6 +20,7 @@ fleet pays it), so the figures compare the per-device work and its parallelism.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +45,7 @@ def _fleet_text(model: str, calib: str, devices: list[tuple[str, str, float, str
 
 
 def _run(args: list[str], home: Path) -> float:
-    env = {**os.environ, "FLEETC_HOME": str(home)}
+    env = {**os.environ, "FLEETC_HOME": str(home), "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     done = subprocess.run([FLEETC, *args], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -91,15 +102,77 @@ def mbv2_fleet(work: Path) -> None:
     print((work / "mbv2-out" / "fleet.json").read_text()[:3000])
 
 
+def mix_fleet(work: Path, n: int, seed: int = 0) -> Path:
+    """The fleet file of the issue's mix (module doc) and its CSVs, in `work`."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    data = np.load(ROOT / "tests" / "fixtures" / "digits_calib.npz")
+    np.savez_compressed(work / "calib.npz", inputs=data["inputs"][:64],
+                        labels=data["labels"][:64])
+    shutil.copy(FIXTURE, work / "model.onnx")
+    with open(ROOT / "tests" / "fixtures" / "standin" / "standin.csv") as f:
+        rows = [(r["design"], float(r["latency_ms"])) for r in csv.DictReader(f)]
+    (work / "csv").mkdir(exist_ok=True)
+    devices = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            budget = round(float(rng.uniform(1.1, 2.5)), 3)
+            devices.append((f"host{i:05d}", "host-ort-1t", budget, ""))
+            continue
+        factor = float(np.exp(rng.uniform(np.log(0.5), np.log(4.0))))
+        path = work / "csv" / f"d{i:05d}.csv"
+        with open(path, "w") as f:
+            f.write("design,latency_ms\n")
+            for design, ms in rows:
+                f.write(f"{design},{ms * factor * float(rng.normal(1.0, 0.05)):.6g}\n")
+        budget = round(float(rng.uniform(1.1, 2.5)) * factor, 3)
+        if kind == 1:
+            devices.append((f"pi{i:05d}", "rpi4", budget,
+                            f'proxy = "host-ort-1t"\nmeasurements = "csv/d{i:05d}.csv"'))
+        else:
+            devices.append((f"nano{i:05d}", "jetson-nano", budget,
+                            f'fingerprint = "csv/d{i:05d}.csv"'))
+    path = work / f"mix{n}.toml"
+    path.write_text(_fleet_text("model.onnx", "calib.npz", devices))
+    return path
+
+
+def mix_run(work: Path, n: int, jobs: int, plan_only: bool) -> None:
+    fleet = mix_fleet(work, n)
+    home = work / "home-mix"
+    shutil.rmtree(home, ignore_errors=True)
+    extra = ["--plan-only"] if plan_only else []
+    for label in ("cold", "warm"):
+        out = work / f"mix-out-{label}"
+        t = _run(["fleet", str(fleet), "-o", str(out), "--jobs", str(jobs), *extra], home)
+        doc = json.loads((out / "fleet.json").read_text())
+        s = doc["summary"]
+        print(f"{label}: {n} devices in {t:.1f} s ({t / n * 1000:.1f} ms/device); "
+              f"distinct plans {s['distinct_plans']}, distinct builds {s['distinct_builds']}; "
+              f"built {s['built']}, cached {s['cached']}, planned {s['planned']}, "
+              f"failed {s['failed']}, over budget {s['over_budget']}")
+        print("  phases (s): " + ", ".join(f"{k} {v:.1f}"
+                                            for k, v in doc["phases_seconds"].items()))
+        if plan_only:
+            break
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,4,16")
     ap.add_argument("--jobs", default="1,2")
     ap.add_argument("--mbv2", action="store_true", help="also the 224x224 MobileNetV2 fleet")
     ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--devices", type=int, help="the issue-25 mix of this many devices")
+    ap.add_argument("--plan-only", action="store_true", help="with --devices: plan only")
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_fleet_"))
     work.mkdir(parents=True, exist_ok=True)
+    if a.devices:
+        mix_run(work, a.devices, int(a.jobs.split(",")[-1]), a.plan_only)
+        return
     digits_scaling(work, [int(s) for s in a.sizes.split(",")],
                    [int(j) for j in a.jobs.split(",")])
     if a.mbv2:

@@ -335,27 +335,11 @@ def _fleet_file(work: Path, *names: str) -> Path:
 
 @pytest.fixture()
 def fake(monkeypatch) -> list[str]:
-    """A compiler that writes a compile output folder at once; the list holds the builds."""
-    import toolchain.compile.driver as driver
+    """Planning and building replaced by a fake that writes a build at once (tests/fleet/
+    fakes.py); the list holds the builds."""
+    from tests.fleet.fakes import FakeFleet
 
-    builds: list[str] = []
-
-    def prepare(*args, **kwargs):
-        return SimpleNamespace(sensitivity=lambda precisions, say=None: None)
-
-    def compile_model(prep, target, out, **_):
-        builds.append(str(out))
-        out = Path(out)
-        out.mkdir(parents=True)
-        (out / "model.so").write_bytes(b"so" * 100)
-        (out / "manifest.json").write_text(json.dumps({
-            "predicted": {"latency_ms": 1.0}, "measured": {}, "warnings": [],
-            "artifacts": [{"path": "model.so"}]}))
-        write_output_marker(out, "compile")
-
-    monkeypatch.setattr(driver, "prepare", prepare)
-    monkeypatch.setattr(driver, "compile_model", compile_model)
-    return builds
+    return FakeFleet().install(monkeypatch).builds
 
 
 def _fleet(work: Path, out, *extra) -> SimpleNamespace:

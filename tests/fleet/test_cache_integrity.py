@@ -1,9 +1,9 @@
 """The fleet build cache verifies itself: damaged entries are rebuilt, temp folders are owned.
 
-Most cases replace the compiler by a fake (`prepare` and `compile_model` of
-toolchain.compile.driver, which `run_fleet` calls in this process with `--jobs 1`) that writes
-a small output folder in milliseconds: what is tested is the cache around the build - which
-entry is served, which is rebuilt, what is warned, what is left behind - not the build.
+Most cases replace planning and building by a fake (tests/fleet/fakes.py: `run_fleet` runs
+it in this process with `--jobs 1`) that writes a small build entry in milliseconds: what is
+tested is the cache around the build - which entry is served, which is rebuilt, what is
+warned, what is left behind - not the build.
 `test_a_truncated_artifact_is_rebuilt_end_to_end` runs the real compiler once.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
+from tests.fleet.fakes import FakeFleet, artifact
 from tests.processes import HOST_FP32
 from toolchain.cli import cli
 from toolchain.fleet.cache import entry_dir
@@ -50,47 +50,9 @@ def _sound(folder: Path) -> bool:
     return check_digests(folder) is None
 
 
-def _artifact(target: str) -> bytes:
-    """The fake build's model.so: 20 kB that depend on the target."""
-    return (target.encode() + bytes(range(256))) * 80
-
-
-class FakeCompiler:
-    """`prepare` / `compile_model` stand-ins that write a compile output folder and count builds."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.builds: list[str] = []
-        self.seconds = seconds
-        self.fail: BaseException | None = None
-
-    def prepare(self, model, calib=None, **_):
-        return SimpleNamespace(sensitivity=lambda precisions, say=None: None)
-
-    def compile_model(self, prep, target, out, **_):
-        self.builds.append(target.name)
-        if self.fail is not None:
-            raise self.fail
-        out = Path(out)
-        out.mkdir(parents=True)
-        (out / "model.so").write_bytes(_artifact(target.name))
-        (out / "model.onnx").write_bytes(b"onnx" * 500)
-        (out / "plan.json").write_text("{}\n")
-        manifest = {"predicted": {"latency_ms": 1.5}, "measured": {}, "warnings": [],
-                    "artifacts": [{"path": "model.onnx"}, {"path": "model.so"}]}
-        (out / "manifest.json").write_text(json.dumps(manifest))
-        if self.seconds:
-            threading.Event().wait(self.seconds)   # overlap concurrent runs
-        (out / "report.html").write_text("<html></html>\n")
-
-
 @pytest.fixture()
-def fake(monkeypatch) -> FakeCompiler:
-    import toolchain.compile.driver as driver
-
-    compiler = FakeCompiler()
-    monkeypatch.setattr(driver, "prepare", compiler.prepare)
-    monkeypatch.setattr(driver, "compile_model", compiler.compile_model)
-    return compiler
+def fake(monkeypatch) -> FakeFleet:
+    return FakeFleet().install(monkeypatch)
 
 
 @pytest.fixture()
@@ -151,16 +113,31 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(work, fake, caplog, damage):
     caplog.set_level(logging.WARNING)
     code, status, output = _fleet(work)
     assert (code, status) == (0, {"host": "built"}), output
-    assert fake.builds == ["host-ort-1t", "host-ort-1t"]
+    assert fake.builds == ["host-ort-1t"]     # the device's build entry is sound: reused
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("host: cached build") and "damaged" in m for m in warned), warned
     what = damage.split()[1]
     assert any(what in m for m in warned), warned
-    assert (work / "out" / "host" / "model.so").read_bytes() == _artifact("host-ort-1t")
+    assert (work / "out" / "host" / "model.so").read_bytes() == artifact("host-ort-1t")
     assert json.loads((work / "out" / "host" / "manifest.json").read_text())["predicted"]
     assert _sound(entry)          # the entry was replaced by the new build
     assert _fleet(work)[:2] == (0, {"host": "cached"})
+    assert fake.builds == ["host-ort-1t"]
+
+
+@pytest.mark.parametrize("damage", ["truncated model.so", "changed model.so"])
+def test_a_damaged_build_entry_is_built_again(work, fake, caplog, damage):
+    """The shared build entry (one per plan and TVM target) verifies itself too."""
+    assert _fleet(work)[:2] == (0, {"host": "built"})
+    build = json.loads((work / "out" / "fleet.json").read_text())["builds"][0]["key"]
+    DAMAGE[damage](entry_dir(build))
+    shutil.rmtree(_entry(work))      # the device's own entry: gone, so it is made again
+    caplog.set_level(logging.WARNING)
+    code, status, output = _fleet(work, "out2")
+    assert (code, status) == (0, {"host": "built"}), output
     assert fake.builds == ["host-ort-1t", "host-ort-1t"]
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert (work / "out2" / "host" / "model.so").read_bytes() == artifact("host-ort-1t")
 
 
 def test_a_sound_entry_is_served_without_the_digest_file(work, fake):
@@ -169,7 +146,8 @@ def test_a_sound_entry_is_served_without_the_digest_file(work, fake):
     assert _fleet(work)[:2] == (0, {"host": "cached"})
     assert fake.builds == ["host-ort-1t"]
     files = sorted(p.name for p in (work / "out" / "host").iterdir())
-    assert files == ["manifest.json", "model.onnx", "model.so", "plan.json", "report.html"]
+    assert files == [".fleetc-output", "manifest.json", "model.onnx", "model.so", "plan.json",
+                     "report.html"]
     assert _temps(work / "out") == []
 
 
@@ -200,7 +178,7 @@ def test_two_fleets_on_one_cache_with_the_same_key_finish_cleanly(work, fake):
             assert not isinstance(result, BaseException), repr(result)
             assert not result.failed, result.failed
             for d in fleet.devices:
-                assert (work / out / d.name / "model.so").read_bytes() == _artifact(d.target)
+                assert (work / out / d.name / "model.so").read_bytes() == artifact(d.target)
     keys = {o.key for o in results["a"].outcomes}
     assert all(_sound(entry_dir(k)) for k in keys)
     assert _temps(cache_dir() / "fleet") == [] and _temps(work / "a") == []

@@ -36,9 +36,13 @@ target = "host-fp32"
 
 [[device]]
 name = "host-b"
-target = "host-fp32"
+target = "host-fp32-o1"
 max_accuracy_drop = 50.0
 '''
+# Another TVM target, so the two devices are two distinct builds (one per worker) whatever
+# their plans: a fleet builds once per distinct (plan, TVM target).
+HOST_FP32_O1 = HOST_FP32.replace('"host-fp32"', '"host-fp32-o1"').replace(
+    'tvm_target = "llvm"', 'tvm_target = { kind = "llvm", opt-level = 1 }')
 IN_BUILD = 1.0    # seconds into both builds at the SIGKILL
 IN_TVM = 12.0     # seconds into both builds at the Ctrl-C: in TVM code generation
 LIMIT = 5.0       # seconds from the signal
@@ -49,6 +53,7 @@ def work(tmp_path):
     home = Path(os.environ["FLEETC_HOME"])
     (home / "targets").mkdir(parents=True)
     (home / "targets" / "host-fp32.toml").write_text(HOST_FP32)
+    (home / "targets" / "host-fp32-o1.toml").write_text(HOST_FP32_O1)
     (tmp_path / "fleet.toml").write_text(FLEET)
     return tmp_path
 
@@ -65,7 +70,7 @@ def _inputs(work: Path, model: onnx.ModelProto, samples: int = 16) -> None:
 def _start_building(run: Fleetc, home: Path, seconds: float) -> int:
     """Wait until both workers build (each has its `.build-*` folder in the cache) and then
     `seconds` more; the index of the "building" line."""
-    at = run.wait_for_line(r"^fleetc: building 2 device\(s\)", timeout=40)
+    at = run.wait_for_line(r"^fleetc: 2 distinct build\(s\)", timeout=40)
     builds = home / "cache" / "fleet"
     assert wait_until(lambda: len(list(builds.glob(".build-*"))) >= 2, 40,
                       stop=lambda: run.proc.poll() is not None), "\n".join(run.stderr)

@@ -109,8 +109,7 @@ def _target_digest(device: Device, targets: dict[str, Target],
     from toolchain.predict.latency import builtin_predictors_dir
 
     used = [targets[device.target]] + ([targets[device.proxy]] if device.proxy else [])
-    if device.known_by == "fingerprint":
-        used += measurable
+    used += measurable     # the fingerprint basis, and every device's candidate plans
     files: list[Path] = []
     for tgt in used:
         _check_package(tgt, memo)
@@ -120,16 +119,18 @@ def _target_digest(device: Device, targets: dict[str, Target],
 
 
 def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | None,
-               measurable: list[Target] | None = None, memo: dict | None = None) -> str:
+               measurable: list[Target] | None = None, memo: dict | None = None,
+               planning: str | None = None) -> str:
     """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
     registry when not given; `memo` (one dict per run) hashes each file, checks each package
-    and asks the tool versions once per run."""
+    and asks the tool versions once per run; `planning` is what the fleet-wide candidate plans
+    depend on (`toolchain.fleet.run.planning_digest`)."""
     measurable = measurable_targets() if measurable is None else measurable
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
            "device": device.entry(),
            "target": _target_digest(device, fleet.targets, measurable, memo),
            "tools": _once(memo, ("tools",), tool_versions),
-           "source": _source_digest()}
+           "source": _source_digest(), "planning": planning}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 

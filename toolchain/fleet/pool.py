@@ -1,4 +1,9 @@
-"""Where fleet devices are built: in this process, in worker processes or on a Dask cluster.
+"""Where fleet builds run: in this process, in worker processes or on a Dask cluster.
+
+The prepared state (`state`: the model and calibration data) reaches each worker once: a
+worker process receives it in its initializer, a Dask worker as one future scattered to every
+worker (`broadcast=True`); each job then carries only its plan and target. Worker processes
+persist for the whole run.
 
 Worker processes never outlive the run. Each ignores Ctrl-C and dies with this process
 (`toolchain.measure.child.child_init`: a SIGKILL of fleetc kills them too; the build folders
@@ -28,8 +33,11 @@ class Pool:
     """submit/as_completed of `build` over the in-process loop, a process pool or a Dask
     client. `build` must be a module-level function (it is pickled to workers)."""
 
-    def __init__(self, build: Callable[[dict], object], jobs: int, executor: str | None) -> None:
+    def __init__(self, build: Callable[[dict, dict], object], jobs: int, executor: str | None,
+                 state: dict | None = None) -> None:
         self.build = build
+        self.state = state or {}
+        self.scattered = None
         self.client = self.pool = None
         self.futures: list = []
         if executor:
@@ -46,11 +54,12 @@ class Pool:
             except (OSError, TimeoutError) as err:
                 raise BadInputError(f"cannot reach the Dask scheduler at {address}: "
                                     f"{err}") from err
+            self.scattered = self.client.scatter(self.state, broadcast=True)
         elif jobs > 1:
             ctx = multiprocessing.get_context("spawn")
             self.pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                                                initializer=_worker_init,
-                                               initargs=(os.getpid(),))
+                                               initargs=(os.getpid(), self.state))
 
     @property
     def in_process(self) -> bool:
@@ -59,12 +68,13 @@ class Pool:
     def run(self, jobs: list[dict]) -> Iterator:
         if self.in_process:
             for job in jobs:
-                yield self.build(job)
+                yield self.build(job, self.state)
             return
         if self.client is not None:
             from distributed import as_completed
 
-            self.futures = [self.client.submit(self.build, job, pure=False) for job in jobs]
+            self.futures = [self.client.submit(self.build, job, self.scattered, pure=False)
+                            for job in jobs]
             for fut in as_completed(self.futures):
                 yield fut.result()
             return
@@ -104,16 +114,18 @@ class Pool:
                 proc.join()
 
 
-# In each worker process: whether a build is running (SIGTERM then unwinds it).
+# In each worker process: whether a build is running (SIGTERM then unwinds it), and the state.
 _building = False
+_state: dict = {}
 
 
 class _Terminated(BaseException):
     """SIGTERM in a worker during a build: unwinds it (no `except Exception` stops it)."""
 
 
-def _worker_init(parent_pid: int) -> None:
+def _worker_init(parent_pid: int, state: dict) -> None:
     child_init(parent_pid)
+    _state.update(state)
     signal.signal(signal.SIGTERM, _on_terminate)
 
 
@@ -128,7 +140,7 @@ def _build_in_worker(build: Callable[[dict], object], job: dict):
     global _building
     _building = True
     try:
-        return build(job)
+        return build(job, _state)
     except _Terminated:
         os._exit(128 + signal.SIGTERM)
     finally:

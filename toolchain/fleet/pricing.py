@@ -22,7 +22,7 @@ from toolchain.errors import BadInputError
 from toolchain.target import Target
 
 __all__ = ["fewshot_cost", "fingerprint_cost", "calibrated_predictor", "conditioned_predictor",
-           "fewshot_units"]
+           "fewshot_units", "device_predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,19 @@ def _combine(predictors: list, alpha: np.ndarray, meta: dict):
     return KernelPredictor(weights, model, meta)
 
 
+_HELD_OUT: dict = {}   # per process: (profiled packages, designs) -> _held_out's answer
+
+
 def _held_out(profiled: list, designs: list[str]) -> dict:
     """Leave one profiled device out: its measured fingerprint designs condition a mix of the
-    others, scored on the rest of its measured designs."""
+    others, scored on the rest of its measured designs (once per package set and designs)."""
+    key = (tuple(str(folder) for _, _, folder in profiled), tuple(designs))
+    if key not in _HELD_OUT:
+        _HELD_OUT[key] = _held_out_now(profiled, designs)
+    return _HELD_OUT[key]
+
+
+def _held_out_now(profiled: list, designs: list[str]) -> dict:
     from toolchain.measure.records import read_measurements
     from toolchain.predict.latency import design_units
 
@@ -201,3 +211,24 @@ def fingerprint_cost(device, target: Target, prep) -> tuple:
     """Pricing of a device known by a fingerprint: the profiled predictors' conditioned mix."""
     predictor = conditioned_predictor(target, device.fingerprint)
     return _cost(target, prep, predictor)
+
+
+def device_predictor(device, target: Target, proxy: Target | None) -> tuple:
+    """(kernel predictor, its name, warnings) of a fleet device however it is known: its
+    target's package, the proxy's calibrated with its measurements, or the fingerprint mix."""
+    from toolchain.predict.latency import load_predictor
+
+    if device.known_by == "fewshot":
+        predictor = calibrated_predictor(target, proxy, device.measurements)
+    elif device.known_by == "fingerprint":
+        predictor = conditioned_predictor(target, device.fingerprint)
+    else:
+        predictor = load_predictor(target)
+    warnings = []
+    if not target.measurable_here and not predictor.meta.get("validated", False):
+        warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "
+                        f"({predictor.name}) was not checked against measurements from the "
+                        "device")
+    if device.known_by != "profiled":
+        warnings.append(_describe(predictor))
+    return predictor, predictor.name, warnings

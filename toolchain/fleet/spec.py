@@ -45,10 +45,10 @@ __all__ = ["Device", "Fleet", "load_fleet", "BUDGET_KEYS", "FLEET_JSON_VERSION",
 logger = logging.getLogger(__name__)
 
 BUDGET_KEYS = ("latency_ms", "energy_mj", "max_accuracy_drop")
-FLEET_JSON_VERSION = 1   # the format of the fleet.json a run writes (docs/fleet.md)
+FLEET_JSON_VERSION = 2   # the format of the fleet.json a run writes (docs/fleet.md)
 _TOP_KEYS = {"model", "calib", "device", *BUDGET_KEYS}
 _DEVICE_KEYS = {"name", "target", "proxy", "measurements", "fingerprint", *BUDGET_KEYS}
-RESERVED_NAMES = frozenset({"fleet.json"})   # files a fleet run writes beside the device folders
+RESERVED_NAMES = frozenset({"fleet.json", "fleet.html"})   # files beside the device folders
 MAX_DEVICES = 10000
 MIN_DESIGNS = 3      # few-shot calibration and a fingerprint fit need 3 measured designs
 _MAX_TARGET_NAME = 1000
