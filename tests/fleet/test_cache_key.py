@@ -45,6 +45,7 @@ def test_a_refitted_profiled_package_rebuilds_the_fingerprint_devices(tmp_path):
     assert before == _keys(tmp_path)   # stable
     user = predictors_dir() / "host-ort"   # the 2-thread package: not host's own predictor
     shutil.copytree(builtin_predictors_dir() / "host-ort", user)
+    (user / "digests.json").unlink(missing_ok=True)   # edited on purpose (docs/fleet.md)
     (user / "model.json").write_text((user / "model.json").read_text() + "\n")
     after = _keys(tmp_path)
     assert after["nano"] != before["nano"]
@@ -62,6 +63,7 @@ def test_a_user_package_beside_the_built_in_one_counts(tmp_path):
     shutil.copytree(builtin_predictors_dir() / "host-ort-1t", user)
     copied = _keys(tmp_path)
     assert copied["host"] != before["host"]   # a user package now exists
+    (user / "digests.json").unlink(missing_ok=True)   # edited on purpose (docs/fleet.md)
     (user / "model.json").write_text((user / "model.json").read_text() + "\n")
     assert _keys(tmp_path)["host"] != copied["host"]
 
