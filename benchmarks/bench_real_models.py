@@ -3,7 +3,8 @@ Prints; asserts nothing.
 
 For each model, as shipped (opset 9, constant-fill weights: the fp32 output does not depend on
 the input) and again with its weights re-initialized (seeded random normal, He scale for
-Conv/Gemm weights, identity batch norms, so the output does depend on the input):
+every weight of rank >= 2, zero biases, identity batch norms, so the output depends on the
+input; `reinitialized`):
 1. the fp32 latency in onnxruntime, 1 thread, median (the toolchain's own timer);
 2. `fleetc compile MODEL -t host-ort-1t --latency-ms <0.7 x that> --calib <16 random inputs>`
    in a fresh process with an empty FLEETC_HOME; its wall time and the peak RSS of its whole
@@ -36,48 +37,58 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+BN_SCALE = 0.5   # batch-norm scale of re-initialized models: keeps residual sums (ResNet,
+#                  ShuffleNet, DenseNet) from saturating the final softmax
 MODELS = ("bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
           "shufflenet", "squeezenet", "vgg19", "zfnet512")
 
 
 def reinitialized(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """A copy whose weights are seeded random normal: Conv / Gemm weights at He scale, biases
-    0, batch norms identity (scale 1, bias 0, mean 0, variance 1); ConstantOfShape weights
-    become initializers."""
+    """A copy whose float weights are seeded random normal: every weight of rank >= 2 (Conv /
+    Gemm weights, also those reshaped before use) at He scale for its fan-in, 1-D weights
+    (biases) 0, batch norms (also when written as Mul / Add) scale BN_SCALE, bias 0, mean 0,
+    variance 1; ConstantOfShape
+    weights become initializers (in their place among the initializers, none left as a node)."""
     rng = np.random.default_rng(seed)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model.ir_version = max(model.ir_version, 4)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    shapes = {i.name: tuple(i.dims) for i in g.initializer}
+    shapes = {i.name: tuple(i.dims) for i in g.initializer
+              if i.data_type == onnx.TensorProto.FLOAT}
     for node in list(g.node):
         if node.op_type == "ConstantOfShape" and node.input[0] in inits:
             shapes[node.output[0]] = tuple(numpy_helper.to_array(inits[node.input[0]])
                                            .astype(int).tolist())
             g.node.remove(node)
-    role = {}
+    bn = {}
     for node in g.node:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
-            role[node.input[1]] = "weight"
-            if len(node.input) > 2:
-                role[node.input[2]] = "zero"
         if node.op_type == "BatchNormalization":
-            for name, r in zip(node.input[1:5], ("one", "zero", "zero", "one"), strict=False):
-                role[name] = r
+            for name, r in zip(node.input[1:5], (BN_SCALE, 0.0, 0.0, 1.0), strict=False):
+                bn[name] = r
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for t in node.input:
+            users.setdefault(t, []).append(node)
+
+    def scales(t: str) -> bool:   # multiplies activations (through Unsqueeze / Reshape)
+        return any(u.op_type == "Mul" or (u.op_type in ("Unsqueeze", "Reshape")
+                                          and scales(u.output[0])) for u in users.get(t, ()))
     new = []
     for name, shape in shapes.items():
-        if name not in role:
-            continue
-        if role[name] == "weight":
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+        if name in bn:
+            value = np.full(shape, bn[name])
+        elif len(shape) < 2 and scales(name):   # a batch norm written as Mul / Add
+            value = np.full(shape, BN_SCALE)
+        elif len(shape) >= 2:
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(int(np.prod(shape[1:])), 1))
         else:
-            value = np.full(shape, 1.0 if role[name] == "one" else 0.0)
+            value = np.zeros(shape)
         new.append(numpy_helper.from_array(value.astype(np.float32), name))
-    kept = [i for i in g.initializer if i.name not in role]
+    kept = [i for i in g.initializer if i.name not in shapes]
     del g.initializer[:]
     g.initializer.extend(kept + new)
-    inputs = [i for i in g.input if i.name not in role or i.name in {t.name for t in kept}]
+    inputs = [i for i in g.input if i.name not in shapes]
     del g.input[:]
     g.input.extend(inputs)
     onnx.checker.check_model(model)
