@@ -252,8 +252,12 @@ def _fold_batchnorms(proto: onnx.ModelProto) -> onnx.ModelProto:
         graph = import_onnx(proto)
     except FleetcError:
         return proto
-    folded = [fold_batchnorm(graph, n) for n in list(graph.topo()) if graph.op(n) == "Conv"]
-    return export_onnx(graph) if any(folded) else proto
+    folded = False
+    for n in list(graph.topo()):
+        # a fold removes the BatchNormalization (and what became unused) from the list ahead
+        if n in graph.nx and graph.op(n) == "Conv":
+            folded = fold_batchnorm(graph, n) or folded
+    return export_onnx(graph) if folded else proto
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from passes.emit_tvm import EmitError, elf_arch, emit_tvm
+from passes.emit_tvm import EmitError, _fold_batchnorms, elf_arch, emit_tvm
 from toolchain.errors import UnsupportedOpError
 
 pytestmark = pytest.mark.xdist_group("tvm_build")
@@ -53,6 +53,23 @@ def test_host_so_matches_onnxruntime(tmp_path):
     assert elf_arch((tmp_path / "model.so").read_bytes()) == res.arch
     assert not res.int8_in_float
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.so"]   # no temporary left
+
+
+def test_batchnorm_after_conv_is_folded_before_the_build(tmp_path):
+    # the fold removes the BatchNormalization ahead in the topological order (was KeyError)
+    m = tiny_model()
+    g = m.graph
+    stats = [nh.from_array(np.full(8, v, np.float32), k)
+             for k, v in (("g", 2.0), ("b", 0.5), ("mu", 0.1), ("var", 4.0))]
+    g.initializer.extend(stats)
+    g.node.insert(1, h.make_node("BatchNormalization", ["c", "g", "b", "mu", "var"], ["n"],
+                                 name="bn"))
+    g.node[2].input[0] = "n"
+    folded = _fold_batchnorms(m)
+    assert [n.op_type for n in folded.graph.node].count("BatchNormalization") == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    res = emit_tvm(m, {"kind": "llvm"}, tmp_path, inputs={"x": x})
+    assert res.checked and res.max_abs_error < 1e-4
 
 
 def test_qdq_model_is_recorded_as_int8_in_float(tmp_path):
