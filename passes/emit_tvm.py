@@ -51,7 +51,7 @@ from toolchain.target import Target
 __all__ = [
     "emit_tvm", "EmitResult", "Artifact", "EmitError", "elf_arch", "target_arch",
     "find_cross_compiler", "tvm_target", "build_module", "schedule_module",
-    "apply_tuning_records",
+    "apply_tuning_records", "tuning_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -211,8 +211,28 @@ def apply_tuning_records(mod, tgt):
     """`mod` with the records of the tuning database for `tgt` applied to the functions they
     cover (marked `tir.is_scheduled`); the hook the tuning database plugs into. Without a
     database: `mod` unchanged."""
-    del tgt
-    return mod
+    from passes.tvm_schedules import SCHEDULED_ATTR
+    from toolchain.tunedb import apply_database
+
+    return apply_database(mod, tgt, mark=SCHEDULED_ATTR)[0]
+
+
+def tuning_module(proto: onnx.ModelProto, tgt):
+    """The module `apply_tuning_records` sees when `proto` is built (imported as `build_module`
+    imports, legalized and fused as `schedule_module` does): tuning extracts its workloads here."""
+    return _legalize(_import(_fold_batchnorms(proto), _input_shapes(proto)), tgt)
+
+
+def _legalize(mod, tgt):
+    """Legalize and fuse (TVM's CPU passes, without its build-time constant folding, which
+    compiles every folded call and took 27 s on a MobileNetV2)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with tgt:
+        passes = [p for p in cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt)
+                  if p.info.name != "FoldConstant"]
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def schedule_module(mod, tgt):
@@ -220,17 +240,11 @@ def schedule_module(mod, tgt):
     its build-time constant folding, which compiles every folded call and took 27 s on a
     MobileNetV2), then tuning records, then default schedules for every function left.
     Returns (module, function -> "tuned" | "default" | "none", function -> rule)."""
-    import tvm
     from tvm import tirx
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from passes.tvm_schedules import SCHEDULED_ATTR, default_schedule
 
-    with tgt:
-        passes = [p for p in cpu.library_dispatch_passes(tgt) + cpu.legalize_passes(tgt)
-                  if p.info.name != "FoldConstant"]
-        mod = tvm.transform.Sequential(passes)(mod)
-    mod = apply_tuning_records(mod, tgt)
+    mod = apply_tuning_records(_legalize(mod, tgt), tgt)
     tuned = {gv.name_hint for gv, f in mod.functions_items()
              if isinstance(f, tirx.PrimFunc) and f.attrs is not None and SCHEDULED_ATTR in f.attrs}
     mod, rules = default_schedule(mod, tgt)

@@ -87,9 +87,11 @@ def _add_commands() -> None:
     from toolchain.cli.predict import predict_cmd, predictor
     from toolchain.cli.rewrite import rewrite_command
     from toolchain.cli.targets import targets
+    from toolchain.cli.tune import tune_command
 
     for command in (bench, cache_group, compile_cmd, farm, fleet_command, inspect_command,
-                    predict_cmd, predictor, probe_cmd, profile_cmd, rewrite_command, targets):
+                    predict_cmd, predictor, probe_cmd, profile_cmd, rewrite_command, targets,
+                    tune_command):
         cli.add_command(command)
 
 

@@ -50,9 +50,12 @@ logger = logging.getLogger(__name__)
 @click.option("--no-calibrate", is_flag=True,
               help="Use the target's predictor package as it is, even if it was measured on "
                    "another CPU (default: calibrate it to this CPU once, about 20 s).")
+@click.option("--tune-minutes", type=click.FloatRange(0, 1440, min_open=True), default=None,
+              help="Tune the chosen model's TVM workloads this long before the build "
+              "(docs/tune.md).")
 def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, max_distortion, calib,
                 plan, strict, retry, seed, no_measure, as_json, outdir, force,
-                no_calibrate) -> None:
+                no_calibrate, tune_minutes) -> None:
     """Fit MODEL to TARGET's budgets with the least accuracy loss and build it with TVM."""
     from toolchain.compile.driver import MAX_LATENCY_RETRIES, compile_model
     from toolchain.target import load_target
@@ -67,6 +70,7 @@ def compile_cmd(model, target, latency_ms, energy_mj, max_accuracy_drop, max_dis
                            plan=plan, strict=strict,
                            latency_retries=MAX_LATENCY_RETRIES if retry else 0,
                            measure_latency=not no_measure, force=force,
+                           tune_minutes=tune_minutes,
                            progress=lambda msg: click.echo(f"compile: {msg}", err=True))
     m = result.manifest
     for w in m["warnings"]:

@@ -271,7 +271,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                   retries: int = 3, seed: int = 0, plan: Plan | str | os.PathLike | None = None,
                   strict: bool = False, latency_retries: int = 0,
                   measure_latency: bool = True, progress: Progress | None = None,
-                  force: bool = False) -> CompileResult:
+                  force: bool = False, tune_minutes: float | None = None) -> CompileResult:
     """Optimize, rewrite, build and write OUTDIR for one target (see the module doc).
 
     `model` may be a Prepared (shared work of a fleet); `cost` overrides the target's predictor
@@ -282,7 +282,9 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
     a warning, an InfeasibleError with `strict`; `latency_retries` (at most MAX_LATENCY_RETRIES)
     re-plans against a predicted budget tightened by the measured/predicted ratio.
     OUTDIR follows the output folder rule (`toolchain.files.check_output_dir`: new, empty or a
-    compile output, unless `force`; never an input), checked before any work."""
+    compile output, unless `force`; never an input), checked before any work. `tune_minutes`:
+    the chosen model's TVM workloads are tuned first (docs/tune.md).
+    """
     from toolchain.target import resolve_target
 
     say = progress or (lambda msg: None)
@@ -349,7 +351,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
     chosen, candidates, check = _check_latency(prep, chosen, candidates, budget, search, measure,
                                                latency_retries, strict, predictor_name, say)
     return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
-                   warnings + check.warnings, Path(outdir), output, check, say)
+                   warnings + check.warnings, Path(outdir), output, check, say, tune_minutes)
 
 
 def _accuracy_limit(prep: Prepared, drop: float | None, distortion: float | None,
@@ -697,7 +699,8 @@ def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | Non
 def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, objective: str,
             chosen: Candidate, candidates: list[Candidate], predictor: str,
             warnings: list[str], outdir: Path, output: Callable[[], Path],
-            check: LatencyCheck, say: Progress) -> CompileResult:
+            check: LatencyCheck, say: Progress,
+            tune_minutes: float | None = None) -> CompileResult:
     """Emit the chosen model and write OUTDIR: built in a temporary folder beside it (owned by
     this process: a killed run's is removed by the next), which replaces it at the end by
     rename; `output()` re-checks the folder rule and gives the path to write."""
@@ -706,6 +709,10 @@ def _finish(prep: Prepared, ctx: Context, tgt, tset: TableSet, budget: Budget, o
     from toolchain.measure.child import call as in_child
 
     model = prep.rewrite(chosen.plan)
+    if tune_minutes:   # into the target's tuning database, which emit_tvm applies
+        from toolchain.measure.tuning import tune_model
+
+        tune_model(model, tgt, minutes=tune_minutes, progress=say)
     distortion = prep.estimator.metric == "distortion"
     dest = output()
     prefix = f".{dest.name}.tmp-"
