@@ -12,7 +12,8 @@ prices equal `predict_plan`'s (tests/fleet/test_plan.py checks it).
 1. Candidates, once per fleet and precision set: for every representative predictor (the
    targets' and proxies' own predictors and the profiled packages, plus `EXTREMES` device
    predictors that rank plans most unlike them) and every input resolution, the exact Pareto
-   front of the additive cost table (`toolchain.optimize.pareto`), and the uniform baselines.
+   front of the additive cost table (`toolchain.optimize.pareto`; at most `FRONT_POINTS`
+   points of it, evenly spaced), and the uniform baselines.
 2. Pick, all devices at once: the candidates' latencies for every device are one matrix
    product; each device takes the candidate of least accuracy drop (measured where measured,
    else predicted) that meets its budgets by its own predictor (least latency under an
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 EXTREMES = 4          # device predictors added to the representatives (farthest-point picks)
 FRONT_CELLS = 400     # latency cells of each Pareto front (toolchain/optimize/pareto.py)
+FRONT_POINTS = 32     # points kept per front and resolution (each is priced for every device)
 Progress = Callable[[str], None]
 
 
@@ -196,7 +198,11 @@ def candidates_for(prep, cache: FeatureCache, precisions: tuple[str, ...], repre
                 table = build_table(ctx, r)
             except UnsupportedKernelError:
                 continue
-            for sol in pareto_front(table, cells=FRONT_CELLS):
+            front = pareto_front(table, cells=FRONT_CELLS)
+            if len(front) > FRONT_POINTS:   # evenly spaced along the front, both ends kept
+                keep = np.unique(np.linspace(0, len(front) - 1, FRONT_POINTS).round())
+                front = [front[int(i)] for i in keep]
+            for sol in front:
                 plan = plan_of(ctx, table, r, sol.picks)
                 plans.setdefault(plan.to_json(), plan)
 

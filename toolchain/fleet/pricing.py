@@ -35,9 +35,18 @@ def fewshot_units(path: Path) -> tuple[list, np.ndarray, list[str]]:
     from toolchain.predict.latency import design_units
 
     folder = Path(path).resolve().parent
-    units, latency, unknown = measured_units(read_measurements(path),
-                                             lambda design: design_units(design, folder))
+
+    def units_of(design: str):
+        key = (design, str(folder))     # a fleet's devices share their probe designs
+        if key not in _UNITS:
+            _UNITS[key] = design_units(design, folder)
+        return _UNITS[key]
+
+    units, latency, unknown = measured_units(read_measurements(path), units_of)
     return units, np.array(latency, dtype=float), unknown
+
+
+_UNITS: dict = {}   # per process: (design, folder) -> its units (design_units), for fleets
 
 
 def calibrated_predictor(target, proxy_target, path: Path):
@@ -147,11 +156,12 @@ def _scored_designs(rows: dict, skip: set, count: int) -> dict:
     return out
 
 
-def conditioned_predictor(target, path: Path):
-    """The device-conditioned kernel predictor for a device known by the fingerprint `path`."""
+def conditioned_predictor(target, path: Path, profiled: list | None = None):
+    """The device-conditioned kernel predictor for a device known by the fingerprint `path`
+    (`profiled`: the profiled packages, `_profiled()`, when the caller has them already)."""
     from toolchain.measure.records import read_measurements
 
-    profiled = _profiled()
+    profiled = _profiled() if profiled is None else profiled
     if not profiled:
         raise BadInputError("a fingerprint device needs at least one profiled target with a "
                             "predictor (fleetc profile --probe + fleetc predictor fit)")
@@ -213,15 +223,20 @@ def fingerprint_cost(device, target: Target, prep) -> tuple:
     return _cost(target, prep, predictor)
 
 
-def device_predictor(device, target: Target, proxy: Target | None) -> tuple:
+def device_predictor(device, target: Target, proxy: Target | None,
+                     memo: dict | None = None) -> tuple:
     """(kernel predictor, its name, warnings) of a fleet device however it is known: its
-    target's package, the proxy's calibrated with its measurements, or the fingerprint mix."""
+    target's package, the proxy's calibrated with its measurements, or the fingerprint mix.
+    `memo` (one dict per run) loads the profiled packages once."""
     from toolchain.predict.latency import load_predictor
 
+    memo = {} if memo is None else memo
     if device.known_by == "fewshot":
         predictor = calibrated_predictor(target, proxy, device.measurements)
     elif device.known_by == "fingerprint":
-        predictor = conditioned_predictor(target, device.fingerprint)
+        if "profiled" not in memo:
+            memo["profiled"] = _profiled()
+        predictor = conditioned_predictor(target, device.fingerprint, memo["profiled"])
     else:
         predictor = load_predictor(target)
     warnings = []

@@ -110,14 +110,14 @@ def _pricing(fleet: Fleet, devices: list[Device], say: Progress) -> list:
     from toolchain.fleet.plan import DevicePricing, device_error
     from toolchain.fleet.pricing import device_predictor
 
-    out = []
+    out, memo = [], {}
     for i, d in enumerate(devices):
-        if i and i % 100 == 0:
+        if i and i % 500 == 0:
             say(f"predictors: {i}/{len(devices)} devices")
         tgt = fleet.targets[d.target]
         try:
             predictor, name, warnings = device_predictor(
-                d, tgt, fleet.targets[d.proxy] if d.proxy else None)
+                d, tgt, fleet.targets[d.proxy] if d.proxy else None, memo)
             out.append(DevicePricing(d.name, tgt, d.budgets(), predictor, name, warnings))
         except Exception as err:  # one broken device must not stop the fleet
             logger.debug("device %s has no predictor", d.name, exc_info=True)
