@@ -131,7 +131,8 @@ def calibrated_to_this_cpu(target: Target, predictor: KernelPredictor) -> Kernel
     the fingerprint probes (measured once, then served from $FLEETC_HOME/cache/calibrated)."""
     from toolchain.files import owned_temp_dir, publish_dir, remove_dead_temps
     from toolchain.home import cache_dir
-    from toolchain.predict.kernel import cpu_record, describe_cpu, same_cpu
+    from toolchain.predict.kernel import cpu_record, data_hash, describe_cpu, same_cpu
+    from toolchain.predict.transfer import calibrate_kernel_predictor
 
     here = cpu_record(target.measure.threads)
     recorded = predictor.meta.get("cpu")
@@ -156,9 +157,6 @@ def calibrated_to_this_cpu(target: Target, predictor: KernelPredictor) -> Kernel
         csv = tmp / "package" / "measurements.csv"
         csv.parent.mkdir()
         designs, latency = _measure_probes(target, csv)
-        from toolchain.predict.kernel import data_hash
-        from toolchain.predict.transfer import calibrate_kernel_predictor
-
         meta = {**{k: v for k, v in predictor.meta.items() if k not in ("format", "version")},
                 "cpu": here, "measured_cpu": recorded,
                 "training": {"file": csv.name, "hash": data_hash(csv), "rows": len(latency)}}
