@@ -198,13 +198,20 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
                       tuple(warnings), schedules, rules)
 
 
-def build_module(proto: onnx.ModelProto, tgt, shapes: dict[str, list[int]] | None = None):
+def build_module(proto: onnx.ModelProto, tgt, shapes: dict[str, list[int]] | None = None,
+                 records: bool = True):
     """(relax executable, function -> "tuned" | "default" | "none", function -> rule) of
     `proto` for the tvm Target `tgt`: import, schedule (`schedule_module`), compile. The one
-    build every TVM artifact and every TVM timing of fleetc goes through."""
+    build every TVM artifact and every TVM timing of fleetc goes through. `records=False`:
+    default schedules only (no tuning records; for comparisons)."""
     shapes = _input_shapes(proto) if shapes is None else shapes
-    mod = _import(_fold_batchnorms(proto), shapes)
-    return _build(mod, tgt)
+    return _build(_prepared(proto, shapes), tgt, records)
+
+
+def _prepared(proto: onnx.ModelProto, shapes: dict[str, list[int]]):
+    """The relax module a build starts from: BatchNormalizations folded into their Convs,
+    imported, constant layout changes folded."""
+    return _fold_layout_constants(_import(_fold_batchnorms(proto), shapes))
 
 
 def apply_tuning_records(mod, tgt):
@@ -220,7 +227,7 @@ def apply_tuning_records(mod, tgt):
 def tuning_module(proto: onnx.ModelProto, tgt):
     """The module `apply_tuning_records` sees when `proto` is built (imported as `build_module`
     imports, legalized and fused as `schedule_module` does): tuning extracts its workloads here."""
-    return _legalize(_import(_fold_batchnorms(proto), _input_shapes(proto)), tgt)
+    return _legalize(_prepared(proto, _input_shapes(proto)), tgt)
 
 
 def _legalize(mod, tgt):
@@ -235,7 +242,7 @@ def _legalize(mod, tgt):
         return tvm.transform.Sequential(passes)(mod)
 
 
-def schedule_module(mod, tgt):
+def schedule_module(mod, tgt, records: bool = True):
     """The one place the IRModule is scheduled: legalize and fuse (TVM's CPU passes, without
     its build-time constant folding, which compiles every folded call and took 27 s on a
     MobileNetV2), then tuning records, then default schedules for every function left.
@@ -244,13 +251,46 @@ def schedule_module(mod, tgt):
 
     from passes.tvm_schedules import SCHEDULED_ATTR, default_schedule
 
-    mod = apply_tuning_records(_legalize(mod, tgt), tgt)
+    mod = _legalize(mod, tgt)
+    if records:
+        mod = apply_tuning_records(mod, tgt)
     tuned = {gv.name_hint for gv, f in mod.functions_items()
              if isinstance(f, tirx.PrimFunc) and f.attrs is not None and SCHEDULED_ATTR in f.attrs}
     mod, rules = default_schedule(mod, tgt)
     kinds = {name: "tuned" for name in tuned}
     kinds.update({name: "none" if rule == "none" else "default" for name, rule in rules.items()})
     return mod, kinds, {k: v for k, v in rules.items() if v != "none"}
+
+
+def _fold_layout_constants(mod):
+    """`mod` with every permute_dims / reshape of a constant (a Gemm's transposed weight, a
+    bias reshaped to broadcast) replaced by the constant it computes, in numpy: otherwise they
+    run at every inference (TVM's FoldConstant, left out for its build time, would fold them)."""
+    import tvm
+    from tvm import relax
+
+    folds = {"relax.permute_dims": lambda a, call: np.transpose(
+        a, None if call.attrs.axes is None else [int(x) for x in call.attrs.axes]),
+        "relax.reshape": lambda a, call: a.reshape([int(d) for d in call.args[1].values])}
+
+    @relax.expr_functor.mutator
+    class _Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            op = getattr(call.op, "name", "")
+            if op in folds and isinstance(call.args[0], tvm.ir.expr.Constant):
+                try:
+                    value = folds[op](call.args[0].value.numpy(), call)
+                except Exception:  # noqa: BLE001 - a form not handled here stays a call
+                    return call
+                return relax.const(np.ascontiguousarray(value), str(value.dtype))
+            return call
+
+    out = tvm.IRModule(mod.functions, attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            out[gv] = _Fold(mod).visit_expr(func)
+    return out
 
 
 def _fold_batchnorms(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -319,7 +359,7 @@ def _import(proto: onnx.ModelProto, shapes: dict[str, list[int]]):
         raise EmitError(f"TVM ONNX import failed: {_first_line(err)}") from err
 
 
-def _build(mod, tgt):
+def _build(mod, tgt, records: bool = True):
     import tvm
     from tvm.ir.instrument import pass_instrument
 
@@ -340,7 +380,7 @@ def _build(mod, tgt):
         with tvm.transform.PassContext(opt_level=3, instruments=[seen]):
             if tgt.kind.name != "llvm":   # GPU targets: TVM's own pipeline, no CPU rules
                 return tvm.compile(mod, target=tgt), {}, {}
-            mod, kinds, rules = schedule_module(mod, tgt)
+            mod, kinds, rules = schedule_module(mod, tgt, records)
             rest = tvm.transform.Sequential(cpu.dataflow_lower_passes(tgt) +
                                             cpu.finalize_passes(tgt))
             with tgt:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 __all__ = ["supported", "Tile", "pick_cols", "pick_tile", "vector_lanes", "register_budget",
            "divisors", "split_roles", "inline_copies", "inline_epilogue", "fuse_epilogue",
            "tile_reduction", "schedule_injective", "is_reduction", "block_loops_match",
-           "p_alive", "region_buffer"]
+           "p_alive", "region_buffer", "deinterleave_pad"]
 
 # Vector accumulators a register tile may hold: 32 vector registers on AVX-512 and aarch64
 # (NEON), 16 on AVX2; a quarter is left for the operands.
@@ -189,12 +189,36 @@ def tile_reduction(sch, block, outer: list, reduce: list, inner: list,
     _unroll_vectorize(sch, inner)
     if reduce:
         init = sch.decompose_reduction(block, reduce[0])
-        _unroll_vectorize(sch, sch.get_loops(init)[1:])
+        _unroll_vectorize(sch, sch.get_loops(init)[1:], unroll=False)
     wl = sch.get_loops(wb)[1:]
     if vector_axis is not None and len(wl) == len(sch.get(wb).iter_vars):
         wl = [lp for i, lp in enumerate(wl) if i != vector_axis] + [wl[vector_axis]]
         sch.reorder(*wl)
-    _unroll_vectorize(sch, wl)
+    _unroll_vectorize(sch, wl, unroll=False)
+
+
+def deinterleave_pad(sch, pad, lanes: int) -> bool:
+    """Lay the padded input of a stride-2 window out as even columns, then odd ones
+    ([..., w] -> [..., w % 2, w // 2]): the window's loads at 2x + rx become contiguous runs
+    (rx % 2, x + rx // 2) instead of gathers. The padding copy reads the input once, scheduled
+    parallel over rows, vectorized along the half row. False (nothing done) when the padded
+    width is odd."""
+    buf = region_buffer(sch.get(pad).writes[0])
+    width = int(buf.shape[-1])
+    if width % 2 or len(buf.shape) != 4:
+        return False
+    from tvm.tirx import IndexMap, Var
+
+    idx = [Var(f"i{k}", "int64") for k in range(4)]
+    sch.transform_layout(pad, ("write", 0), IndexMap(
+        idx, [idx[0], idx[1], idx[2], idx[3] % 2, idx[3] // 2], None))
+    n, c, h, w = sch.get_loops(pad)
+    half, parity = sch.split(w, [None, 2])
+    sch.reorder(parity, half)
+    sch.parallel(sch.fuse(n, c, h))
+    sch.vectorize(half)
+    del lanes
+    return True
 
 
 def _permutation(rank: int, order: list[int]):
@@ -204,12 +228,14 @@ def _permutation(rank: int, order: list[int]):
     return IndexMap(idx, [idx[k] for k in order], None)
 
 
-def _unroll_vectorize(sch, loops: list) -> None:
-    """Vectorize the innermost of `loops`, unroll the others (loops of one register tile)."""
+def _unroll_vectorize(sch, loops: list, unroll: bool = True) -> None:
+    """Vectorize the innermost of `loops`, unroll the others (loops of one register tile;
+    `unroll=False` leaves that to LLVM, which unrolls short constant loops itself)."""
     if not loops:
         return
-    for lp in loops[:-1]:
-        sch.unroll(lp)
+    if unroll:
+        for lp in loops[:-1]:
+            sch.unroll(lp)
     sch.vectorize(loops[-1])
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from passes.tvm_schedules.common import (
     block_loops_match,
+    deinterleave_pad,
     divisors,
     inline_copies,
     p_alive,
@@ -52,10 +53,11 @@ def apply(sch, block, target) -> bool:
     lanes = vector_lanes(target)
     budget = register_budget(target)
     channels, height, width = (int(d) for d in out.shape[1:])
-    if width % lanes == 0:
-        # pixels along the vector (rows a multiple of the vector): every output channel of the
-        # tile reuses one vector load of the input
-        tile = pick_tile(channels, 1, width, lanes, budget)
+    cols = pixel_vector(width, int(weight.shape[1] * weight.shape[2] * weight.shape[3]), lanes)
+    if cols:
+        # pixels along the vector: every output channel of the tile reuses one vector load of
+        # the input, every pixel one broadcast weight
+        tile = pick_tile(channels, 1, cols, lanes, budget)
         f_o, f_i = sch.split(f, [None, tile.rows])
         x_o, x_i = sch.split(x, [None, tile.cols])
         tile_reduction(sch, block, [n, f_o, y, x_o], reduce, [f_i, x_i])
@@ -71,10 +73,26 @@ def apply(sch, block, target) -> bool:
         y_o, y_i = sch.split(y, [None, ys])
         x_o, x_i = sch.split(x, [None, xs])
         tile_reduction(sch, block, [n, f_o, y_o, x_o], reduce, [y_i, x_i, f_v], vector_axis=1)
+    stride2 = int(data.shape[3]) >= 2 * width
     for p in pads:
-        if p_alive(sch, p):
+        if p_alive(sch, p) and not (cols and stride2 and deinterleave_pad(sch, p, lanes)):
             schedule_injective(sch, p, lanes)
     return True
+
+
+def pixel_vector(width: int, reduction: int, lanes: int) -> int | None:
+    """Pixels per register tile when pixels go along the vector, or None for the channel path:
+    the output width's largest divisor up to four vectors that is a multiple of the vector;
+    with a short reduction (< 8 vectors of inputs per output, e.g. 24 channels of a 1x1 conv,
+    where the channel path's scattered stores cost as much as the sums), half a vector
+    when that divides the width."""
+    whole = [d for d in divisors(width) if d % lanes == 0 and d <= 4 * lanes]
+    if whole:
+        return max(whole)
+    half = lanes // 2
+    if reduction < 8 * lanes and half >= 4 and width % half == 0:
+        return half
+    return None
 
 
 def is_depthwise(shapes) -> bool:

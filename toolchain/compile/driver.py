@@ -688,6 +688,12 @@ def _check_latency(prep: Prepared, chosen: Candidate, candidates: list[Candidate
 def _measured_latency(tgt, model: onnx.ModelProto, say: Progress) -> float | None:
     """Latency of the rewritten model on the target when it runs here (checked against the
     latency budget; plans depend on it only with --retry)."""
+    if tgt.measure.kind == "local-tvm":
+        from toolchain.measure.tvm_backend import time_tvm_local
+
+        say(f"timing the TVM module (model.so, relax VM, {tgt.measure.threads or 'all'} "
+            "thread(s))")
+        return round(time_tvm_local(model, tgt.tvm(), tgt.measure.threads).median_ms, 4)
     if tgt.measure.kind != "local-ort":
         return None
     from toolchain.measure.ort_backend import time_ort

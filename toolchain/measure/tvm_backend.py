@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -81,10 +83,14 @@ def time_vm(executable, dev, arrays: list[np.ndarray], config: TimingConfig) -> 
 
 def time_tvm_local(model: onnx.ModelProto, target, threads: int = 1,
                    config: TimingConfig | None = None) -> Timing:
-    """Compile for `target` (a tvm Target for this CPU) and time it here, pinned."""
+    """Build `model.so` for `target` (a tvm Target for this CPU) exactly as compile ships it
+    (`compile_relax`), load it back and time it here in the relax VM, pinned."""
     import tvm
 
-    executable = compile_relax(model, target)
+    with tempfile.TemporaryDirectory(prefix="fleetc-tvm-") as tmp:
+        # the module as compile ships it: model.so exported, then loaded back
+        compile_relax(model, target).export_library(str(Path(tmp) / "model.so"))
+        executable = tvm.runtime.load_module(str(Path(tmp) / "model.so"))
     set_tvm_threads(threads)
     config = config or TimingConfig()
     with pinned(pick_cpus(threads)):

@@ -1,0 +1,166 @@
+"""onnxruntime vs TVM as fleetc ships it, per model, side by side in one run. Prints; asserts
+nothing.
+
+Columns, per model and thread count (1 thread, then all cores of this process's affinity):
+- `ort`: onnxruntime fp32, CPU provider, all graph optimizations, intra-op threads = threads;
+- `tvm default`: the `model.so` fleetc builds (`passes.emit_tvm.build_module`: default
+  schedules of `passes/tvm_schedules`), relax VM, `TVM_NUM_THREADS` = threads;
+- `tvm tuned`: the same build with the tuning database applied (`records=True`), when that
+  build reports tuned functions ("-" otherwise); its ratio to onnxruntime in brackets.
+
+Pinning: each (model, threads) runs in a fresh worker process started with `TVM_NUM_THREADS`
+set and, for 1 thread, under `taskset -c CPU` (the last CPU of the affinity mask); onnxruntime
+gets the same thread count. In the worker both runtimes are timed in alternating rounds (warm-up
+first; each round is one block of back-to-back runs of each), so slow phases of the shared
+machine hit both; figures are medians over rounds of wall time per run, the ratio is the median
+of per-round ratios, spread = interquartile range of the per-round ratios in % of their median.
+Also printed: the TVM build time (import, schedule, compile, export) of each model.
+
+    .venv/bin/python benchmarks/bench_tvm.py [--models mbv2-160,mbv2-224,resnet50]
+        [--rounds 15] [--threads 1,all]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LIGHT = ROOT / ".venv/lib/python3.11/site-packages/onnx/backend/test/data/light"
+MODELS = ("mbv2-160", "mbv2-224", "resnet50")
+
+
+def load(name: str):
+    """The benchmark's models: the zoo's MobileNetV2-style nets and the onnx package's light
+    ResNet-50 (opset 9, constant-fill weights)."""
+    import onnx
+
+    from toolchain.measure import zoo
+
+    if name.startswith("mbv2-"):
+        return zoo.mobilenet_v2(int(name.split("-")[1]))
+    if name == "resnet50":
+        return onnx.load(str(LIGHT / "light_resnet50.onnx"))
+    raise SystemExit(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+
+
+def worker(name: str, threads: int, rounds: int) -> dict:
+    """Build, then time onnxruntime and the TVM module in alternating rounds, this process."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from passes.emit_tvm import build_module
+    from toolchain.measure.tvm_backend import input_arrays
+    from toolchain.target import load_target
+
+    model = load(name)
+    tgt = load_target("host-tvm").tvm()
+    dev = tvm.cpu()
+    vms, build_s, tuned = {}, 0.0, 0
+    for key, records in (("tvm", False), ("tuned", True)):
+        start = time.perf_counter()
+        executable, kinds, _ = build_module(model, tgt, records=records)
+        with tempfile.TemporaryDirectory() as tmp:
+            executable.export_library(str(Path(tmp) / "model.so"))
+            if key == "tvm":
+                build_s = time.perf_counter() - start
+            lib = tvm.runtime.load_module(str(Path(tmp) / "model.so"))
+        tuned = sum(v == "tuned" for v in kinds.values())
+        if key == "tvm" or tuned:
+            vms[key] = relax.VirtualMachine(lib, dev)
+    arrays = input_arrays(model)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    feeds = {i.name: a for i, a in zip(sess.get_inputs(), arrays, strict=True)}
+    runners = {"ort": lambda: sess.run(None, feeds)}
+    runners.update({k: (lambda vm=vm: vm["main"](*args)) for k, vm in vms.items()})
+    per_run = {k: _calibrate(f) for k, f in runners.items()}
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            samples[key].append(_block(run, per_run[key]))
+    out = {"model": name, "threads": threads, "build_s": build_s, "tuned_functions": tuned,
+           "ort_ms": float(np.median(samples["ort"]))}
+    for key in vms:
+        ratios = np.array(samples[key]) / np.array(samples["ort"])
+        out[f"{key}_ms"] = float(np.median(samples[key]))
+        out[f"{key}_ratio"] = float(np.median(ratios))
+        out[f"{key}_spread_pct"] = float(100 * np.subtract(*np.percentile(ratios, [75, 25]))
+                                         / np.median(ratios))
+    return out
+
+
+def _calibrate(run) -> int:
+    """Warm up; runs per block so one block lasts about 50 ms."""
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    run()
+    once = max(time.perf_counter() - start, 1e-5)
+    return max(1, int(0.05 / once))
+
+
+def _block(run, number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        run()
+    return (time.perf_counter() - start) / number * 1e3
+
+
+def spawn(name: str, threads: int, rounds: int) -> dict:
+    cpus = sorted(os.sched_getaffinity(0))
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, __file__, "--worker", name, "--worker-threads", str(threads),
+           "--rounds", str(rounds)]
+    if threads == 1:
+        cmd = ["taskset", "-c", str(cpus[-1])] + cmd
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(f"worker {name} x{threads} failed: {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", default="1,all", help="comma list of counts or 'all'")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.worker_threads, a.rounds)))
+        return
+    cores = len(os.sched_getaffinity(0))
+    counts = [cores if t == "all" else int(t) for t in a.threads.split(",")]
+    print(f"{'model':10} {'threads':>7} {'ort ms':>8} {'tvm default ms':>15} "
+          f"{'tvm/ort':>8} {'spread':>7} {'tvm tuned ms':>16} {'build s':>8}")
+    for name in a.models.split(","):
+        for threads in counts:
+            r = spawn(name, threads, a.rounds)
+            tuned = (f"{r['tuned_ms']:.2f} ({r['tuned_ratio']:.2f}x)" if "tuned_ms" in r
+                     else "-")
+            print(f"{name:10} {threads:>7} {r['ort_ms']:8.2f} {r['tvm_ms']:15.2f} "
+                  f"{r['tvm_ratio']:7.2f}x {r['tvm_spread_pct']:6.1f}% {tuned:>16} "
+                  f"{r['build_s']:8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
