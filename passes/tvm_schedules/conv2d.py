@@ -44,7 +44,7 @@ def conv_shape(sch, block):
 
 def apply(sch, block, target) -> bool:
     shapes = conv_shape(sch, block)
-    if shapes is None or is_depthwise(shapes):
+    if shapes is None or is_depthwise(sch, block, shapes):
         return False
     pads = list(sch.get_producers(block))
     inline_copies(sch, block)
@@ -53,7 +53,10 @@ def apply(sch, block, target) -> bool:
     lanes = vector_lanes(target)
     budget = register_budget(target)
     channels, height, width = (int(d) for d in out.shape[1:])
-    cols = pixel_vector(width, int(weight.shape[1] * weight.shape[2] * weight.shape[3]), lanes)
+    reduction = 1
+    for lp in reduce:
+        reduction *= int(sch.get(lp).extent)
+    cols = pixel_vector(width, reduction, lanes)
     if cols:
         # pixels along the vector: every output channel of the tile reuses one vector load of
         # the input, every pixel one broadcast weight
@@ -95,8 +98,10 @@ def pixel_vector(width: int, reduction: int, lanes: int) -> int | None:
     return None
 
 
-def is_depthwise(shapes) -> bool:
-    """One input channel per output channel, as many outputs as inputs (depthwise.py)."""
+def is_depthwise(sch, block, shapes) -> bool:
+    """One input channel per output channel (the block's channel reduction has extent 1, the
+    OIHW weight one input channel), as many outputs as inputs (depthwise.py)."""
     data, weight, out = shapes
-    return int(weight.shape[1]) == 1 and int(out.shape[1]) > 1 and \
-        int(data.shape[1]) == int(out.shape[1]) == int(weight.shape[0])
+    reduce = [iv for iv in sch.get(block).iter_vars if int(iv.iter_type) == 2]
+    return int(reduce[0].dom.extent) == 1 and int(weight.shape[1]) == 1 and \
+        int(out.shape[1]) > 1 and int(data.shape[1]) == int(out.shape[1]) == int(weight.shape[0])

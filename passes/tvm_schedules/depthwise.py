@@ -25,7 +25,7 @@ __all__ = ["apply"]
 
 def apply(sch, block, target) -> bool:
     shapes = conv_shape(sch, block)
-    if shapes is None or not is_depthwise(shapes):
+    if shapes is None or not is_depthwise(sch, block, shapes):
         return False
     stride2 = int(shapes[0].shape[3]) >= 2 * int(shapes[2].shape[3])
     pads = list(sch.get_producers(block))
