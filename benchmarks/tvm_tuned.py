@@ -1,16 +1,20 @@
 """Tuned TVM builds: the tuning curve of one model and database reuse by a bigger model.
 
-`tuned_curve`: one cumulative `tune_model` run (the API of `fleetc tune`) from an empty
-database, with copies of the database at the checkpoints (default 5, 10 and 20 minutes); then
-onnxruntime, the default-scheduled `model.so` (no database) and the `model.so` built with each
-checkpoint's database are timed side by side, 1 thread, pinned, in interleaved rounds (median of
-the rounds' medians). Prints ms and the ratios to default-scheduled TVM and to onnxruntime.
+`tune_and_build` + `time_builds`: one cumulative `tune_model` run (the API of `fleetc tune`)
+from an empty database, with copies of the database at the checkpoints (default 5, 10 and 20
+minutes); then onnxruntime, the default-scheduled `model.so` (no database) and the `model.so`
+built with each checkpoint's database are timed side by side, 1 thread, pinned, in interleaved
+rounds (median of the rounds' medians). Prints ms and the ratios to default-scheduled TVM and to
+onnxruntime.
 
 `reuse`: model B = A with two more copies of one of A's inverted residual blocks (same shapes);
 tunes B against A's database and prints how many workloads were tuned (those A lacks) and how
 many functions B's build took from A's records (database hits).
 
     flock -x /work/notes/cpu.lock .venv/bin/python benchmarks/tvm_tuned.py --minutes 5,10,20
+    # or in two steps: tuning under the shared lock, the timing table under the exclusive one
+    flock -s /work/notes/cpu.lock .venv/bin/python benchmarks/tvm_tuned.py --phase tune --work W
+    flock -x /work/notes/cpu.lock .venv/bin/python benchmarks/tvm_tuned.py --phase time --work W
 
 Figures are printed, never asserted. Run it alone on the machine (exclusive lock): the tuning
 itself measures candidates.
@@ -105,8 +109,10 @@ def time_onnxruntime(proto: onnx.ModelProto) -> float:
     return time_ort(proto, 1, CONFIG).median_ms
 
 
-def tuned_curve(proto: onnx.ModelProto, target: str, minutes: list[float], work: Path,
-                rounds: int = 3) -> dict:
+def tune_and_build(proto: onnx.ModelProto, target: str, minutes: list[float],
+                   work: Path) -> dict[str, Path]:
+    """The default-scheduled build (empty database), one cumulative tuning run with database
+    copies at the checkpoints, and a build with each copy. Returns build name -> model.so."""
     tgt = load_target(target)
     home = work / "home"
     with fleetc_home(home):
@@ -115,15 +121,25 @@ def tuned_curve(proto: onnx.ModelProto, target: str, minutes: list[float], work:
                             checkpoint_dir=work / "ckpt", progress=print)
     print(f"tuning: {result.workloads} workloads, {result.trials} trials "
           f"({result.failed} failed), {result.seconds:.0f} s, cost model {result.cost_model}")
-    builds = {"default": work / "default" / "model.so"}
     for mark, folder in sorted(result.checkpoints.items()):
         with fleetc_home(Path(folder)):
             emit_tvm(proto, tgt, work / f"tuned{mark:g}")
-        builds[f"tuned {mark:g} min"] = work / f"tuned{mark:g}" / "model.so"
-    samples: dict[str, list[float]] = {"onnxruntime": [], **{k: [] for k in builds}}
+    return builds(work)
+
+
+def builds(work: Path) -> dict[str, Path]:
+    found = {"default": work / "default" / "model.so"}
+    for folder in sorted(work.glob("tuned*"), key=lambda p: float(p.name[5:])):
+        found[f"tuned {folder.name[5:]} min"] = folder / "model.so"
+    return found
+
+
+def time_builds(proto: onnx.ModelProto, found: dict[str, Path], rounds: int = 3) -> dict:
+    """onnxruntime and every build, side by side in interleaved rounds; prints the table."""
+    samples: dict[str, list[float]] = {"onnxruntime": [], **{k: [] for k in found}}
     for _ in range(rounds):
         samples["onnxruntime"].append(time_onnxruntime(proto))
-        for name, so in builds.items():
+        for name, so in found.items():
             samples[name].append(time_so(so, proto))
     ms = {k: statistics.median(v) for k, v in samples.items()}
     print(f"{'build':<16}{'ms':>9}{'x default':>11}{'x onnxruntime':>15}  (rounds)")
@@ -131,7 +147,7 @@ def tuned_curve(proto: onnx.ModelProto, target: str, minutes: list[float], work:
         print(f"{name:<16}{value:9.2f}{value / ms['default']:11.2f}"
               f"{value / ms['onnxruntime']:15.2f}  "
               + " ".join(f"{v:.2f}" for v in samples[name]))
-    return {"ms": ms, "result": result, "home": home}
+    return ms
 
 
 class _Hits(logging.Handler):
@@ -166,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", default="host-tvm")
     parser.add_argument("--work", default=None, help="folder to keep (default: a temp folder)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--phase", choices=("all", "tune", "time"), default="all",
+                        help="tune: tuning, builds and reuse (no timing); time: the timing "
+                        "table of an earlier --phase tune --work DIR (run it under the "
+                        "exclusive lock)")
     args = parser.parse_args(argv)
     minutes = [float(m) for m in args.minutes.split(",")]
     proto = mobilenet_v2(resolution=args.resolution)
@@ -173,8 +193,11 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         print(f"MobileNetV2-{args.resolution}, target {args.target}, 1 thread; work {work}")
-        curve = tuned_curve(proto, args.target, minutes, work, args.rounds)
-        reuse(proto, args.target, curve["home"], work)
+        if args.phase in ("all", "tune"):
+            tune_and_build(proto, args.target, minutes, work)
+            reuse(proto, args.target, work / "home", work)
+        if args.phase in ("all", "time"):
+            time_builds(proto, builds(work), args.rounds)
 
 
 if __name__ == "__main__":

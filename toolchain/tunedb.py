@@ -16,8 +16,9 @@ place; readers (`load_database`) read under a shared `flock`. A killed writer le
 pair intact (and at most a temporary folder, removed by the next writer).
 
 Tuning extracts its workloads from the module `passes.emit_tvm.tuning_module` gives - the
-module the build's `apply_tuning_records` hook passes to `apply_database` - so a workload a
-model was tuned with is found again when any model with that function is built.
+module the build's `apply_tuning_records` hook passes to `apply_database` - after
+`inline_scalars` on both sides, so a workload a model was tuned with is found again when any
+model with that function is built.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from toolchain.home import tuning_dir
 
-__all__ = ["codegen_key", "database_dir", "load_database", "save_records",
+__all__ = ["codegen_key", "database_dir", "load_database", "save_records", "inline_scalars",
            "apply_database", "count_records", "KEEP_PER_WORKLOAD"]
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,37 @@ def _commit(db, records: Iterable) -> None:
             r.trace, workload, r.run_secs, r.target, r.args_info))
 
 
+def inline_scalars(mod):
+    """Every PrimFunc with its scalar intermediate blocks inlined into their consumers.
+
+    The build legalizes without constant folding, so a Clip's bounds stay computations inside
+    the fused conv (`T_where(isnan(min), ...)` blocks writing 0-d buffers); MetaSchedule's rules
+    cannot tile such a function (reverse_compute_at fails on the epilogue: 18 of the 47
+    workloads of MobileNetV2-160). Inlined, the bounds are expressions of the epilogue."""
+    from tvm import s_tir, tirx
+
+    out = mod
+    for gv, func in list(mod.functions_items()):
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        sch = s_tir.Schedule(func)
+        root = sch.get_sblock("root")
+        local = list(getattr(sch.get(root), "alloc_buffers", []))   # intermediate buffers
+        scalars = [b for b in sch.get_child_blocks(root)
+                   if len(sch.get(b).writes) == 1 and not sch.get(b).writes[0].region
+                   and any(sch.get(b).writes[0].source.same_as(a) for a in local)]
+        if not scalars:
+            continue
+        try:
+            for block in scalars:
+                sch.compute_inline(block)
+        except Exception:      # left as it is: tuning skips a function it cannot schedule
+            continue
+        out = out if out is not mod else mod.clone()
+        out[gv] = sch.mod["main"].with_attrs(func.attrs) if func.attrs else sch.mod["main"]
+    return out
+
+
 def apply_database(mod, tgt, folder: Path | None = None, mark: str | None = None):
     """Schedule the functions of a legalized and fused relax module that the target's database
     has records for (MetaSchedule's ApplyDatabase; `mark`: one more attribute set on them).
@@ -173,14 +205,14 @@ def apply_database(mod, tgt, folder: Path | None = None, mark: str | None = None
     if db is None:
         return mod, 0, 0
     with tgt, db:
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        scheduled = relax.transform.MetaScheduleApplyDatabase()(inline_scalars(mod))
     hits = 0
-    for gv, func in list(mod.functions_items()):
+    mod = mod.clone()
+    for gv, func in list(scheduled.functions_items()):   # the others stay as they were
         if isinstance(func, tirx.PrimFunc) and func.attrs is not None \
                 and func.attrs.get("tirx.is_scheduled"):
             hits += 1
-            if mark:
-                mod[gv] = func.with_attr(mark, True)
+            mod[gv] = func.with_attr(mark, True) if mark else func
     total = sum(1 for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
     logger.info("tuning database %s: %d of %d functions scheduled from records",
                 folder or database_dir(tgt), hits, total)

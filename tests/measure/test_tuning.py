@@ -21,15 +21,19 @@ pytestmark = pytest.mark.xdist_group("tuning")
 
 
 def convs(*layers: tuple[int, int]) -> onnx.ModelProto:
-    """Conv (cout, k) + Relu layers on a 1x8x16x16 input."""
+    """Conv (cout, k) + ReLU6 layers on a 1x8x16x16 input. ReLU6 is Clip with its bounds as
+    initializers, as exporters write it: the build computes the bounds inside the fused conv,
+    which MetaSchedule can tune only after `tunedb.inline_scalars`."""
     rng = np.random.default_rng(0)
-    nodes, inits, x, c = [], [], "input", 8
+    nodes, x, c = [], "input", 8
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n)
+             for n, v in (("lo", 0.0), ("hi", 6.0))]
     for i, (cout, k) in enumerate(layers):
         w = rng.normal(0, 0.3, (cout, c, k, k)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[k // 2] * 4,
                                    kernel_shape=[k, k], name=f"conv{i}"),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+                  helper.make_node("Clip", [f"c{i}", "lo", "hi"], [f"r{i}"], name=f"relu6{i}")]
         x, c = f"r{i}", cout
     graph = helper.make_graph(
         nodes, "convs", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 16, 16])],

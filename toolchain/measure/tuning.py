@@ -74,7 +74,7 @@ def model_workloads(model: onnx.ModelProto, tgt) -> list:
 
     from passes.emit_tvm import tuning_module
 
-    mod = tuning_module(model, tgt)
+    mod = tunedb.inline_scalars(tuning_module(model, tgt))
     return [t for t in ms.relax_integration.extract_tasks(mod, tgt)
             if not t.mod.attrs or not t.mod.attrs.get("tirx.is_scheduled", False)]
 
@@ -116,15 +116,13 @@ def tune_model(model: onnx.ModelProto, target: Target, *, trials: int | None = N
     if known is not None:
         tunedb._commit(db, known.get_all_tuning_records())
     clock = _Clock(start, minutes, tgt, db, sorted(checkpoints), checkpoint_dir, say)
+    contexts, weights = _contexts(todo, seed, say)
+    if not contexts:
+        return TuneResult(str(folder), len(tasks), reused, 0, 0, 0,
+                          time.monotonic() - start, cost_model)
     # A small trial budget still reaches every task once.
-    per_round = min(TRIALS_PER_ROUND, max(1, (trials or _NO_TRIAL_LIMIT) // len(todo)))
+    per_round = min(TRIALS_PER_ROUND, max(1, (trials or _NO_TRIAL_LIMIT) // len(contexts)))
     with tempfile.TemporaryDirectory(prefix="fleetc-tune-") as work:
-        contexts = [ms.TuneContext(
-            mod=t.dispatched[0], target=t.target, space_generator="post-order-apply",
-            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
-            task_name=t.task_name, logger=_MS_LOGGER, rand_state=seed + i,
-            num_threads="physical").clone() for i, t in enumerate(todo)]
-        weights = [float(t.weight) for t in todo]
         builder, runner, callbacks = _measure(target, tracker, work, clock)
         try:
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work,
@@ -138,10 +136,37 @@ def tune_model(model: onnx.ModelProto, target: Target, *, trials: int | None = N
         finally:       # what was measured is kept, even when interrupted
             tunedb.save_records(tgt, db.get_all_tuning_records(), folder)
     seconds = time.monotonic() - start
-    say(f"tuned {len(todo)} workloads: {clock.trials} trials ({clock.failed} failed) "
+    say(f"tuned {len(contexts)} workloads: {clock.trials} trials ({clock.failed} failed) "
         f"in {seconds:.0f} s; database {folder}")
-    return TuneResult(str(folder), len(tasks), reused, len(todo), clock.trials, clock.failed,
+    return TuneResult(str(folder), len(tasks), reused, len(contexts), clock.trials, clock.failed,
                       seconds, cost_model, dict(clock.written))
+
+
+def _contexts(tasks: list, seed: int, say) -> tuple[list, list[float]]:
+    """A TuneContext per task whose MetaSchedule design space can be generated; the others
+    (MetaSchedule's rules fail on some fused functions, e.g. a depthwise conv whose ReLU6
+    bounds are computed inside it) are left to the default schedules, and said so."""
+    from tvm.s_tir import meta_schedule as ms
+
+    contexts, weights, failed = [], [], []
+    for i, task in enumerate(tasks):
+        ctx = ms.TuneContext(
+            mod=task.dispatched[0], target=task.target, space_generator="post-order-apply",
+            search_strategy=ms.search_strategy.EvolutionarySearch(population_size=POPULATION),
+            task_name=task.task_name, logger=_MS_LOGGER, rand_state=seed + i,
+            num_threads="physical").clone()
+        try:
+            ctx.generate_design_space()
+        except Exception as err:   # a TVM ScheduleError: MetaSchedule cannot tune this one
+            logger.debug("%s: no design space: %s", task.task_name, str(err).splitlines()[-1:])
+            failed.append(task.task_name)
+            continue
+        contexts.append(ctx)
+        weights.append(float(task.weight))
+    if failed:
+        say(f"{len(failed)} workloads MetaSchedule cannot schedule (default schedules): "
+            f"{', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}")
+    return contexts, weights
 
 
 def _cpu_intrinsics_only() -> None:
