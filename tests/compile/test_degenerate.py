@@ -52,6 +52,17 @@ def test_constant_output_model_is_scored_by_distortion(tmp_path, caplog):
     assert max(sens.drops.values()) > 0          # changes are not all free any more
 
 
+def test_a_non_finite_output_is_the_largest_finite_distortion():
+    """Pruning a constant-fill Inception-v1 overflowed (NaN outputs): its drop was NaN and the
+    cost table refused it (exit 2). A non-finite output now counts as 1000% distortion."""
+    est = AccuracyEstimator.__new__(AccuracyEstimator)
+    est._ref, est.labels, est.samples, est.metric = np.ones((4, 3)), None, 4, "distortion"
+    out = np.ones((4, 3))
+    out[0, 0], out[1, 1] = np.nan, np.inf
+    score = est._score(out)
+    assert score.distortion == pytest.approx(500.0) and np.isfinite(score.value)
+
+
 def test_a_varying_model_keeps_the_agreement_metric(tmp_path):
     model = _model(13)
     x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)

@@ -57,6 +57,8 @@ ORIGINAL = Choice()
 COSINE_WEIGHT = 0.1   # points per percent of output cosine lost (see effective_drop)
 CACHE_FORMAT = 3      # in the cache key: 3 = the distortion metric on degenerate data (2: an
 #                       entry folder with digests, 1: a bare JSON file)
+MAX_DISTORTION = 10.0      # relative L2 of one sample's output, capped (1000%): a change whose
+#                            output overflows (NaN, inf) counts as this, so the sum stays finite
 DEGENERATE_SPREAD = 1e-4   # relative spread of the fp32 outputs across samples below which they
 #                            do not vary with the input (float32 rounding is ~1e-7)
 _DROPS = "drops.json"
@@ -191,7 +193,11 @@ class AccuracyEstimator:
         if self.labels is not None:
             top1 = float(np.mean(out.argmax(1) == self.labels.reshape(-1)) * 100)
         ref_norm = np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
-        distortion = float(np.mean(np.linalg.norm(out - ref, axis=1) / ref_norm) * 100)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rel = np.linalg.norm(out - ref, axis=1) / ref_norm
+        rel = np.minimum(np.nan_to_num(rel, nan=MAX_DISTORTION, posinf=MAX_DISTORTION),
+                         MAX_DISTORTION)   # a non-finite output is as bad as it gets
+        distortion = float(np.mean(rel) * 100)
         value = {"top1": top1, "agreement": agree, "distortion": 100.0 - distortion}[self.metric]
         return Score(self.metric, value, top1, agree, cosine, self.samples, distortion)
 
