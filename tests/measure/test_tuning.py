@@ -102,7 +102,7 @@ def test_tune_reuse_and_apply(home, caplog):
 def test_concurrent_writers_keep_every_record(home):
     """Writers merging into one database at once lose nothing (flock + rename)."""
     target = load_target("host-tvm")
-    tuning.tune_model(convs((8, 3), (16, 1)), target, trials=4)
+    tuning.tune_model(convs((8, 3)), target, trials=4)
     records = tunedb.load_database(target.tvm()).get_all_tuning_records()
     shared = home / "shared"
     groups = [records[i::4] for i in range(4)]
@@ -113,7 +113,7 @@ def test_concurrent_writers_keep_every_record(home):
     for t in threads:
         t.join()
     merged = tunedb.load_database(target.tvm(), shared)
-    assert tunedb.count_records(merged) == (2, 4)
+    assert tunedb.count_records(merged) == (1, 4)
     assert not list(shared.glob(".merge-*"))
 
 
