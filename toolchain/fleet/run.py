@@ -603,8 +603,22 @@ def check_output(fleet: Fleet, outdir: str | Path, force: bool = False) -> dict[
     folder is to be written (a symlinked one is followed). A BadInputError before any work."""
     inputs = fleet.inputs()
     check_output_dir(outdir, inputs, "fleet", force)
-    return {d.name: check_output_dir(Path(outdir) / d.name, inputs, "compile", force)
-            for d in fleet.devices}
+    resolved = []
+    for item in inputs:
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            resolved.append((item, str(Path(item).resolve())))
+    out = {}
+    for d in fleet.devices:
+        folder = Path(outdir) / d.name
+        try:
+            real = str(folder.resolve())
+        except (OSError, RuntimeError, ValueError):
+            related = inputs
+        else:   # only inputs that are, hold or sit inside it can be refused: checked below
+            related = [i for i, r in resolved if r == real or r.startswith(real + os.sep)
+                       or real.startswith(r + os.sep)]
+        out[d.name] = check_output_dir(folder, related, "compile", force)
+    return out
 
 
 def _open_output(outdir: Path, dests: dict[str, Path], say: Progress) -> None:
