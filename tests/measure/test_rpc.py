@@ -31,6 +31,10 @@ def test_rpc_timing_agrees_with_local(farm):
     remote = time_rpc(model, target, "host-1t", farm.address, timeout_s=60, config=CONFIG,
                       executable=executable)
     from toolchain.measure.timing import pick_cpus, pinned
+    from toolchain.measure.tvm_backend import set_tvm_threads
+    # the device runs one thread; default schedules are parallel, so size this pool alike
+    # (else the local run used both cores: 1.25 vs 2.14 ms idle)
+    set_tvm_threads(1)
     with pinned(pick_cpus(1)):
         local = time_vm(executable, tvm.cpu(), input_arrays(model), CONFIG)
     # Noise bound: the larger of 35% and three times the two runs' spreads. Compared on the
