@@ -5,9 +5,12 @@ import shutil
 from pathlib import Path
 
 from toolchain.fleet.cache import device_key
+from toolchain.fleet.run import build_key
 from toolchain.fleet.spec import load_fleet
-from toolchain.home import predictors_dir
+from toolchain.home import predictors_dir, tuning_dir
 from toolchain.predict.latency import builtin_predictors_dir
+from toolchain.space import Plan
+from toolchain.target import load_target
 
 FLEET = '''
 model = "m.onnx"
@@ -82,3 +85,24 @@ def test_fleetc_sources_are_in_the_key(tmp_path, monkeypatch):
     monkeypatch.setattr(fleet_module, "_source_digest", lambda: "edited sources")
     after = _keys(tmp_path)
     assert all(after[name] != before[name] for name in before)
+
+
+def test_tuning_records_and_calibration_are_in_the_key(tmp_path, monkeypatch):
+    """Every TVM build applies the tuning database, and host packages are calibrated unless
+    --no-calibrate: a new record or the other calibration setting is another build."""
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "fp.csv").write_text(FP_CSV)
+    (tmp_path / "fleet.toml").write_text(FLEET)
+    before = _keys(tmp_path)
+    target = load_target("host-tvm")
+    plan = Plan(target="host-tvm")
+    build_before = build_key("m", None, plan, target)
+    db = tuning_dir(create=True) / "llvm-x86_64" / "records.json"
+    db.parent.mkdir(parents=True)
+    db.write_text("{}\n")
+    tuned = _keys(tmp_path)
+    assert all(tuned[name] != before[name] for name in before)
+    assert build_key("m", None, plan, target) != build_before
+    monkeypatch.setenv("FLEETC_CALIBRATE", "1")
+    calibrated = _keys(tmp_path)
+    assert all(calibrated[name] != tuned[name] for name in tuned)

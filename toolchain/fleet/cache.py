@@ -81,6 +81,14 @@ def _files_digest(paths: list[Path], memo: dict | None) -> dict[str, str]:
     return out
 
 
+def tuning_digest(memo: dict | None = None) -> dict[str, str]:
+    """sha256 of every file of the tuning database (`$FLEETC_HOME/tuning/`): every TVM build
+    applies it, so a new record is another build."""
+    from toolchain.home import tuning_dir
+
+    return _files_digest([tuning_dir()], memo)
+
+
 def _once(memo: dict | None, key: tuple, make: Callable[[], object]):
     """make(), remembered in the run's memo under `key`."""
     if memo is None:
@@ -104,9 +112,12 @@ def _check_package(target: Target, memo: dict | None) -> None:
 def _target_digest(device: Device, targets: dict[str, Target],
                    measurable: list[Target], memo: dict | None) -> dict:
     """The target file and the predictor package(s) the device's build reads: with a
-    fingerprint, those of every profiled target too (`fleet/pricing.py` mixes them all)."""
+    fingerprint, those of every profiled target too (`fleet/pricing.py` mixes them all); the
+    zero-shot model (targets never measured are priced by it) and the tuning database (every
+    TVM build applies it)."""
     from toolchain.home import predictors_dir
     from toolchain.predict.latency import builtin_predictors_dir
+    from toolchain.predict.zeroshot import model_path
 
     used = [targets[device.target]] + ([targets[device.proxy]] if device.proxy else [])
     used += measurable     # the fingerprint basis, and every device's candidate plans
@@ -115,6 +126,7 @@ def _target_digest(device: Device, targets: dict[str, Target],
         _check_package(tgt, memo)
         files.append(Path(tgt.source))
         files += [predictors_dir() / tgt.predictor, builtin_predictors_dir() / tgt.predictor]
+    files.append(model_path())
     return _files_digest(files, memo)
 
 
@@ -124,13 +136,18 @@ def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | No
     """The device's cache key; `measurable` (the targets a fingerprint mixes) is read from the
     registry when not given; `memo` (one dict per run) hashes each file, checks each package
     and asks the tool versions once per run; `planning` is what the fleet-wide candidate plans
-    depend on (`toolchain.fleet.run.planning_digest`)."""
+    depend on (`toolchain.fleet.run.planning_digest`). Whether host packages are calibrated to
+    this CPU (`--no-calibrate`) is part of it; the calibrated package itself is not (it is made
+    on first use, after the key)."""
+    from toolchain.predict.latency import calibration_enabled
+
     measurable = measurable_targets() if measurable is None else measurable
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
            "device": device.entry(),
            "target": _target_digest(device, fleet.targets, measurable, memo),
            "tools": _once(memo, ("tools",), tool_versions),
-           "source": _source_digest(), "planning": planning}
+           "source": _source_digest(), "planning": planning,
+           "calibrate": calibration_enabled(), "tuning": tuning_digest(memo)}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 

@@ -56,6 +56,7 @@ from toolchain.fleet.cache import (
     install_cached,
     publish,
     sweep,
+    tuning_digest,
 )
 from toolchain.fleet.pool import Pool
 from toolchain.fleet.spec import FLEET_JSON_VERSION, Device, Fleet, canonical
@@ -162,11 +163,11 @@ def planning_digest(fleet: Fleet) -> str:
 
 def build_key(model_sha: str, calib_sha: str | None, plan, target) -> str:
     """The build cache key of one (plan, TVM target): the inputs, the plan, the target's TVM
-    target and cross compiler, fleetc's sources and the tool versions."""
+    target and cross compiler, the tuning database, fleetc's sources and the tool versions."""
     doc = {"build": 1, "model": model_sha, "calib": calib_sha,
            "plan": replace(plan, target=None).to_json(),
            "tvm_target": target.tvm_target, "cross": target.cross_compiler,
-           "tools": tool_versions(), "source": _source_digest()}
+           "tuning": tuning_digest(), "tools": tool_versions(), "source": _source_digest()}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
 
 
