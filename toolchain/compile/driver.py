@@ -455,9 +455,9 @@ UNIFORM = (("uniform-int8", "int8", 1.0), ("uniform-w0.75", "fp32", 0.75),
            ("uniform-w0.5", "fp32", 0.5), ("uniform-int8-w0.75", "int8", 0.75))
 
 
-def _uniform(ctx: Context, target: str) -> list[Candidate]:
-    """The trivial baselines (every kernel int8 and/or pruned alike, where legal): measured
-    too when they meet the budgets, so compile never returns a plan worse than them."""
+def uniform_plans(ctx: Context, target: str | None = None) -> list[tuple[str, Plan]]:
+    """The trivial baselines, labelled: every kernel int8 and/or pruned alike, where legal
+    (a kernel keeps the precision alone, or stays as it is, where the width is not legal)."""
     out = []
     for label, precision, width in UNIFORM:
         kernels = {}
@@ -468,10 +468,16 @@ def _uniform(ctx: Context, target: str) -> list[Candidate]:
                 c = Choice(precision) if Choice(precision) in legal else Choice()
             if c != Choice():
                 kernels[name] = c
-        plan = Plan(kernels=kernels, target=target)
         if kernels:
-            out.append(Candidate(label, ctx.original, plan, plan_metrics(ctx, plan)))
+            out.append((label, Plan(kernels=kernels, target=target)))
     return out
+
+
+def _uniform(ctx: Context, target: str) -> list[Candidate]:
+    """The trivial baselines, measured too when they meet the budgets, so compile never
+    returns a plan worse than them."""
+    return [Candidate(label, ctx.original, plan, plan_metrics(ctx, plan))
+            for label, plan in uniform_plans(ctx, target)]
 
 
 def _key(c: Candidate, objective: str):

@@ -38,7 +38,7 @@ import numpy as np
 from toolchain.compile.tables import Context, PlanCosts, build_table, plan_metrics, plan_of
 from toolchain.errors import FleetcError, UnsupportedKernelError
 from toolchain.optimize.pareto import pareto_front
-from toolchain.space import Choice, Plan
+from toolchain.space import Plan
 
 __all__ = ["FeatureCache", "DevicePricing", "DevicePlan", "FleetPlans", "plan_fleet",
            "linear_cost", "EXTREMES", "FRONT_CELLS"]
@@ -137,21 +137,9 @@ class FleetPlans:
 
 
 def _uniform(ctx: Context) -> list[Plan]:
-    from toolchain.compile.driver import UNIFORM
+    from toolchain.compile.driver import uniform_plans
 
-    out = []
-    for _, precision, width in UNIFORM:
-        kernels = {}
-        for name in ctx.space.options:
-            legal = ctx.space.choices(name, ctx.precisions)
-            c = Choice(precision, width)
-            if c not in legal:
-                c = Choice(precision) if Choice(precision) in legal else Choice()
-            if c != Choice():
-                kernels[name] = c
-        if kernels:
-            out.append(Plan(kernels=kernels))
-    return out
+    return [plan for _, plan in uniform_plans(ctx)]
 
 
 def _weights(predictors: list, columns: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
