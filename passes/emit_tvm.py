@@ -8,12 +8,17 @@ Artifacts (written atomically into the output folder):
   compiler for that architecture is installed (detected with `shutil.which`, never required).
 
 Int8: TVM 0.27's ONNX frontend imports QuantizeLinear/DequantizeLinear as simulated quantization
-(quantize, then dequantize back to float) and has no QLinearConv/ConvInteger path, so a QDQ model
-runs its int8 kernels in float on every TVM build. The result says so (`int8_in_float`) and the
-compile manifest/report repeat it. Its check compares with onnxruntime running the same QDQ graph
-unfused (graph optimizations off), which computes the same simulated quantization; rounding
-ties flip single quantized values, so QDQ outputs are compared by cosine similarity (at least
-0.99, or at least as close as onnxruntime's own fused integer execution is).
+(quantize, then dequantize back to float) and has no QLinearConv/ConvInteger path. Right after
+the import, `passes/tvm_int8.integer_compute` rewrites every int8 conv / matmul it can prove
+equivalent into integer compute (8-bit x int8, int32 accumulation, int32 bias, float
+requantization; docs/tvm.md). A kernel it cannot prove stays float and the build warns with the
+reason; the result's `int8_in_float` is True when any quantized kernel runs in float (the
+compile manifest/report repeat it). The check of a QDQ model compares by cosine similarity (at
+least 0.99): rounding ties flip single quantized values by one step and the flip propagates.
+An all-integer build is compared with onnxruntime's integer (fused QDQ) execution; a build
+with float int8 kernels with onnxruntime running the QDQ graph unfused (optimizations off),
+which computes the same simulated quantization (or must be at least as close as onnxruntime's
+own integer execution is).
 
 Schedules: TVM 0.27's CPU pipeline legalizes and fuses but schedules nothing, so the build
 goes through `schedule_module`, the one place the IRModule is scheduled: after legalization
@@ -166,10 +171,11 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
     shapes = _input_shapes(proto)
     qdq = any(n.op_type in _QDQ for n in proto.graph.node)
     warnings: list[str] = []
-    if qdq:
-        warnings.append("int8 kernels run as float on this TVM build: TVM 0.27 imports QDQ "
-                        "(QuantizeLinear/DequantizeLinear) as simulated quantization")
-    executable, schedules, rules = build_module(proto, tgt, shapes)
+    int8: list = []
+    executable, schedules, rules = build_module(proto, tgt, shapes, int8=int8)
+    in_float = qdq and (int8[0].runs_in_float or not int8[0].integer)
+    if in_float:
+        warnings.append(_float_int8_warning(int8[0]))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: list[Artifact] = []
@@ -178,7 +184,7 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
         artifacts.append(_export(executable, out / "model.so", "shared-library"))
         if tgt.kind.name == "llvm":
             feeds = inputs if inputs is not None else _random_inputs(proto, shapes)
-            err = _check(out / "model.so", proto, feeds, rtol, atol, qdq)
+            err = _check(out / "model.so", proto, feeds, rtol, atol, qdq, in_float)
             checked = True
         else:
             warnings.append(f"{tgt.kind.name} module not run here: no such device on this host")
@@ -194,24 +200,40 @@ def emit_tvm(model: onnx.ModelProto | str | Path, target: Target | str | dict,
     for a in artifacts:
         if a.arch != arch:
             raise EmitError(f"TVM produced {a.arch} code in {a.path} for an {arch} target")
-    return EmitResult(tuple(artifacts), str(tgt), arch, cross, checked, err, qdq,
+    return EmitResult(tuple(artifacts), str(tgt), arch, cross, checked, err, in_float,
                       tuple(warnings), schedules, rules)
 
 
+def _float_int8_warning(report) -> str:
+    if not report.left:
+        return ("int8 kernels run as float on this TVM build: no conv / matmul of the QDQ "
+                "model was in integer form")
+    shown = "; ".join(report.left[:5]) + ("; ..." if len(report.left) > 5 else "")
+    return (f"{len(report.left)} int8 kernel(s) run as float on this TVM build (no proven "
+            f"integer form): {shown}")
+
+
 def build_module(proto: onnx.ModelProto, tgt, shapes: dict[str, list[int]] | None = None,
-                 records: bool = True):
+                 records: bool = True, int8: list | None = None):
     """(relax executable, function -> "tuned" | "default" | "none", function -> rule) of
     `proto` for the tvm Target `tgt`: import, schedule (`schedule_module`), compile. The one
     build every TVM artifact and every TVM timing of fleetc goes through. `records=False`:
-    default schedules only (no tuning records; for comparisons)."""
+    default schedules only (no tuning records; for comparisons). `int8`: a list that gets the
+    int8 rewrite's IntegerReport (kernels made integer, kernels left float and why)."""
     shapes = _input_shapes(proto) if shapes is None else shapes
-    return _build(_prepared(proto, shapes), tgt, records)
+    return _build(_prepared(proto, shapes, int8), tgt, records)
 
 
-def _prepared(proto: onnx.ModelProto, shapes: dict[str, list[int]]):
+def _prepared(proto: onnx.ModelProto, shapes: dict[str, list[int]], int8: list | None = None):
     """The relax module a build starts from: BatchNormalizations folded into their Convs,
-    imported, constant layout changes folded."""
-    return _fold_layout_constants(_import(_fold_batchnorms(proto), shapes))
+    imported, int8 kernels in integer compute (passes/tvm_int8), constant layout changes
+    folded."""
+    from passes.tvm_int8 import integer_compute
+
+    mod, report = integer_compute(_import(_fold_batchnorms(proto), shapes))
+    if int8 is not None:
+        int8.append(report)
+    return _fold_layout_constants(mod)
 
 
 def apply_tuning_records(mod, tgt):
@@ -463,7 +485,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float,
-           atol: float, qdq: bool) -> float:
+           atol: float, qdq: bool, in_float: bool = True) -> float:
     """Run the exported module and onnxruntime on the same inputs; return the max abs error."""
     import tvm
     from tvm import relax
@@ -477,7 +499,8 @@ def _check(so: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol:
     # quantization TVM does. Rounding ties (TVM and onnxruntime round x / scale slightly
     # differently) still flip single quantized values by one step and the flip propagates, so
     # QDQ outputs are compared by direction (cosine similarity) instead of element-wise.
-    want = _ort_run(proto, feeds, optimized=False)
+    # An all-integer build (in_float False) is compared with onnxruntime's integer execution.
+    want = _ort_run(proto, feeds, optimized=qdq and not in_float)
     fused = _ort_run(proto, feeds, optimized=True) if qdq else want
     worst = 0.0
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
