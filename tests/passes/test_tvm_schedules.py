@@ -96,3 +96,36 @@ def test_aarch64_builds_vectorize_convs_with_fmla(target):
     asm = lib.inspect_source("asm")
     assert "aarch64" in lib.inspect_source("ll").split("target triple", 1)[1].splitlines()[0]
     assert re.search(r"fmla\s+v\d+\.4s", asm), "no NEON vector FMLA in the aarch64 code"
+
+
+def cliff_model() -> onnx.ModelProto:
+    """Shapes the rules once left slow or unscheduled: a 1x1 conv on a 48-wide plane (a tile
+    of three vectors), a conv to 10 channels (no 4-lane divisor), a conv whose weight is a
+    ConstantOfShape fill (the onnx package's light models)."""
+    rng = np.random.default_rng(1)
+    w1 = nh.from_array((rng.standard_normal((16, 8, 1, 1)) * 0.3).astype(np.float32), "W1")
+    w2 = nh.from_array((rng.standard_normal((10, 16, 3, 3)) * 0.3).astype(np.float32), "W2")
+    shape = nh.from_array(np.array([10, 10, 1, 1], np.int64), "S")
+    n = h.make_node
+    nodes = [n("Conv", ["x", "W1"], ["a"], name="wide"),
+             n("Relu", ["a"], ["r"], name="relu"),
+             n("Conv", ["r", "W2"], ["b"], strides=[4, 4], name="ten"),
+             n("ConstantOfShape", ["S"], ["W3"], name="fill",
+               value=nh.from_array(np.array([0.05], np.float32))),
+             n("Conv", ["b", "W3"], ["y"], name="filled")]
+    g = h.make_graph(nodes, "cliffs", [h.make_tensor_value_info("x", 1, [1, 8, 48, 48])],
+                     [h.make_tensor_value_info("y", 1, [1, 10, 12, 12])], [w1, w2, shape])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_shape_cliffs_are_scheduled_with_whole_vectors(tmp_path):
+    res = emit_tvm(cliff_model(), load_target("host-tvm"), tmp_path)  # raises on a mismatch
+    assert res.checked and set(res.schedules.values()) == {"default"}
+    # the filled weight is a constant (no fill at run time), every conv has a rule
+    assert not any("broadcast_to" in f for f in res.schedules)
+    assert sorted(res.rules.values()).count("conv2d") == 3
+    executable = build_module(cliff_model(), load_target("host-tvm").tvm())[0]
+    ll = executable.mod.imports[0].inspect_source("ll")
+    widths = {int(w) for w in re.findall(r"<(\d+) x float>", ll)}
+    # the 48-wide tile runs as three 16-lane vectors (as a 48-lane one it was 4.5x slower)
+    assert 16 in widths and not any(w > 16 and w & (w - 1) for w in widths), sorted(widths)
