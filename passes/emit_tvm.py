@@ -221,16 +221,17 @@ def build_module(proto: onnx.ModelProto, tgt, shapes: dict[str, list[int]] | Non
     default schedules only (no tuning records; for comparisons). `int8`: a list that gets the
     int8 rewrite's IntegerReport (kernels made integer, kernels left float and why)."""
     shapes = _input_shapes(proto) if shapes is None else shapes
-    return _build(_prepared(proto, shapes, int8), tgt, records)
+    return _build(_prepared(proto, shapes, int8, tgt), tgt, records)
 
 
-def _prepared(proto: onnx.ModelProto, shapes: dict[str, list[int]], int8: list | None = None):
+def _prepared(proto: onnx.ModelProto, shapes: dict[str, list[int]], int8: list | None = None,
+              tgt=None):
     """The relax module a build starts from: BatchNormalizations folded into their Convs,
-    imported, int8 kernels in integer compute (passes/tvm_int8), constant layout changes
-    folded."""
+    imported, int8 kernels in integer compute (passes/tvm_int8; packed for `tgt`'s int8 dot
+    product), constant layout changes folded."""
     from passes.tvm_int8 import integer_compute
 
-    mod, report = integer_compute(_import(_fold_batchnorms(proto), shapes))
+    mod, report = integer_compute(_import(_fold_batchnorms(proto), shapes), tgt)
     if int8 is not None:
         int8.append(report)
     return _fold_layout_constants(mod)
@@ -249,7 +250,7 @@ def apply_tuning_records(mod, tgt):
 def tuning_module(proto: onnx.ModelProto, tgt):
     """The module `apply_tuning_records` sees when `proto` is built (imported as `build_module`
     imports, legalized and fused as `schedule_module` does): tuning extracts its workloads here."""
-    return _legalize(_prepared(proto, _input_shapes(proto)), tgt)
+    return _legalize(_prepared(proto, _input_shapes(proto), tgt=tgt), tgt)
 
 
 def _legalize(mod, tgt):

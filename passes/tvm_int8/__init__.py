@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from passes.tvm_int8 import bias, conv2d, matmul
+from passes.tvm_int8 import bias, conv2d, matmul, packed_conv
 from passes.tvm_int8.common import Integer, finish
 
 __all__ = ["integer_compute", "IntegerReport", "RULES"]
@@ -42,11 +42,15 @@ class IntegerReport:
         return bool(self.left)
 
 
-def integer_compute(mod):
-    """(`mod` with every provable int8 kernel in integer compute, IntegerReport)."""
-    import tvm
+def integer_compute(mod, target=None):
+    """(`mod` with every provable int8 kernel in integer compute, IntegerReport). With a
+    `target` that has an int8 dot product (passes/tvm_schedules/dot_products.py), dense convs
+    are packed for it (packed_conv.py)."""
     from tvm import relax
 
+    from passes.tvm_schedules.dot_products import dot_product
+
+    dot = dot_product(target)
     left: list[str] = []
     count = [0]
 
@@ -69,13 +73,17 @@ def integer_compute(mod):
             self.integers[new] = found
             self.set_var_remap(binding.var, new)
 
+        def _packed(self, *conv):
+            return packed_conv.emit(self.builder_, dot, *conv)
+
         def _rewrite(self, call, var):
             lookup = self.lookup_binding
             fused = bias.apply(call, lookup, self.integers)
             if fused is not None:
                 return fused
             for op, rule in RULES:
-                found = rule(call, lookup)
+                found = rule(call, lookup, self._packed) if op == "conv2d" and dot else \
+                    rule(call, lookup)
                 if isinstance(found, str):
                     left.append(f"{self.name}/{var.name} {op}: {found}")
                     return None
@@ -84,11 +92,13 @@ def integer_compute(mod):
                     return found
             return None
 
-    out = tvm.IRModule(mod.functions, attrs=mod.attrs)
-    for gv, func in mod.functions_items():
+    mutator = None
+    for gv, func in list(mod.functions_items()):
         if isinstance(func, relax.Function):
-            out[gv] = _Integer(mod, gv.name_hint).visit_expr(func)
+            mutator = _Integer(mod if mutator is None else mutator.builder_.get(), gv.name_hint)
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
     if not count[0]:
         return mod, IntegerReport(0, tuple(left))
+    out = mutator.builder_.get()
     # the float kernels replaced (and dequantizes only they used) are now unused bindings
     return relax.transform.DeadCodeElimination()(out), IntegerReport(count[0], tuple(left))

@@ -22,7 +22,10 @@ from passes.tvm_int8.common import ACC_LIMIT, Integer, dequantized
 __all__ = ["apply"]
 
 
-def apply(call, lookup) -> Integer | str | None:
+def apply(call, lookup, packed=None) -> Integer | str | None:
+    """`packed`: when given (the target has an int8 dot product), a dense conv that fits it is
+    emitted through `packed(data, weight, padding, pad value, strides) -> (int32 expression,
+    offset)` (packed_conv.py) instead of a relax conv2d."""
     import tvm
     from tvm import relax
 
@@ -47,6 +50,14 @@ def apply(call, lookup) -> Integer | str | None:
     if reduction > ACC_LIMIT:
         return f"reduction of {reduction} products may overflow int32"
     zx = int(x.zero_point.reshape(-1)[0])
+    offset = -zx * weight.reshape(channels, -1).astype(np.int64).sum(axis=1)
+    scale = np.broadcast_to(x.scale.reshape(-1)[0] * w.scale.reshape(-1), (channels,))
+    if packed is not None and int(a.groups) == 1:
+        done = packed(x.data, weight, a.padding, zx, a.strides, a.dilation)
+        if done is not None:
+            acc, shift_offset = done
+            return Integer(acc, (offset + shift_offset).astype(np.int32),
+                           scale.astype(np.float32), 4, 1)
     data, padding = x.data, [int(p) for p in a.padding]
     if zx and any(padding):
         top, left, bottom, right = padding
@@ -54,8 +65,6 @@ def apply(call, lookup) -> Integer | str | None:
         padding = [0, 0, 0, 0]
     acc = relax.op.nn.conv2d(data, relax.const(weight, "int8"), a.strides, padding, a.dilation,
                              int(a.groups), "NCHW", "OIHW", "NCHW", "int32")
-    offset = -zx * weight.reshape(channels, -1).astype(np.int64).sum(axis=1)
-    scale = np.broadcast_to(x.scale.reshape(-1)[0] * w.scale.reshape(-1), (channels,))
     return Integer(acc, offset.astype(np.int32), scale.astype(np.float32), 4, 1)
 
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 
-from passes.tvm_schedules import conv2d, depthwise, injective, matmul, pool
+from passes.tvm_schedules import conv2d, depthwise, injective, matmul, packed_conv, pool
 from passes.tvm_schedules.common import is_reduction, supported
 
 __all__ = ["default_schedule", "RULES", "SCHEDULED_ATTR"]
 
 logger = logging.getLogger(__name__)
 
-RULES = (("conv2d", conv2d.apply), ("depthwise", depthwise.apply), ("matmul", matmul.apply),
-         ("pool", pool.apply))
+RULES = (("packed_conv", packed_conv.apply), ("conv2d", conv2d.apply),
+         ("depthwise", depthwise.apply), ("matmul", matmul.apply), ("pool", pool.apply))
 SCHEDULED_ATTR = "tir.is_scheduled"
 
 

@@ -161,3 +161,40 @@ def test_a_float_model_is_left_unchanged():
     new, report = integer_compute(mod)
     assert report.integer == 0 and report.left == ()
     assert new.script() == mod.script()
+
+
+def _asm(proto, target):
+    executable, kinds, rules = emit.build_module(proto, target)
+    return executable.mod.imports[0].inspect_source("asm"), rules
+
+
+def test_x86_vnni_build_tensorizes_dense_convs_with_vpdpbusd():
+    # znver4 (AVX-512 VNNI) named explicitly: the assembly is read, the code is not run
+    asm, rules = _asm(qdq_model(), emit.tvm_target({"kind": "llvm", "mcpu": "znver4"}))
+    assert "packed_conv" in rules.values()
+    assert re.search(r"vpdpbusd\s+%zmm", asm), "no VNNI dot product in the x86 code"
+
+
+@pytest.mark.parametrize("target, dot", [("rpi4", False), ("rpi5", True)])
+def test_aarch64_int8_uses_sdot_only_with_dotprod(target, dot):
+    asm, rules = _asm(qdq_model(), load_target(target).tvm())
+    assert ("packed_conv" in rules.values()) == dot
+    assert bool(re.search(r"\bsdot\s+v\d+\.4s", asm)) == dot
+    assert not re.search(r"\budot\s", asm)
+
+
+def test_sdot_packing_shift_is_exact_on_the_host(monkeypatch, tmp_path):
+    # aarch64's sdot takes int8 activations: the packed conv shifts uint8 by -128 and the
+    # offset adds 128 * sum(W) back. Packed the sdot way for this host (untensorized), the
+    # build must still equal onnxruntime's integer execution.
+    from passes.tvm_schedules import dot_products
+
+    sdot = dot_products.DotProduct("fleetc_sdot_4x4", 4, "int8")
+    monkeypatch.setattr(dot_products, "dot_product", lambda target: sdot)
+    proto = qdq_model()
+    x = np.random.default_rng(3).standard_normal((1, 8, 12, 12)).astype(np.float32)
+    res = emit.emit_tvm(proto, load_target("host-tvm"), tmp_path, inputs={"x": x})
+    assert not res.int8_in_float and any("pack_int8" in f for f in res.schedules)
+    got = _run(tmp_path / "model.so", x)
+    want = emit._ort_run(proto, {"x": x}, optimized=True)[0]
+    assert np.array_equal(got, want)
