@@ -2,7 +2,8 @@
 
 A dot product adds, to each of `lanes` int32 accumulators C[i], the sum over 4 k of
 A[k] * B[i, k]: A four consecutive input channels of one pixel (broadcast to every lane),
-B[i, k] the weights of `lanes` output channels x the same four input channels (contiguous).
+B[i, k] the weights of `lanes` output channels x the same four input channels (contiguous),
+C the accumulators of a register tile (a local buffer).
 
 | target feature | instruction | lanes | A | B |
 |---|---|---|---|---|
@@ -78,7 +79,7 @@ def _functions(dot: DotProduct):
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), a_type, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
@@ -91,7 +92,7 @@ def _functions(dot: DotProduct):
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (4,), a_type, offset_factor=1)
         B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])

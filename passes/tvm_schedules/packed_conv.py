@@ -36,14 +36,14 @@ def apply(sch, block, target) -> bool:
     blocks = int(sch.get(o).extent) // dot.lanes
     height, width = int(sch.get(y).extent), int(sch.get(x).extent)
     rows = max(d for d in divisors(blocks) if d <= (2 if dot.lanes >= 16 else 4))
-    cols = max(d for d in divisors(width) if rows * d <= budget)
+    cols = _pixels(width, budget // rows)
     ys = max(d for d in divisors(height) if rows * d * cols <= budget)
     o_b, o_l = sch.split(o, [None, dot.lanes])
     ob_o, ob_i = sch.split(o_b, [None, rows])
     y_o, y_i = sch.split(y, [None, ys])
     x_o, x_i = sch.split(x, [None, cols])
     inline_epilogue(sch, block)
-    wb = sch.cache_write(block, 0, "global")   # the intrinsic's C operand is a global buffer
+    wb = sch.cache_write(block, 0, "local")
     fuse_epilogue(sch, wb)
     sch.transform_layout(block, ("write", 0), _channels_last())
     sch.reorder(n, ob_o, y_o, x_o, cb, ky, kx, ob_i, y_i, x_i, o_l, ci)
@@ -57,6 +57,14 @@ def apply(sch, block, target) -> bool:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(wb)[-1])
     return True
+
+
+def _pixels(width: int, most: int) -> int:
+    """Pixels per tile: the largest power-of-two divisor of the width up to `most` (the
+    write-back is vectorized along them: LLVM splits other lengths badly), else the largest
+    divisor up to `most`."""
+    fits = [d for d in divisors(width) if d <= most]
+    return max([d for d in fits if d & (d - 1) == 0 and d >= 4] or fits)
 
 
 def _matches(sch, block, dot) -> bool:
