@@ -125,6 +125,52 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(work, fake, caplog, damage):
     assert fake.builds == ["host-ort-1t"]
 
 
+def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+OUTPUT_CHANGES = {
+    "changed model.so": lambda d: _flip(d / "model.so"),
+    "truncated model.so": lambda d: _truncate(d / "model.so"),
+    "deleted plan.json": lambda d: (d / "plan.json").unlink(),
+    "added file": lambda d: (d / "notes.txt").write_text("mine"),
+    "edited manifest.json": lambda d: (d / "manifest.json").write_text("{}"),
+}
+
+
+def test_a_rerun_leaves_a_matching_device_folder_alone(work, fake):
+    """A warm rerun into the same OUTDIR does not copy a device folder that already matches
+    its cache entry: the files are the very same (inode and mtime unchanged)."""
+    assert _fleet(work)[:2] == (0, {"host": "built"})
+    before = _stamps(work / "out" / "host")
+    assert _fleet(work)[:2] == (0, {"host": "cached"})
+    assert _stamps(work / "out" / "host") == before
+    assert fake.builds == ["host-ort-1t"]
+
+
+@pytest.mark.parametrize("change", sorted(OUTPUT_CHANGES))
+def test_a_changed_device_folder_is_installed_again(work, fake, change):
+    """A device folder that no longer matches its entry (a file changed, cut, removed or
+    added) is replaced by a fresh copy of the entry; nothing is rebuilt."""
+    assert _fleet(work)[:2] == (0, {"host": "built"})
+    want = {p.name: p.read_bytes() for p in (work / "out" / "host").iterdir()}
+    OUTPUT_CHANGES[change](work / "out" / "host")
+    assert _fleet(work)[:2] == (0, {"host": "cached"})
+    got = {p.name: p.read_bytes() for p in (work / "out" / "host").iterdir()}
+    assert got == want
+    assert fake.builds == ["host-ort-1t"]
+
+
+def test_a_device_with_a_changed_input_is_rebuilt_not_left_alone(work, fake):
+    """A changed budget is another cache key: the folder is rebuilt and replaced."""
+    assert _fleet(work)[:2] == (0, {"host": "built"})
+    (work / "fleet.toml").write_text(FLEET.replace("5.0", "6.0"))
+    assert _fleet(work)[:2] == (0, {"host": "built"})
+    manifest = json.loads((work / "out" / "host" / "manifest.json").read_text())
+    assert manifest["budgets"]["latency_ms"] == 6.0
+    assert fake.builds == ["host-ort-1t"]     # the same plan: its build entry is reused
+
+
 @pytest.mark.parametrize("damage", ["truncated model.so", "changed model.so"])
 def test_a_damaged_build_entry_is_built_again(work, fake, caplog, damage):
     """The shared build entry (one per plan and TVM target) verifies itself too."""

@@ -11,15 +11,18 @@ last, and is renamed into place (`publish`): a reader finds a whole entry or non
 copied beside the device's output folder (`.<device>.tmp-<pid>-<random>/`) and the copy checked
 against the digests (sizes, then hashes) before it replaces the output folder (`install`); a
 missing, truncated or changed file or a garbled digest file makes the entry a miss, with a
-warning naming the device and the problem, and the device's new build replaces the entry. The
-temporary folders are removed however their owner ends; those of owners killed outright are
-removed by the next run (`sweep`, and `install` for its own), never while the owner runs.
+warning naming the device and the problem, and the device's new build replaces the entry. A
+rerun into the same OUTDIR leaves a device folder alone when it already matches its (sound)
+entry file by file (`_installed`). The temporary folders are removed however their owner
+ends; those of owners killed outright are removed by the next run (`sweep`, and `install` for
+its own), never while the owner runs.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +35,7 @@ from toolchain.files import (
     owned_temp_dir,
     publish_dir,
     remove_dead_temps,
+    sha256_file,
     sha256_once,
     tool_versions,
     write_digests,
@@ -142,9 +146,10 @@ def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | No
     from toolchain.predict.latency import calibration_enabled
 
     measurable = measurable_targets() if measurable is None else measurable
+    target = _once(memo, ("target digest", device.target, device.proxy),   # same for devices
+                   lambda: _target_digest(device, fleet.targets, measurable, memo))  # alike
     doc = {"fleet_json": FLEET_JSON_VERSION, "model": model_sha, "calib": calib_sha,
-           "device": device.entry(),
-           "target": _target_digest(device, fleet.targets, measurable, memo),
+           "device": device.entry(), "target": target,
            "tools": _once(memo, ("tools",), tool_versions),
            "source": _source_digest(), "planning": planning,
            "calibrate": calibration_enabled(), "tuning": tuning_digest(memo)}
@@ -175,11 +180,35 @@ def install_cached(name: str, key: str, dest: Path) -> bool:
     entry = entry_dir(key)
     if not os.path.lexists(entry):
         return False
+    remove_dead_temps(dest.parent, f".{dest.name}.tmp-")   # as `install` does
+    if _installed(entry, dest):
+        return True
     problem = install(entry, dest)
     if problem is not None:
         logger.warning("%s: cached build %s is damaged (%s): building it again", name, key,
                        problem)
     return problem is None
+
+
+def _installed(entry: Path, dest: Path) -> bool:
+    """`dest` already holds exactly the entry's files (a rerun into the same OUTDIR) and the
+    entry is sound: nothing to copy. Both are checked against the entry's digests - the entry
+    in full (a damaged entry is still a miss), then `dest`: the same file names, sizes and
+    sha256 (a changed, added or removed file in `dest` means it is installed again)."""
+    if not dest.is_dir() or dest.is_symlink() or check_digests(entry) is not None:
+        return False
+    try:
+        listed = json.loads((entry / DIGESTS).read_bytes())["files"]
+        names = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if not p.is_dir()}
+        if names != set(listed):
+            return False
+        for name, want in listed.items():
+            f = dest / name
+            if f.is_symlink() or not f.is_file() or f.stat().st_size != want["size"]:
+                return False
+        return all(sha256_file(dest / name) == want["sha256"] for name, want in listed.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def install(entry: Path, dest: Path, attempts: int = 3) -> str | None:

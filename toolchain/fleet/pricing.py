@@ -30,37 +30,59 @@ logger = logging.getLogger(__name__)
 def fewshot_units(path: Path) -> tuple[list, np.ndarray, list[str]]:
     """(units per design, latencies, designs that are neither probes nor model files) of a
     device's measurement CSV; model files are looked up beside it."""
+    _, units, latency, unknown = _measured(path)
+    return units, latency, unknown
+
+
+def _measured(path: Path) -> tuple[list[tuple], list, np.ndarray, list[str]]:
+    """fewshot_units, with the key of each resolved design first: (design, folder). A fleet's
+    devices measure the same probe designs: each is resolved once per process, and callers
+    price it once per run under its key."""
     from toolchain.measure.records import read_measurements
-    from toolchain.predict.kernel import measured_units
     from toolchain.predict.latency import design_units
 
     folder = Path(path).resolve().parent
-
-    def units_of(design: str):
-        key = (design, str(folder))     # a fleet's devices share their probe designs
+    keys, units, latency, unknown = [], [], [], []
+    for row in read_measurements(path):
+        key = (row.design, str(folder))
         if key not in _UNITS:
-            _UNITS[key] = design_units(design, folder)
-        return _UNITS[key]
-
-    units, latency, unknown = measured_units(read_measurements(path), units_of)
-    return units, np.array(latency, dtype=float), unknown
+            _UNITS[key] = design_units(row.design, folder)
+        if _UNITS[key] is None:
+            unknown.append(row.design)
+            continue
+        keys.append(key)
+        units.append(_UNITS[key])
+        latency.append(row.latency_ms)
+    return keys, units, np.array(latency, dtype=float), unknown
 
 
 _UNITS: dict = {}   # per process: (design, folder) -> its units (design_units), for fleets
 
 
-def calibrated_predictor(target, proxy_target, path: Path):
-    """The proxy's predictor calibrated for `target` with the measurements in `path`."""
+def _once(memo: dict, key: tuple, make):
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
+def calibrated_predictor(target, proxy_target, path: Path, memo: dict | None = None):
+    """The proxy's predictor calibrated for `target` with the measurements in `path`. `memo`
+    (one dict per run) loads the proxy and prices each measured design once."""
     from toolchain.predict.kernel import data_hash
     from toolchain.predict.latency import load_predictor
-    from toolchain.predict.transfer import calibrate_kernel_predictor
+    from toolchain.predict.transfer import calibrate_kernel_predictor, design_costs
 
-    proxy = load_predictor(proxy_target, calibrate=False)   # the map to the target rescales it
-    units, latency, unknown = fewshot_units(path)
+    memo = {} if memo is None else memo
+    # the map to the target rescales the proxy's package: its calibration to this CPU is moot
+    proxy = _once(memo, ("proxy", proxy_target.name),
+                  lambda: load_predictor(proxy_target, calibrate=False))
+    keys, units, latency, unknown = _measured(path)
+    costs = [_once(memo, ("costs", proxy_target.name, k), lambda u=u: design_costs(proxy, u))
+             for k, u in zip(keys, units, strict=True)]
     meta = {"name": f"{target.predictor}-fewshot", "target": target.name,
             "training": {"file": Path(path).name, "hash": data_hash(path),
                          "rows": len(latency) + len(unknown), "skipped": unknown}}
-    model, _ = calibrate_kernel_predictor(proxy, units, latency, meta)
+    model, _ = calibrate_kernel_predictor(proxy, units, latency, meta, costs=costs)
     return model
 
 
@@ -156,22 +178,32 @@ def _scored_designs(rows: dict, skip: set, count: int) -> dict:
     return out
 
 
-def conditioned_predictor(target, path: Path, profiled: list | None = None):
+def conditioned_predictor(target, path: Path, profiled: list | None = None,
+                          memo: dict | None = None):
     """The device-conditioned kernel predictor for a device known by the fingerprint `path`
-    (`profiled`: the profiled packages, `_profiled()`, when the caller has them already)."""
-    from toolchain.measure.records import read_measurements
+    (`profiled`: the profiled packages, `_profiled()`, when the caller has them already;
+    `memo`, one dict per run: each fingerprint design is priced once by the profiled
+    predictors, not once per device)."""
+    from toolchain.predict.kernel import nnls
+    from toolchain.predict.transfer import design_costs
 
+    memo = {} if memo is None else memo
     profiled = _profiled() if profiled is None else profiled
     if not profiled:
         raise BadInputError("a fingerprint device needs at least one profiled target with a "
                             "predictor (fleetc profile --probe + fleetc predictor fit)")
-    units, latency, unknown = fewshot_units(path)
+    keys, units, latency, unknown = _measured(path)
     if len(latency) < 3:
         raise BadInputError(f"{path}: {len(latency)} usable fingerprint designs (probe names of "
                             "`fleetc probe`); at least 3 are needed")
     predictors = [p for _, p, _ in profiled]
-    alpha = _mix(predictors, units, latency)
-    designs = [r.design for r in read_measurements(path) if r.design not in set(unknown)]
+    basis = tuple(str(folder) for _, _, folder in profiled)
+    costs = [_once(memo, ("fingerprint", basis, k),
+                   lambda u=u: [design_costs(p, u) for p in predictors])
+             for k, u in zip(keys, units, strict=True)]
+    A = np.array([[c[0] for c in row] for row in costs])
+    alpha = nnls(A / latency[:, None], np.ones(len(latency)))     # as _mix
+    designs = [design for design, _ in keys]
     meta = {"name": f"{target.predictor}-conditioned", "target": target.name,
             "validated": False,
             "conditioned": {"devices": [t.name for t, _, _ in profiled],
@@ -179,10 +211,31 @@ def conditioned_predictor(target, path: Path, profiled: list | None = None):
                             "skipped": unknown},
             "held_out": _held_out(profiled, designs)}
     model = _combine(predictors, alpha, meta)
-    fit = np.array([model.predict_units(u).latency_ms for u in units])
+    fit = _mixed_latency(model, predictors, alpha, costs, units)
     model.meta["training_fit"] = {"designs": len(latency), "median_abs_rel_err":
                                   float(np.median(np.abs(fit - latency) / latency))}
     return model
+
+
+def _mixed_latency(model, predictors: list, alpha: np.ndarray, costs: list,
+                   units: list) -> np.ndarray:
+    """The mix's latency of each design. The mix is linear in its predictors, so it is the
+    alpha-weighted sum of their per-kind costs (`costs`: `design_costs` of each design by
+    each predictor) over the kinds the mix keeps - when every predictor used has the mix's
+    features for those kinds; else the designs are priced again."""
+    from toolchain.predict.transfer import cost_kinds
+
+    used = [i for i, a in enumerate(alpha) if a > 0]
+    if any(set(predictors[i].weights[k]) != set(w) for k, w in model.weights.items()
+           for i in used):
+        return np.array([model.predict_units(u).latency_ms for u in units])
+    out = np.full(len(units), float(model.model.get("model", 0.0)))
+    for i in used:
+        kinds = cost_kinds(predictors[i])
+        columns = [kinds.index(k) for k in model.weights]
+        per_kind = np.array([row[i][1] for row in costs])
+        out += alpha[i] * per_kind[:, columns].sum(axis=1)
+    return out
 
 
 def _describe(predictor) -> str:
@@ -227,18 +280,18 @@ def device_predictor(device, target: Target, proxy: Target | None,
                      memo: dict | None = None) -> tuple:
     """(kernel predictor, its name, warnings) of a fleet device however it is known: its
     target's package, the proxy's calibrated with its measurements, or the fingerprint mix.
-    `memo` (one dict per run) loads the profiled packages once."""
+    `memo` (one dict per run) loads each package once and prices each measured design once."""
     from toolchain.predict.latency import load_predictor
 
     memo = {} if memo is None else memo
     if device.known_by == "fewshot":
-        predictor = calibrated_predictor(target, proxy, device.measurements)
+        predictor = calibrated_predictor(target, proxy, device.measurements, memo)
     elif device.known_by == "fingerprint":
         if "profiled" not in memo:
             memo["profiled"] = _profiled()
-        predictor = conditioned_predictor(target, device.fingerprint, memo["profiled"])
-    else:
-        predictor = load_predictor(target)
+        predictor = conditioned_predictor(target, device.fingerprint, memo["profiled"], memo)
+    else:   # one package per target, shared by its devices
+        predictor = _once(memo, ("target", target.name), lambda: load_predictor(target))
     warnings = []
     if not target.measurable_here and not predictor.meta.get("validated", False):
         warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "

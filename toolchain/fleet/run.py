@@ -604,20 +604,27 @@ def check_output(fleet: Fleet, outdir: str | Path, force: bool = False) -> dict[
     folder is to be written (a symlinked one is followed). A BadInputError before any work."""
     inputs = fleet.inputs()
     check_output_dir(outdir, inputs, "fleet", force)
-    resolved = []
+    # only inputs that are, hold or sit inside a device folder can be refused: each input is
+    # filed under its resolved path and every folder above it, so a folder finds its own
+    # (that path, or one of its parents) without a pass over all inputs per device
+    below: dict[str, list] = {}     # path -> inputs that are it or sit inside it
+    at: dict[str, list] = {}        # path -> inputs that are it
     for item in inputs:
         with contextlib.suppress(OSError, RuntimeError, ValueError):
-            resolved.append((item, str(Path(item).resolve())))
+            real = Path(item).resolve()
+            at.setdefault(str(real), []).append(item)
+            for folder in (real, *real.parents):
+                below.setdefault(str(folder), []).append(item)
     out = {}
     for d in fleet.devices:
         folder = Path(outdir) / d.name
         try:
-            real = str(folder.resolve())
+            real = folder.resolve()
         except (OSError, RuntimeError, ValueError):
             related = inputs
-        else:   # only inputs that are, hold or sit inside it can be refused: checked below
-            related = [i for i, r in resolved if r == real or r.startswith(real + os.sep)
-                       or real.startswith(r + os.sep)]
+        else:
+            related = below.get(str(real), []) + [i for p in real.parents
+                                                  for i in at.get(str(p), [])]
         out[d.name] = check_output_dir(folder, related, "compile", force)
     return out
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import json
 import logging
 import math
@@ -146,14 +147,20 @@ def _probe_rows(path: Path, given: str, what: str, where: str) -> None:
     except BadInputError as err:   # "<path>[:<line>]: <problem>"
         text = re.sub(rf"^{re.escape(str(path))}(:(\d+))?: ", r"line \2: ", str(err))
         raise BadInputError(f"{where}: {text.removeprefix('line : ')}") from None
-    from toolchain.measure.probe import probe_names  # slow to import: only when needed
-
-    probes = probe_names()
+    probes = _probe_names()
     usable = [r.design for r in rows if r.design in probes or (path.parent / r.design).is_file()
               or (path.parent / f"{r.design}.onnx").is_file()]
     if len(usable) < MIN_DESIGNS:
         raise BadInputError(f"{where}: {len(usable)} usable designs, at least {MIN_DESIGNS} are "
                             "needed (probe names of `fleetc probe` or model files beside it)")
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_names() -> frozenset[str]:
+    """The probe names (fixed by the code), computed once per process, not once per device."""
+    from toolchain.measure.probe import probe_names  # slow to import: only when needed
+
+    return frozenset(probe_names())
 
 
 def _name(raw: dict, where: str) -> str:

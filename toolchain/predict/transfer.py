@@ -40,7 +40,7 @@ import numpy as np
 __all__ = [
     "RankEstimate", "Transfer", "rank_correlation", "fit_transfer", "fixed_selection",
     "random_selection", "LAMBDAS", "ridge_path", "calibrate_kernel_predictor",
-    "ProxyPredictor", "fit_proxy_predictor",
+    "ProxyPredictor", "fit_proxy_predictor", "design_costs", "cost_kinds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -353,11 +353,32 @@ def _kind_groups(kinds: list[str]) -> tuple[np.ndarray, list[tuple[int, ...]], l
     return member, [b for b in blocks if b], names
 
 
-def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | None = None):
+def cost_kinds(proxy) -> list[str]:
+    """The kernel kinds a calibration scales: the proxy's, plus its memory-traffic fallback as
+    one more kind of the "other" class (scaled with it)."""
+    return sorted(proxy.weights) + ([_FALLBACK] if proxy.fallback is not None else [])
+
+
+def design_costs(proxy, units) -> tuple[float, np.ndarray, str | None]:
+    """The proxy's price of one design: (latency, cost per kind of `cost_kinds(proxy)` (the
+    fallback's last), the first kernel it cannot price or None). The devices of a fleet
+    measure the same probe designs: a caller that calibrates many of them prices each design
+    once and passes the rows to `calibrate_kernel_predictor` (`costs=`)."""
+    kinds = cost_kinds(proxy)
+    pred = proxy.predict_units(units)
+    per_kind = np.zeros(len(kinds))
+    for cost in pred.kernels:
+        per_kind[kinds.index(_FALLBACK if cost.fallback else cost.kind)] += cost.latency_ms
+    return pred.latency_ms, per_kind, pred.unknown[0] if pred.unknown else None
+
+
+def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | None = None,
+                               costs: list | None = None):
     """A target's kernel-level predictor from the proxy's and K measured designs.
 
     `proxy`: a `KernelPredictor`; `designs`: each a list of `Unit`s; `latency_ms`: measured on
-    the target. Features are the proxy's predicted cost of each design per operator class and
+    the target; `costs`: `design_costs(proxy, d)` of each design, when the caller has them.
+    Features are the proxy's predicted cost of each design per operator class and
     per precision; the transfer (linear form, so the result stays additive over kernels) gives
     t = a + b p + sum_j c_j (f_j - mean_j) / scale_j, i.e. every kernel kind's proxy weights
     times m_kind = b + sum of its groups' c_j / scale_j (clipped at 0: no negative costs), and
@@ -366,26 +387,19 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
     from toolchain.errors import BadInputError
     from toolchain.predict.kernel import KernelPredictor
 
-    # the memory-traffic fallback is one more kind of the "other" class (scaled with it)
-    kinds = sorted(proxy.weights) + ([_FALLBACK] if proxy.fallback is not None else [])
+    kinds = cost_kinds(proxy)
     member, blocks, names = _kind_groups(kinds)
-    rows, y, skipped = [], [], []
-    for units, t in zip(designs, latency_ms, strict=True):
-        pred = proxy.predict_units(units)
-        if pred.unknown:
-            skipped.append(pred.unknown[0])
-            continue
-        per_kind = np.zeros(len(kinds))
-        for cost in pred.kernels:
-            per_kind[kinds.index(_FALLBACK if cost.fallback else cost.kind)] += cost.latency_ms
-        rows.append((pred.latency_ms, per_kind))
-        y.append(float(t))
+    if costs is None:
+        costs = [design_costs(proxy, units) for units in designs]
+    priced = [c for c in costs if c[2] is None]
+    skipped = [c[2] for c in costs if c[2] is not None]
+    y = np.array([float(t) for c, t in zip(costs, latency_ms, strict=True) if c[2] is None])
     if len(y) < 3:
         raise BadInputError(f"{len(y)} measured designs the proxy predictor can price "
                             "(at least 3 are needed)")
-    p = np.array([r[0] for r in rows])
-    per_kind = np.array([r[1] for r in rows])
-    tr = fit_transfer(p, per_kind @ member.T, np.array(y), blocks, spaces=LINEAR)
+    p = np.array([c[0] for c in priced])
+    per_kind = np.array([c[1] for c in priced])
+    tr = fit_transfer(p, per_kind @ member.T, y, blocks, spaces=LINEAR)
     scale = np.full(len(kinds), tr.proxy_slope)
     const = tr.intercept + tr.proxy_slope * float(proxy.model.get("model", 0.0))
     for j, column in enumerate(tr.columns):
@@ -402,9 +416,9 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
     fallback = None if proxy.fallback is None else {
         f: w * float(scale[kinds.index(_FALLBACK)]) for f, w in proxy.fallback.items()}
     out = KernelPredictor(weights, model, dict(meta or {}), fallback)
-    fitted = np.array([out.predict_units(u).latency_ms for u, ok
-                       in zip(designs, _priced(proxy, designs), strict=True) if ok])
-    rel = np.abs(fitted - y) / np.array(y)
+    # the calibrated predictor prices a design as const + its per-kind proxy costs x scale
+    fitted = const + per_kind @ scale
+    rel = np.abs(fitted - y) / y
     out.meta.update({
         "kinds": [k for k in kinds if k != _FALLBACK],
         "fallback": out.meta.get("fallback", proxy.meta.get("fallback")),
@@ -419,7 +433,3 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
         "training": {**dict(meta or {}).get("training", {}), "designs": len(y)},
     })
     return out, tr
-
-
-def _priced(proxy, designs: list) -> list[bool]:
-    return [not proxy.predict_units(units).unknown for units in designs]
