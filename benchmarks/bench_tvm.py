@@ -16,8 +16,17 @@ machine hit both; figures are medians over rounds of wall time per run, the rati
 of per-round ratios, spread = interquartile range of the per-round ratios in % of their median.
 Also printed: the TVM build time (import, schedule, compile, export) of each model.
 
+`--int8`: the all-int8 plan instead (every kernel int8 where legal, the model `compile --plan`
+ships: `toolchain.compile.rewrite.apply_plan`, synthetic calibration data for the zoo models),
+1 thread, pinned as above, in alternating rounds: onnxruntime running that QDQ `model.onnx`
+(its integer kernels), the int8 `model.so` (integer compute, passes/tvm_int8) and the fp32
+`model.so` of the same model; ratios int8 TVM / onnxruntime int8 and int8 TVM / fp32 TVM
+(median of per-round ratios, spread = IQR in %), and the int8 build's agreement with
+onnxruntime's integer output on seeded random inputs (cosine per output, minimum) and how
+many int8 kernels stayed float.
+
     .venv/bin/python benchmarks/bench_tvm.py [--models mbv2-160,mbv2-224,resnet50]
-        [--rounds 15] [--threads 1,all]
+        [--rounds 15] [--threads 1,all] [--int8]
 """
 from __future__ import annotations
 
@@ -105,6 +114,85 @@ def worker(name: str, threads: int, rounds: int) -> dict:
     return out
 
 
+def all_int8(model):
+    """`model` rewritten by its all-int8 plan (every kernel int8 where legal), as
+    `compile --plan` rewrites it."""
+    from passes import analyze
+    from passes.import_onnx import import_onnx
+    from toolchain.compile.rewrite import apply_plan
+    from toolchain.space import Choice, Plan
+
+    graph = import_onnx(model)
+    analyze(graph)
+    kernels = {k: Choice("int8") for k in graph.space.options
+               if Choice("int8") in graph.space.choices(k, ("fp32", "int8"))}
+    return apply_plan(model, Plan(kernels=kernels), None)
+
+
+def int8_worker(name: str, rounds: int) -> dict:
+    """Build the int8 and fp32 model.so, then time onnxruntime int8, TVM int8 and TVM fp32 in
+    alternating rounds, this process (1 thread)."""
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from passes.emit_tvm import _cosine, build_module
+    from toolchain.measure.tvm_backend import input_arrays
+    from toolchain.target import load_target
+
+    fp32 = load(name)
+    int8_model = all_int8(fp32)
+    tgt = load_target("host-tvm").tvm()
+    dev = tvm.cpu()
+    vms, report = {}, []
+    for key, model in (("tvm8", int8_model), ("tvm32", fp32)):
+        executable, _, _ = build_module(model, tgt, int8=report if key == "tvm8" else None)
+        with tempfile.TemporaryDirectory() as tmp:
+            executable.export_library(str(Path(tmp) / "model.so"))
+            vms[key] = relax.VirtualMachine(tvm.runtime.load_module(str(Path(tmp) / "model.so")),
+                                            dev)
+    arrays = input_arrays(int8_model)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(int8_model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    feeds = {i.name: a for i, a in zip(sess.get_inputs(), arrays, strict=True)}
+    got = vms["tvm8"]["main"](*args)
+    got = [got] if hasattr(got, "numpy") else list(got)
+    cosine = min(_cosine(g.numpy(), w) for g, w in zip(got, sess.run(None, feeds), strict=True))
+    runners = {"ort8": lambda: sess.run(None, feeds)}
+    runners.update({k: (lambda vm=vm: vm["main"](*args)) for k, vm in vms.items()})
+    per_run = {k: _calibrate(f) for k, f in runners.items()}
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            samples[key].append(_block(run, per_run[key]))
+    out = {"model": name, "cosine": cosine, "integer": report[0].integer,
+           "left_float": len(report[0].left)}
+    out.update({f"{k}_ms": float(np.median(v)) for k, v in samples.items()})
+    for key, base in (("vs_ort8", "ort8"), ("vs_tvm32", "tvm32")):
+        ratios = np.array(samples["tvm8"]) / np.array(samples[base])
+        out[f"{key}_ratio"] = float(np.median(ratios))
+        out[f"{key}_spread_pct"] = float(100 * np.subtract(*np.percentile(ratios, [75, 25]))
+                                         / np.median(ratios))
+    return out
+
+
+def int8_main(models: list[str], rounds: int) -> None:
+    print(f"{'model':10} {'ort int8 ms':>11} {'tvm int8 ms':>11} {'tvm fp32 ms':>11} "
+          f"{'int8/ort8':>9} {'spread':>7} {'int8/fp32':>9} {'spread':>7} {'cosine':>7} "
+          f"{'int/float kernels':>17}")
+    for name in models:
+        r = spawn(name, 1, rounds, int8=True)
+        print(f"{name:10} {r['ort8_ms']:11.2f} {r['tvm8_ms']:11.2f} {r['tvm32_ms']:11.2f} "
+              f"{r['vs_ort8_ratio']:8.2f}x {r['vs_ort8_spread_pct']:6.1f}% "
+              f"{r['vs_tvm32_ratio']:8.2f}x {r['vs_tvm32_spread_pct']:6.1f}% "
+              f"{r['cosine']:7.4f} {r['integer']:>8}/{r['left_float']}", flush=True)
+
+
 def _calibrate(run) -> int:
     """Warm up; runs per block so one block lasts about 50 ms."""
     for _ in range(3):
@@ -122,12 +210,12 @@ def _block(run, number: int) -> float:
     return (time.perf_counter() - start) / number * 1e3
 
 
-def spawn(name: str, threads: int, rounds: int) -> dict:
+def spawn(name: str, threads: int, rounds: int, int8: bool = False) -> dict:
     cpus = sorted(os.sched_getaffinity(0))
     env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                PYTHONPATH=str(ROOT))
     cmd = [sys.executable, __file__, "--worker", name, "--worker-threads", str(threads),
-           "--rounds", str(rounds)]
+           "--rounds", str(rounds)] + (["--int8"] if int8 else [])
     if threads == 1:
         cmd = ["taskset", "-c", str(cpus[-1])] + cmd
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -142,11 +230,18 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", default="1,all", help="comma list of counts or 'all'")
+    ap.add_argument("--int8", action="store_true",
+                    help="the all-int8 plan: onnxruntime int8 vs TVM int8 vs TVM fp32, 1 thread")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.worker_threads, a.rounds)))
+        result = int8_worker(a.worker, a.rounds) if a.int8 else \
+            worker(a.worker, a.worker_threads, a.rounds)
+        print(json.dumps(result))
+        return
+    if a.int8:
+        int8_main(a.models.split(","), a.rounds)
         return
     cores = len(os.sched_getaffinity(0))
     counts = [cores if t == "all" else int(t) for t in a.threads.split(",")]
