@@ -17,7 +17,9 @@ of per-round ratios, spread = interquartile range of the per-round ratios in % o
 Also printed: the TVM build time (import, schedule, compile, export) of each model.
 
 `--int8`: the all-int8 plan instead (every kernel int8 where legal, the model `compile --plan`
-ships: `toolchain.compile.rewrite.apply_plan`, synthetic calibration data for the zoo models),
+ships: `toolchain.compile.rewrite.apply_plan`, synthetic calibration data for the zoo models;
+model `digits` = the accuracy fixture with its calibration split, also prints the test-split
+accuracy of the int8 model.so and of onnxruntime int8),
 1 thread, pinned as above, in alternating rounds: onnxruntime running that QDQ `model.onnx`
 (its integer kernels), the int8 `model.so` (integer compute, passes/tvm_int8) and the fp32
 `model.so` of the same model; ratios int8 TVM / onnxruntime int8 and int8 TVM / fp32 TVM
@@ -46,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 LIGHT = ROOT / ".venv/lib/python3.11/site-packages/onnx/backend/test/data/light"
 MODELS = ("mbv2-160", "mbv2-224", "resnet50")
+FIXTURES = ROOT / "tests/fixtures"
 
 
 def load(name: str):
@@ -59,6 +62,8 @@ def load(name: str):
         return zoo.mobilenet_v2(int(name.split("-")[1]))
     if name == "resnet50":
         return onnx.load(str(LIGHT / "light_resnet50.onnx"))
+    if name == "digits":   # --int8 only: the accuracy fixture
+        return onnx.load(str(FIXTURES / "digits_mbv2.onnx"))
     raise SystemExit(f"unknown model {name!r} (known: {', '.join(MODELS)})")
 
 
@@ -114,9 +119,9 @@ def worker(name: str, threads: int, rounds: int) -> dict:
     return out
 
 
-def all_int8(model):
+def all_int8(model, calib=None):
     """`model` rewritten by its all-int8 plan (every kernel int8 where legal), as
-    `compile --plan` rewrites it."""
+    `compile --plan` rewrites it (`calib`: a .npz path, else synthetic data)."""
     from passes import analyze
     from passes.import_onnx import import_onnx
     from toolchain.compile.rewrite import apply_plan
@@ -126,7 +131,7 @@ def all_int8(model):
     analyze(graph)
     kernels = {k: Choice("int8") for k in graph.space.options
                if Choice("int8") in graph.space.choices(k, ("fp32", "int8"))}
-    return apply_plan(model, Plan(kernels=kernels), None)
+    return apply_plan(model, Plan(kernels=kernels), calib)
 
 
 def int8_worker(name: str, rounds: int) -> dict:
@@ -141,7 +146,7 @@ def int8_worker(name: str, rounds: int) -> dict:
     from toolchain.target import load_target
 
     fp32 = load(name)
-    int8_model = all_int8(fp32)
+    int8_model = all_int8(fp32, FIXTURES / "digits_calib.npz" if name == "digits" else None)
     tgt = load_target("host-tvm").tvm()
     dev = tvm.cpu()
     vms, report = {}, []
@@ -172,6 +177,8 @@ def int8_worker(name: str, rounds: int) -> dict:
             samples[key].append(_block(run, per_run[key]))
     out = {"model": name, "cosine": cosine, "integer": report[0].integer,
            "left_float": len(report[0].left)}
+    if name == "digits":
+        out.update(_accuracy(vms["tvm8"], sess))
     out.update({f"{k}_ms": float(np.median(v)) for k, v in samples.items()})
     for key, base in (("vs_ort8", "ort8"), ("vs_tvm32", "tvm32")):
         ratios = np.array(samples["tvm8"]) / np.array(samples[base])
@@ -179,6 +186,21 @@ def int8_worker(name: str, rounds: int) -> dict:
         out[f"{key}_spread_pct"] = float(100 * np.subtract(*np.percentile(ratios, [75, 25]))
                                          / np.median(ratios))
     return out
+
+
+def _accuracy(vm, sess) -> dict:
+    """Top-1 accuracy (%) on the digits test split: the int8 model.so and onnxruntime int8."""
+    import tvm
+
+    test = np.load(FIXTURES / "digits_test.npz")
+    name = sess.get_inputs()[0].name
+    tvm_hits = ort_hits = 0
+    for x, y in zip(test["inputs"], test["labels"], strict=True):
+        x = x[None]
+        tvm_hits += int(vm["main"](tvm.runtime.tensor(x)).numpy().argmax() == y)
+        ort_hits += int(sess.run(None, {name: x})[0].argmax() == y)
+    n = len(test["labels"])
+    return {"tvm8_acc": 100 * tvm_hits / n, "ort8_acc": 100 * ort_hits / n}
 
 
 def int8_main(models: list[str], rounds: int) -> None:
@@ -191,6 +213,9 @@ def int8_main(models: list[str], rounds: int) -> None:
               f"{r['vs_ort8_ratio']:8.2f}x {r['vs_ort8_spread_pct']:6.1f}% "
               f"{r['vs_tvm32_ratio']:8.2f}x {r['vs_tvm32_spread_pct']:6.1f}% "
               f"{r['cosine']:7.4f} {r['integer']:>8}/{r['left_float']}", flush=True)
+        if "tvm8_acc" in r:
+            print(f"{'':10} digits test accuracy: int8 model.so {r['tvm8_acc']:.2f}%, "
+                  f"onnxruntime int8 {r['ort8_acc']:.2f}%", flush=True)
 
 
 def _calibrate(run) -> int:
