@@ -5,11 +5,16 @@ and a MobileNetV2-style 224x224 fleet of host + Raspberry Pi 4 + Jetson Nano in 
 N/3 host-ort-1t devices (latency budgets spread over 1.1-2.5 ms), N/3 rpi4 devices known by
 few-shot measurements and N/3 jetson-nano devices known by fingerprints, each with its own CSV
 (the fixed stand-in probe latencies, tests/fixtures/standin/standin.csv, times a per-device
-factor drawn log-uniformly from 0.5-4 and 5% noise per row), cold then warm; it prints the
-devices, distinct plans, distinct builds and the seconds of each phase (fleet.json).
-`--plan-only` plans without building.
+factor drawn log-uniformly from 0.5-4 and 5% noise per row), cold, then warm (the same home and
+OUTDIR: every device cached; with `--plan-only` the shared work, the held-out error's probe
+units and each measured plan's accuracy come from the cache, the candidates and picks are
+computed again). It prints the devices, distinct plans, distinct builds and the seconds of each
+phase (fleet.json). `--keep DIR --warm` times the warm run alone on a kept cold run.
 
-    .venv/bin/python benchmarks/bench_fleet.py --devices 300 [--jobs 2] [--plan-only]
+    .venv/bin/python benchmarks/bench_fleet.py --devices 300 --keep /tmp/b300   # cold + warm
+    .venv/bin/python benchmarks/bench_fleet.py --devices 300 --keep /tmp/b300 --warm
+    .venv/bin/python benchmarks/bench_fleet.py --devices 1000 --keep /tmp/b1000
+    .venv/bin/python benchmarks/bench_fleet.py --devices 10000 --plan-only --keep /tmp/b10k
 
 Prints figures; asserts nothing about speed. Every run uses a fresh FLEETC_HOME except for the
 shared accuracy-sensitivity cache, which is measured once up front (as the first device of any
@@ -139,13 +144,21 @@ def mix_fleet(work: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def mix_run(work: Path, n: int, jobs: int, plan_only: bool) -> None:
-    fleet = mix_fleet(work, n)
+def mix_run(work: Path, n: int, jobs: int, plan_only: bool, warm_only: bool = False) -> None:
+    """Cold (empty FLEETC_HOME), then warm (the same home and OUTDIR); `warm_only`: the warm
+    run alone, on the home and OUTDIR a cold run left in `work`."""
     home = work / "home-mix"
-    shutil.rmtree(home, ignore_errors=True)
+    fleet = work / f"mix{n}.toml"
+    if warm_only:
+        if not (home.is_dir() and fleet.is_file()):
+            raise SystemExit(f"--warm: no cold run of {n} devices in {work} (run it first)")
+    else:
+        fleet = mix_fleet(work, n)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(work / "mix-out", ignore_errors=True)
     extra = ["--plan-only"] if plan_only else []
-    for label in ("cold", "warm"):
-        out = work / f"mix-out-{label}"
+    for label in ("warm",) if warm_only else ("cold", "warm"):
+        out = work / "mix-out"
         t = _run(["fleet", str(fleet), "-o", str(out), "--jobs", str(jobs), *extra], home)
         doc = json.loads((out / "fleet.json").read_text())
         s = doc["summary"]
@@ -155,8 +168,6 @@ def mix_run(work: Path, n: int, jobs: int, plan_only: bool) -> None:
               f"failed {s['failed']}, over budget {s['over_budget']}")
         print("  phases (s): " + ", ".join(f"{k} {v:.1f}"
                                             for k, v in doc["phases_seconds"].items()))
-        if plan_only:
-            break
 
 
 def main() -> None:
@@ -167,11 +178,13 @@ def main() -> None:
     ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
     ap.add_argument("--devices", type=int, help="the issue-25 mix of this many devices")
     ap.add_argument("--plan-only", action="store_true", help="with --devices: plan only")
+    ap.add_argument("--warm", action="store_true",
+                    help="with --devices and --keep: only the warm run, on a kept cold run")
     a = ap.parse_args()
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_fleet_"))
     work.mkdir(parents=True, exist_ok=True)
     if a.devices:
-        mix_run(work, a.devices, int(a.jobs.split(",")[-1]), a.plan_only)
+        mix_run(work, a.devices, int(a.jobs.split(",")[-1]), a.plan_only, a.warm)
         return
     digits_scaling(work, [int(s) for s in a.sizes.split(",")],
                    [int(j) for j in a.jobs.split(",")])

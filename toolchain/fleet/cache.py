@@ -45,7 +45,7 @@ from toolchain.home import cache_dir
 from toolchain.target import Target, measurable_targets
 
 __all__ = ["device_key", "entry_dir", "install", "install_cached", "build_folder", "publish",
-           "sweep", "BUILD_PREFIX"]
+           "sweep", "plan_score", "BUILD_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,30 @@ def device_key(fleet: Fleet, device: Device, model_sha: str, calib_sha: str | No
            "source": _source_digest(), "planning": planning,
            "calibrate": calibration_enabled(), "tuning": tuning_digest(memo)}
     return hashlib.sha256(canonical(doc).encode()).hexdigest()[:32]
+
+
+def plan_score(prep, plan) -> tuple[float, float]:
+    """(measured accuracy drop, accuracy) of the model under `plan` (`prep.score`), kept in
+    `$FLEETC_HOME/cache/fleet/accuracy/` under a key of the model and calibration bytes, the
+    plan, fleetc's sources and the tool versions: the next run of the fleet (a changed budget,
+    more devices) measures no plan twice. A damaged file is measured again."""
+    from dataclasses import replace
+
+    from toolchain.files import atomic_write
+
+    doc = {"accuracy": 1, "model": prep.model_sha256, "calib": prep.calib_sha256,
+           "plan": replace(plan, target=None).to_json(), "tools": tool_versions(),
+           "source": _source_digest()}
+    path = _fleet_cache() / "accuracy" / (hashlib.sha256(canonical(doc).encode())
+                                          .hexdigest()[:32] + ".json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        got = json.loads(path.read_bytes())
+        return float(got["drop"]), float(got["accuracy"])
+    score = prep.score(plan)
+    out = (round(prep.estimator.baseline.value - score.value, 6), score.value)
+    with contextlib.suppress(OSError):   # a read-only cache costs a measurement next time
+        atomic_write(path, json.dumps({"drop": out[0], "accuracy": out[1]}) + "\n")
+    return out
 
 
 def sweep() -> list[Path]:

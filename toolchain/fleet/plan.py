@@ -19,7 +19,8 @@ prices equal `predict_plan`'s (tests/fleet/test_plan.py checks it).
    else predicted) that meets its budgets by its own predictor (least latency under an
    accuracy-only budget); ties go to less latency.
 3. Accuracy, once per distinct plan: the picked plans not measured yet are rewritten and
-   scored on the calibration data; a plan whose measured drop breaks a device's limit is out
+   scored on the calibration data (kept in the cache for later runs:
+   `toolchain.fleet.cache.plan_score`); a plan whose measured drop breaks a device's limit is out
    for that device, which takes its next candidate; repeated until every pick is measured.
 
 A device's plan depends on the candidate set, so on which predictors the fleet holds: the
@@ -261,6 +262,8 @@ def plan_fleet(prep, devices: list[DevicePricing], say: Progress,
     """Plans for every device (module doc). Devices with an error keep it and get no plan."""
     import time
 
+    from toolchain.fleet.cache import plan_score
+
     seconds: dict[str, float] = {}
     cache = FeatureCache(prep.graph)
     out: dict[str, DevicePlan] = {}
@@ -308,8 +311,7 @@ def plan_fleet(prep, devices: list[DevicePricing], say: Progress,
             for c in todo:
                 say(f"measuring the accuracy of candidate plan {offset + c} "
                     f"(picked by {int((chosen == c).sum())} device(s))")
-                score = prep.score(plans[c])
-                local[c] = (round(prep.estimator.baseline.value - score.value, 6), score.value)
+                local[c] = plan_score(prep, plans[c])
         seconds["accuracy"] = seconds.get("accuracy", 0.0) + time.perf_counter() - start
         for i, m in enumerate(members):
             c = int(chosen[i])
