@@ -81,7 +81,12 @@ def test_calibrated_package_predicts_the_target(tmp_path, probes, conv_scale, ot
 def test_calibrate_bad_input(tmp_path, probes):
     few = _csv(tmp_path / "few.csv", [(n, 1.0) for n in sorted(probes)[:5]])
     runner = CliRunner()
-    no_proxy = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "host-tvm",
+    from toolchain.home import targets_dir
+
+    (targets_dir(create=True) / "bare.toml").write_text(   # a target without any predictor
+        'name = "bare"\npredictor = "bare"\ntvm_target = { kind = "llvm" }\n'
+        '[measure]\nkind = "local-tvm"\nthreads = 1\n')
+    no_proxy = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "bare",
                                    "--measurements", str(few)])
     assert no_proxy.exit_code == 2 and "no latency predictor" in no_proxy.output
     same = runner.invoke(cli, ["targets", "calibrate", "rpi4", "--proxy", "rpi4",

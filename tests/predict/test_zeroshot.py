@@ -75,8 +75,12 @@ def test_measurements_replace_the_estimate(units):
 
 
 def test_no_estimate_for_local_targets_or_targets_without_specs(tmp_path):
-    with pytest.raises(BadInputError, match="no latency predictor for target host-tvm"):
-        load_predictor(load_target("host-tvm"))     # measurable here: profile it instead
+    local = parse_target({"name": "local", "tvm_target": {"kind": "llvm"}, "predictor": "local",
+                          "measure": {"kind": "local-tvm", "threads": 1},
+                          "features": {"cores": 1, "freq_ghz": 2.6, "simd_bits": 512}})
+    with pytest.raises(BadInputError, match="no latency predictor for target local"):
+        load_predictor(local)     # measurable here: profile it instead
+    assert "zeroshot" not in load_predictor(load_target("host-tvm")).meta   # shipped package
     bare = parse_target({"name": "bare", "tvm_target": {"kind": "llvm"}, "predictor": "bare",
                          "measure": {"kind": "rpc", "rpc_key": "bare"},
                          "features": {"cores": 4, "freq_ghz": "fast"}})
@@ -126,7 +130,7 @@ def test_cli_targets_and_predict_show_the_label():
     rows = {line.split()[0]: line for line in listing.output.splitlines()}
     for name in EDGE:
         assert " ZERO-SHOT " in rows[name]
-    assert " package " in rows["host-ort-1t"] and " none " in rows["host-tvm"]
+    assert " package " in rows["host-ort-1t"] and " package " in rows["host-tvm"]
     assert "ZERO-SHOT: ZERO-SHOT estimate, UNVALIDATED" in listing.output
     assert "expected error: median" in listing.output
     text = runner.invoke(cli, ["predict", str(DIGITS), "-t", "rpi4"])

@@ -87,7 +87,9 @@ def calibrated_predictor(target, proxy_target, path: Path, memo: dict | None = N
 
 
 def _profiled() -> list:
-    """(target, predictor) of every target with a fitted predictor package."""
+    """(target, predictor) of every onnxruntime target with a fitted predictor package. TVM's
+    (host-tvm: TVM-built code, fp32 kinds only) is left out: a mix over it would drop the
+    kernel kinds it lacks (int8) from the combined predictor."""
     from toolchain.predict.kernel import KernelPredictor
     from toolchain.predict.latency import predictor_dir
     from toolchain.target import measurable_targets
@@ -95,7 +97,7 @@ def _profiled() -> list:
     out = []
     for tgt in measurable_targets():
         folder = predictor_dir(tgt)
-        if folder is not None:
+        if folder is not None and tgt.measure.kind == "local-ort":
             out.append((tgt, KernelPredictor.load(folder), folder))
     return out
 
