@@ -13,7 +13,12 @@ summed over consumers (x: the consumer's input on calibration data). Reconstruct
 on): each consumer's new weights and bias solve the ridge least-squares problem
 min ||[X_S, 1] A - X W^T|| over calibration activations, where X are the consumer's original
 inputs (im2col patches for a KxK Conv), W its original weights, S the kept channels - so the
-consumer's output is matched as well as the kept channels allow, without fine-tuning.
+consumer's output is matched as well as the kept channels allow, without fine-tuning (a solution
+not finite in float32 leaves that consumer's weights only sliced). The statistics come from one
+run over the calibration data per call, unless the calibration data carries them
+(`CalibData.prune_grams`, from `reference_grams`: every consumer's statistics on the fp32 model,
+one run): compile's sensitivity step prunes one kernel of the fp32 model at a time, whose
+consumers see exactly the fp32 model's inputs, so it collects them once per model.
 Post-conditions: graph outputs keep their shapes; shapes are re-inferred.
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from toolchain.ir import Graph, TensorInfo
 from toolchain.pipeline import Pass, PassContext, PassResult
 from toolchain.space import pruned_channels
 
-__all__ = ["PruneChannelsPass", "PruneSite", "prune_site", "prune_channels"]
+__all__ = ["PruneChannelsPass", "PruneSite", "prune_site", "prune_channels", "reference_grams"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class _Gram:
     count: int = 0
     _rows: list = field(default_factory=list)
     _buffered: int = 0
+    _frozen: bool = False    # `sum` holds the mean, float32
 
     def add(self, rows: np.ndarray) -> None:
         self._rows.append(rows)
@@ -88,14 +94,29 @@ class _Gram:
             return
         rows = np.concatenate(self._rows)
         self._rows, self._buffered = [], 0
-        aug = np.hstack([rows, np.ones((len(rows), 1), rows.dtype)])
-        # float32 BLAS, float64 running sum
-        g = (aug.T @ aug if self.full else (aug * aug).sum(axis=0)).astype(np.float64)
+        # float32 BLAS on rows scaled by a power of two (exact) to at most 1 in magnitude, so
+        # the products cannot overflow (constant-fill models reach 1e20 activations); the
+        # float64 running sum is scaled back.
+        top = float(np.max(np.abs(rows))) if rows.size else 0.0
+        scale = 2.0 ** np.ceil(np.log2(top)) if np.isfinite(top) and top > 0 else 1.0
+        aug = np.hstack([rows / np.float32(scale), np.ones((len(rows), 1), rows.dtype)])
+        back = np.append(np.full(rows.shape[1], scale), 1.0)
+        if self.full:
+            g = (aug.T @ aug).astype(np.float64) * np.outer(back, back)
+        else:
+            g = (aug * aug).sum(axis=0).astype(np.float64) * back ** 2
         self.sum = g if self.sum is None else self.sum + g
         self.count += len(rows)
 
+    def freeze(self) -> None:
+        """Keep only the mean, in float32 (half the memory: a cached one lives long)."""
+        if not self._frozen:
+            self.sum, self._frozen = self.mean.astype(np.float32), True
+
     @property
     def mean(self) -> np.ndarray:
+        if self._frozen:
+            return self.sum.astype(np.float64)
         self._flush()
         return self.sum / max(1, self.count)
 
@@ -106,6 +127,8 @@ class _Gram:
 
 def _grams(graph: Graph, consumers: list[str], calib: CalibData, seed: int,
            full: bool) -> dict[str, _Gram]:
+    if not consumers:
+        return {}
     rng = np.random.default_rng(seed)
     tensors = sorted({graph.node(c)["inputs"][0] for c in consumers})
     limits, grams = {}, {}
@@ -117,6 +140,17 @@ def _grams(graph: Graph, consumers: list[str], calib: CalibData, seed: int,
     for values in run_collect(graph, calib, tensors):
         for c in consumers:
             grams[c].add(_rows(graph, c, values[graph.node(c)["inputs"][0]], rng, limits[c]))
+    return grams
+
+
+def reference_grams(graph: Graph, kernels: list[str], calib: CalibData,
+                    seed: int = 0) -> dict[str, _Gram]:
+    """The input statistics of every consumer of the named kernels on `graph`, in one run over
+    the calibration data (for `CalibData.with_grams`; see the module doc)."""
+    sites = [prune_site(graph, k) for k in kernels]
+    grams = _grams(graph, sorted({c for s in sites for c in s.consumers}), calib, seed, True)
+    for g in grams.values():
+        g.freeze()
     return grams
 
 
@@ -206,10 +240,15 @@ def _slice_consumer(graph: Graph, consumer: str, keep: np.ndarray, gram: _Gram |
     W = graph.initializers[d["inputs"][1]]
     M, taps = _consumer_matrix(graph, consumer)
     feats = _features(keep, taps)
-    if gram is None or not gram.full:
-        new, delta = M[:, feats], None
-    else:
-        new, delta = _reconstruct(M, gram, feats)
+    new, delta = M[:, feats], None
+    if gram is not None and gram.full:
+        fit, bias = _reconstruct(M, gram, feats)
+        if np.all(np.isfinite(fit)) and np.all(np.isfinite(bias)) \
+                and np.abs(fit).max(initial=0) < np.finfo(np.float32).max:
+            new, delta = fit, bias
+        else:   # statistics out of float range: the consumer keeps its sliced weights
+            logger.info("prune: no finite reconstruction for %s; its weights are sliced",
+                        consumer)
     if d["op_type"] == "Gemm":
         _set_weight(graph, consumer, 1, new if d["attrs"].get("transB", 0) else new.T)
     else:
@@ -243,7 +282,10 @@ def prune_channels(graph: Graph, widths: dict[str, float], calib: CalibData | No
         return {}
     calib = calib or synthetic_calib(graph)
     consumers = sorted({c for s in sites for c in s.consumers})
-    grams = _grams(graph, consumers, calib, seed, full=reconstruct)
+    known = calib.prune_grams or {}
+    grams = {c: known[c] for c in consumers if c in known}
+    grams.update(_grams(graph, [c for c in consumers if c not in grams], calib, seed,
+                        full=reconstruct))
     kept = {}
     for site in sites:
         n = pruned_channels(site.channels, widths[site.kernel])

@@ -12,8 +12,9 @@ carries the fp32 model's activation ranges (`CalibData.int8_ranges`, from `refer
 the fp32 model and its copy with every foldable BN folded, one calibration each): compile's
 sensitivity step quantizes one kernel of the fp32 model at a time, and those ranges are what
 calibrating each such model would find (up to float rounding), so it calibrates once per model.
-Post-conditions: output shapes unchanged; Q/DQ pairs around the int8 kernels; the original
-node names are kept, so later passes (fp16) still find their kernels.
+An activation that is not finite on the calibration data cannot be quantized: BadInputError
+naming it. Post-conditions: output shapes unchanged; Q/DQ pairs around the int8 kernels; the
+original node names are kept, so later passes (fp16) still find their kernels.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from passes.common import kernel_nodes
@@ -97,11 +99,50 @@ def quantize(graph: Graph, kernels: list[str], calib: CalibData | None) -> list[
                             "or MatMul")
     nodes = _nodes_to_quantize(graph, groups)
     calib = calib or synthetic_calib(graph)
-    quantized = _run_quantize_static(export_onnx(graph), nodes, calib, graph)
+    try:
+        quantized = _run_quantize_static(export_onnx(graph), nodes, calib, graph)
+    except Exception as err:   # onnxruntime asserts on what it cannot quantize: say why
+        bad = _non_finite(graph, nodes, calib)
+        if bad:
+            raise BadInputError(_NOT_FINITE.format(bad)) from err
+        raise
+    bad = _bad_scale(quantized)
+    if bad:
+        raise BadInputError(_NOT_FINITE.format(bad))
     new = import_onnx(quantized, {t: tuple(graph.shape(t)) for t in graph.inputs})
     _float_outputs(new)
     graph.assign(new)
     return nodes
+
+
+_NOT_FINITE = ("int8: activation {!r} is not finite on the calibration data (float32 "
+               "overflow): it cannot be quantized")
+
+
+def _bad_scale(model: onnx.ModelProto) -> str | None:
+    """The first tensor quantized with a scale that is not a finite positive number."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits:
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                return n.input[0]
+    return None
+
+
+def _non_finite(graph: Graph, nodes: list[str], calib: CalibData) -> str | None:
+    """The first float tensor read or written by `nodes` that is inf or NaN on the data."""
+    from passes.common import run_collect
+
+    tensors = sorted({t for n in nodes for t in graph.node(n)["inputs"] + graph.node(n)["outputs"]
+                      if t and not graph.is_weight(t) and graph.dtype(t) == "float32"})
+    for values in run_collect(graph, calib, tensors):
+        bad = [t for t in tensors if not np.all(np.isfinite(values[t]))]
+        if bad:
+            return bad[0]
+    return None
 
 
 def _float_outputs(graph: Graph) -> None:
@@ -145,7 +186,6 @@ def _run_quantize_static(model: onnx.ModelProto, nodes: list[str], calib: CalibD
 
 def _ranges_file(ranges: dict[str, tuple[float, float]], folder: Path) -> Path:
     """The ranges as onnxruntime's calibration cache (quantize_static then skips calibrating)."""
-    import numpy as np
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         TensorsData,
@@ -163,7 +203,6 @@ def _calibrate(model: onnx.ModelProto, calib: CalibData, graph: Graph
                ) -> dict[str, tuple[float, float]]:
     """Min and max of every float tensor of `model` over the calibration samples (onnxruntime's
     MinMax calibrator, as quantize_static runs it)."""
-    import numpy as np
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     with tempfile.TemporaryDirectory(prefix="fleetc_ranges_") as tmp:

@@ -58,6 +58,9 @@ class CalibData:
     # known: the int8 rewrite of one kernel of that model uses them instead of calibrating
     # again (compile's sensitivity step; passes/quantize.py). Never for other plans.
     int8_ranges: dict[str, tuple[float, float]] | None = None
+    # The same for pruning: each consumer's input statistics on the fp32 model
+    # (`passes.prune_channels.reference_grams`), for the pruning of one kernel of that model.
+    prune_grams: dict | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -72,7 +75,10 @@ class CalibData:
         return CalibData({k: v[:n] for k, v in self.inputs.items()}, labels, self.source)
 
     def with_ranges(self, ranges: dict[str, tuple[float, float]] | None) -> CalibData:
-        return CalibData(self.inputs, self.labels, self.source, ranges)
+        return CalibData(self.inputs, self.labels, self.source, ranges, self.prune_grams)
+
+    def with_grams(self, grams: dict | None) -> CalibData:
+        return CalibData(self.inputs, self.labels, self.source, self.int8_ranges, grams)
 
 
 def _model_inputs(graph: Graph) -> dict[str, tuple[tuple, str]]:

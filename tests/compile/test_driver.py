@@ -167,3 +167,41 @@ def test_cross_target_with_energy_estimate_from_power(prep, tmp_path):
     if (out / "model.so").exists():                     # a cross compiler is installed
         assert elf_arch((out / "model.so").read_bytes()) == "aarch64"
 
+
+
+def test_a_candidate_the_rewrite_refuses_is_left_out_with_a_warning(prep, tmp_path,
+                                                                     monkeypatch):
+    """Issue 22: the light Inception-v1's candidate with int8 on an overflowing activation made
+    onnxruntime's quantizer fail, and compile exited 1. Such a candidate is now left out."""
+    from toolchain.compile.driver import Prepared
+    from toolchain.errors import BadInputError
+
+    score = Prepared.score
+
+    every = set(prep.space.options)
+
+    def all_int8(plan):
+        return {k for k, c in plan.kernels.items() if c.precision == "int8"} == every
+
+    def refuse_uniform_int8(self, plan):
+        if all_int8(plan):
+            raise BadInputError("int8: activation 'x' is not finite on the calibration data")
+        return score(self, plan)
+    monkeypatch.setattr(Prepared, "score", refuse_uniform_int8)
+    cost = _cost(prep)
+    res = compile_model(prep, "host-ort-1t", tmp_path / "out",
+                        latency_ms=0.8 * cost(Plan()).latency_ms, cost=cost,
+                        measure_latency=False)
+    assert not all_int8(res.plan)
+    assert not any(all_int8(c.plan) for c in res.candidates)
+    left_out = [w for w in res.manifest["warnings"] if "candidate plan was left out" in w]
+    assert len(left_out) == 1 and "not finite" in left_out[0]
+
+    def refuse_all(self, plan):
+        raise BadInputError("int8: activation 'x' is not finite on the calibration data")
+    monkeypatch.setattr(Prepared, "score", refuse_all)
+    with pytest.raises(InfeasibleError, match="no candidate plan could be built"):
+        compile_model(prep, "host-ort-1t", tmp_path / "none",
+                      latency_ms=0.8 * cost(Plan()).latency_ms, cost=cost,
+                      measure_latency=False)
+    assert not (tmp_path / "none").exists()

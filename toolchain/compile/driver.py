@@ -10,9 +10,10 @@ Stages (each reusable; the fleet command runs `prepare` once and `compile_model`
    the budgets are dropped.
 4. measure: every distinct proposal is rewritten and its accuracy measured on the calibration
    data; the least measured drop wins (or, with only an accuracy limit, the least predicted
-   latency whose measured drop is within it). If none meets --max-accuracy-drop, the
-   predicted-drop limit is tightened by the measured/predicted ratio and the solvers run again
-   (at most `retries` times), then InfeasibleError with the best measured drop.
+   latency whose measured drop is within it); a proposal the rewrite refuses (an int8 activation
+   that overflows float32) is left out with a warning. If none meets --max-accuracy-drop, the
+   predicted-drop limit is tightened by the measured/predicted ratio and the solvers run
+   again (at most `retries` times), then InfeasibleError with the best measured drop.
 5. check the budget on the result: its latency measured where the target runs here and
    compared with --latency-ms (`output.budget_met`, 5% tolerance); a miss is a warning
    (`budget_met: false`), exit 3 with --strict; --retry re-plans with the predicted budget
@@ -116,6 +117,7 @@ class Prepared:
     _models: dict = field(default_factory=dict, repr=False)
     _scores: dict = field(default_factory=dict, repr=False)
     _ranges: dict | None = field(default=None, repr=False)
+    _grams: dict | None = field(default=None, repr=False)
 
     def sensitivity(self, precisions: tuple[str, ...], progress: Progress | None = None
                     ) -> SensitivityTable:
@@ -128,6 +130,7 @@ class Prepared:
                 self.estimator, self._rewrite_light, kernels, self.space.blocks,
                 self.space.resolutions, self.space.input_name, self.input_shape,
                 self.sensitivity_cache, step)
+            self._ranges = self._grams = None   # only single changes use them: free them
         return self._sens[key]
 
     def rewrite(self, plan: Plan) -> onnx.ModelProto:
@@ -147,17 +150,27 @@ class Prepared:
         SENSITIVITY_CALIB samples (hundreds of single changes; the plans compile measures and
         builds use every sample), from the analyzed graph (no import per change), unchecked
         (the estimator loads it in onnxruntime next); one kernel made int8 reuses the fp32
-        model's activation ranges, calibrated once (passes/quantize.py)."""
+        model's activation ranges, one kernel pruned its consumers' input statistics, each
+        collected once (passes/quantize.py, passes/prune_channels.py)."""
         from toolchain.compile.rewrite import rewrite
 
         calib = self.calib.take(SENSITIVITY_CALIB)
-        if not plan.skip_blocks and not plan.input_shape and len(plan.kernels) == 1 \
-                and next(iter(plan.kernels.values())) == Choice("int8"):
+        single = next(iter(plan.kernels.values())) if not plan.skip_blocks \
+            and not plan.input_shape and len(plan.kernels) == 1 else None
+        if single == Choice("int8"):
             if self._ranges is None:
                 from passes.quantize import reference_ranges
 
                 self._ranges = reference_ranges(self.graph, calib)
             calib = calib.with_ranges(self._ranges)
+        elif single is not None and single == Choice(width=single.width) and single.width < 1:
+            if self._grams is None:
+                from passes.prune_channels import reference_grams
+
+                pruned = [k for k, o in self.space.options.items()
+                          if any(w < 1 for w in o.get("width", []))]
+                self._grams = reference_grams(self.graph, pruned, calib)
+            calib = calib.with_grams(self._grams)
         return rewrite(self.graph, plan, calib=calib, check=False).model
 
     def score(self, plan: Plan) -> Score:
@@ -331,6 +344,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                                                          energy_mj is not None)
     warnings += cost_warnings
     budget = Budget(latency_ms, energy_mj, None, None, max_accuracy_drop)
+    notes: list[str] = []    # candidate plans left out (_choose)
     if plan is not None:
         ctx, tset, chosen = _given(prep, tgt, cost, given, warnings)
         objective, candidates = "given", []
@@ -344,14 +358,15 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto | Prepared, target,
                             f"cannot price them, e.g. {tset.unpriced[0]}")
         objective = "drop" if (latency_ms is not None or energy_mj is not None) else "latency_ms"
         chosen, candidates = _choose(prep, ctx, tset, budget, objective, tgt.name, retries,
-                                     seed, say)
+                                     seed, say, notes)
     search = functools.partial(_choose, prep, ctx, tset, objective=objective, target=tgt.name,
-                               retries=retries, seed=seed, say=say)
+                               retries=retries, seed=seed, say=say, notes=notes)
     measure = functools.partial(_measured_latency, tgt, say=say) if measure_latency else None
     chosen, candidates, check = _check_latency(prep, chosen, candidates, budget, search, measure,
                                                latency_retries, strict, predictor_name, say)
     return _finish(prep, ctx, tgt, tset, budget, objective, chosen, candidates, predictor_name,
-                   warnings + check.warnings, Path(outdir), output, check, say, tune_minutes)
+                   warnings + notes + check.warnings, Path(outdir), output, check, say,
+                   tune_minutes)
 
 
 def _accuracy_limit(prep: Prepared, drop: float | None, distortion: float | None,
@@ -568,9 +583,14 @@ def _with_fastest(err: InfeasibleError, ctx: Context, tset: TableSet) -> Infeasi
 
 
 def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, objective: str,
-            target: str, retries: int, seed: int, say: Progress
-            ) -> tuple[Candidate, list[Candidate]]:
+            target: str, retries: int, seed: int, say: Progress,
+            notes: list[str] | None = None) -> tuple[Candidate, list[Candidate]]:
+    """The proposals measured (see the module doc). A proposal the rewrite refuses (an int8
+    activation that overflows float32 on the calibration data) is left out, with a note in
+    `notes` (compile's warnings)."""
+    notes = [] if notes is None else notes
     measured: dict[str, Candidate] = {}
+    refused: set[str] = set()
     limit = budget.max_drop
     pred_budget = budget
     for attempt in range(retries + 1):
@@ -584,17 +604,27 @@ def _choose(prep: Prepared, ctx: Context, tset: TableSet, budget: Budget, object
             raise _best_reachable_error(ctx, tset, budget)
         for c in proposals:
             key = c.plan.to_json()
-            if key in measured:
+            if key in measured or key in refused:
                 continue
             say(f"measuring the accuracy of the {c.solver} plan "
                 f"({c.metrics.latency_ms:.3f} ms predicted)")
-            score = prep.score(c.plan)
+            try:
+                score = prep.score(c.plan)
+            except BadInputError as err:
+                refused.add(key)
+                note = f"a candidate plan was left out: {err}"
+                if note not in notes:
+                    notes.append(note)
+                    say(f"left out the {c.solver} plan: {err}")
+                continue
             drop = prep.estimator.baseline.value - score.value
             measured[key] = replace(c, measured_drop=round(drop, 6),
                                     measured_accuracy=score.value)
         ok = [c for c in measured.values() if limit is None or c.measured_drop <= limit + 1e-9]
         if ok:
             return _pick(ok, objective), sorted(measured.values(), key=_order)
+        if not measured:
+            raise InfeasibleError(f"no candidate plan could be built: {notes[-1]}")
         best = min(measured.values(), key=_order)
         ratio = max(best.metrics.drop, 1e-3) / best.measured_drop
         tighter = (pred_budget.max_drop if pred_budget.max_drop is not None else limit) \

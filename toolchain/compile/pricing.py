@@ -2,10 +2,11 @@
 
 Every price comes from `predict_plan` on the analyzed float graph (no rewrite, no quantization:
 fast enough for the thousands of plans the tables and the evolutionary search price). The
-structural part of a plan (input size, skipped blocks, kernel sizes) is applied to a copy of
-the graph once per distinct combination and kept here, so the predictor then only applies
-precisions and widths (milliseconds per plan). A memory-bound kernel of a kind the predictor
-was never trained on (a Concat between int8 neighbours) is priced by the package's
+structural part of a plan (input size, skipped blocks, kernel sizes) is applied to a copy of the
+graph once per distinct combination and the last GRAPHS_KEPT are kept here (copies share the
+weights; the bound keeps a long evolutionary search's memory flat), so the predictor then only
+applies precisions and widths (milliseconds per plan). A memory-bound kernel of a kind the
+predictor was never trained on (a Concat between int8 neighbours) is priced by the package's
 memory-traffic fallback (`predict/kernel.py`), and compile's warnings list those kinds with the
 fallback's measured error. A kernel with no price at all (a compute kind the package lacks) is
 never priced as zero: the base plan then fails with UnsupportedKernelError naming it, and an
@@ -23,6 +24,8 @@ from toolchain.space import Plan
 __all__ = ["predictor_cost"]
 
 logger = logging.getLogger(__name__)
+
+GRAPHS_KEPT = 16    # structural variants (skip sets, input sizes, kernel sizes) kept in memory
 
 
 def _split(plan: Plan) -> tuple[tuple, Plan]:
@@ -58,6 +61,8 @@ def predictor_cost(target, prep, predictor=None) -> tuple:
         if whole not in memo:
             key, rest = _split(plan)
             if key not in graphs:
+                if len(graphs) >= GRAPHS_KEPT:
+                    graphs.pop(next(iter(graphs)))
                 graphs[key] = prep.graph if key == ((), (), ()) else \
                     structural_graph(prep.graph, plan)
             p = predict_plan(predictor, graphs[key], rest)

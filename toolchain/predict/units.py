@@ -415,14 +415,18 @@ def _structural(graph: Graph, plan: Plan) -> list[Unit]:
 
 def structural_graph(graph: Graph, plan: Plan) -> Graph:
     """A copy of the analyzed `graph` with the plan's input size, skipped blocks and kernel
-    sizes applied (the graph passes the rewrite uses), analyzed again."""
+    sizes applied (the graph passes the rewrite uses), analyzed again. The copy shares the
+    weight arrays (those passes put new arrays in place of the ones they change, never edit one
+    in place): a plan's copy costs no weight memory."""
+    import copy
+
     from passes import analyze
     from passes.resize_input import ResizeInputPass
     from passes.shrink_kernels import ShrinkKernelsPass
     from passes.skip_blocks import SkipBlocksPass
     from toolchain.pipeline import PassContext, Pipeline
 
-    g = graph.copy()
+    g = copy.deepcopy(graph, {id(a): a for a in graph.initializers.values()})
     sizes = {k: c.kernel_size for k, c in plan.kernels.items() if c.kernel_size is not None}
     passes = []
     if plan.input_shape:
