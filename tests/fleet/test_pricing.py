@@ -64,3 +64,36 @@ def test_fingerprint_device_gets_a_mix_and_a_held_out_error(tmp_path):
     assert set(held) == {"host-ort", "host-ort-1t"}
     assert all(0 < e < 0.5 and math.isfinite(e) for e in held.values())
     assert meta["training_fit"]["median_abs_rel_err"] < 0.01
+
+
+def test_fewshot_devices_calibrated_in_one_batch_equal_one_by_one(tmp_path):
+    """Few-shot devices that measured the same designs are calibrated together
+    (`device_predictors`); each gets exactly the predictor it gets alone, and a device whose
+    CSV has too few designs fails alone."""
+    from toolchain.fleet.pricing import device_predictor, device_predictors
+    from toolchain.fleet.spec import Device
+
+    rows = (Path(__file__).parents[1] / "fixtures" / "standin" / "standin.csv").read_text()
+    header, *lines = rows.strip().splitlines()
+    devices = []
+    for i, factor in enumerate((0.7, 1.9, 3.1)):
+        csv = tmp_path / f"d{i}.csv"
+        csv.write_text("\n".join([header] + [
+            f"{ln.split(',')[0]},{float(ln.split(',')[1]) * factor * (1 + 0.03 * (j % 5)):.6g}"
+            for j, ln in enumerate(lines)]) + "\n")
+        devices.append(Device(f"d{i}", "rpi4", 10.0, proxy="host-ort-1t", measurements=csv))
+    few = tmp_path / "few.csv"
+    few.write_text("\n".join([header] + lines[:2]) + "\n")
+    devices.insert(1, Device("few", "rpi4", 10.0, proxy="host-ort-1t", measurements=few))
+    targets = {n: load_target(n) for n in ("rpi4", "host-ort-1t")}
+    batch = device_predictors(devices, targets)
+    assert isinstance(batch[1], Exception) and "at least 3" in str(batch[1])
+    for d, got in zip(devices, batch, strict=True):
+        if d.name == "few":
+            continue
+        alone, name, warnings = device_predictor(d, targets["rpi4"], targets["host-ort-1t"])
+        assert (got[0].weights, got[0].model, got[1], got[2]) == \
+            (alone.weights, alone.model, name, warnings)
+        assert got[0].meta == alone.meta
+    scales = [got[0].meta["calibration"]["scales"] for got in (batch[0], batch[2], batch[3])]
+    assert scales[0] != scales[1] != scales[2]     # each device its own calibration

@@ -22,7 +22,7 @@ from toolchain.errors import BadInputError
 from toolchain.target import Target
 
 __all__ = ["fewshot_cost", "fingerprint_cost", "calibrated_predictor", "conditioned_predictor",
-           "fewshot_units", "device_predictor"]
+           "fewshot_units", "device_predictor", "device_predictors"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,21 @@ def _once(memo: dict, key: tuple, make):
 def calibrated_predictor(target, proxy_target, path: Path, memo: dict | None = None):
     """The proxy's predictor calibrated for `target` with the measurements in `path`. `memo`
     (one dict per run) loads the proxy and prices each measured design once."""
+    from toolchain.predict.transfer import calibrate_kernel_predictors
+
+    job = _fewshot_job(target, proxy_target, path, {} if memo is None else memo)
+    return calibrate_kernel_predictors(job["proxy"], job["costs"], [job["latency"]],
+                                       [job["meta"]])[0][0]
+
+
+def _fewshot_job(target, proxy_target, path: Path, memo: dict) -> dict:
+    """What calibrating a few-shot device takes: the proxy's package (loaded once per run),
+    the measured designs' keys and proxy prices (priced once per run), the device's latencies
+    and the package's meta."""
     from toolchain.predict.kernel import data_hash
     from toolchain.predict.latency import load_predictor
-    from toolchain.predict.transfer import calibrate_kernel_predictor, design_costs
+    from toolchain.predict.transfer import design_costs
 
-    memo = {} if memo is None else memo
     # the map to the target rescales the proxy's package: its calibration to this CPU is moot
     proxy = _once(memo, ("proxy", proxy_target.name),
                   lambda: load_predictor(proxy_target, calibrate=False))
@@ -82,8 +92,8 @@ def calibrated_predictor(target, proxy_target, path: Path, memo: dict | None = N
     meta = {"name": f"{target.predictor}-fewshot", "target": target.name,
             "training": {"file": Path(path).name, "hash": data_hash(path),
                          "rows": len(latency) + len(unknown), "skipped": unknown}}
-    model, _ = calibrate_kernel_predictor(proxy, units, latency, meta, costs=costs)
-    return model
+    return {"proxy": proxy, "keys": tuple(keys), "costs": costs, "latency": latency,
+            "meta": meta}
 
 
 def _profiled() -> list:
@@ -110,18 +120,42 @@ def _mix(predictors: list, units: list, latency: np.ndarray) -> np.ndarray:
     return nnls(A / latency[:, None], np.ones(len(latency)))
 
 
-def _combine(predictors: list, alpha: np.ndarray, meta: dict):
+def _combine(predictors: list, alpha: np.ndarray, meta: dict, memo: dict | None = None):
+    """The predictors mixed with weights `alpha`: per kind the alpha-weighted weights, over
+    the kinds every predictor used (alpha > 0) has. `memo` (one per run, with one set of
+    `predictors`) lays out each set of used predictors' weights once."""
     from toolchain.predict.kernel import KernelPredictor
 
-    used = [(a, p) for a, p in zip(alpha, predictors, strict=True) if a > 0]
+    used = tuple(i for i, a in enumerate(alpha) if a > 0)
     if not used:
         raise BadInputError("the fingerprint cannot be explained by any profiled device "
                             "(all mixing weights are zero)")
-    kinds = set.intersection(*(set(p.weights) for _, p in used))
-    weights = {k: {f: sum(a * p.weights[k].get(f, 0.0) for a, p in used)
-                   for f in used[0][1].weights[k]} for k in sorted(kinds)}
-    model = {f: sum(a * p.model.get(f, 0.0) for a, p in used) for f in used[0][1].model}
-    return KernelPredictor(weights, model, meta)
+    key = ("mix layout", tuple(id(p) for p in predictors), used)
+    spans, W, model_keys, M = _once({} if memo is None else memo, key,
+                                    lambda: _layout(predictors, used))
+    w, m = np.zeros(W.shape[1]), np.zeros(M.shape[1])
+    for j, i in enumerate(used):     # in order, as a sum over the used predictors
+        w = w + alpha[i] * W[j]
+        m = m + alpha[i] * M[j]
+    w, m = w.tolist(), m.tolist()
+    weights = {k: dict(zip(names, w[lo:hi], strict=True)) for k, names, lo, hi in spans}
+    return KernelPredictor(weights, dict(zip(model_keys, m, strict=True)), meta)
+
+
+def _layout(predictors: list, used: tuple) -> tuple:
+    """(per kind: (kind, feature names, start, end) in one weight vector, each used predictor's
+    weights in that layout, the model feature names, each used predictor's model weights)."""
+    first = predictors[used[0]]
+    kinds = sorted(set.intersection(*(set(predictors[i].weights) for i in used)))
+    spans, columns = [], []
+    for k in kinds:
+        names = list(first.weights[k])
+        spans.append((k, names, len(columns), len(columns) + len(names)))
+        columns += [(k, f) for f in names]
+    W = np.array([[predictors[i].weights[k].get(f, 0.0) for k, f in columns] for i in used])
+    model_keys = list(first.model)
+    M = np.array([[predictors[i].model.get(f, 0.0) for f in model_keys] for i in used])
+    return spans, W.reshape(len(used), len(columns)), model_keys, M.reshape(len(used), -1)
 
 
 _HELD_OUT: dict = {}   # per process: (profiled packages, designs) -> _held_out's answer
@@ -212,7 +246,7 @@ def conditioned_predictor(target, path: Path, profiled: list | None = None,
                             "mix": [float(a) for a in alpha], "fingerprint_designs": designs,
                             "skipped": unknown},
             "held_out": _held_out(profiled, designs)}
-    model = _combine(predictors, alpha, meta)
+    model = _combine(predictors, alpha, meta, memo)
     fit = _mixed_latency(model, predictors, alpha, costs, units)
     model.meta["training_fit"] = {"designs": len(latency), "median_abs_rel_err":
                                   float(np.median(np.abs(fit - latency) / latency))}
@@ -294,6 +328,46 @@ def device_predictor(device, target: Target, proxy: Target | None,
         predictor = conditioned_predictor(target, device.fingerprint, memo["profiled"], memo)
     else:   # one package per target, shared by its devices
         predictor = _once(memo, ("target", target.name), lambda: load_predictor(target))
+    return _labelled(device, target, predictor)
+
+
+def device_predictors(devices: list, targets: dict, memo: dict | None = None) -> list:
+    """`device_predictor` of each device - or the exception it raised, so that a broken device
+    fails alone. Few-shot devices that measured the same designs with the same proxy are
+    calibrated in one batch (`transfer.calibrate_kernel_predictors`: the same fits, done for
+    all of them at once)."""
+    from toolchain.predict.transfer import calibrate_kernel_predictors
+
+    memo = {} if memo is None else memo
+    out: list = [None] * len(devices)
+    batches: dict[tuple, list] = {}
+    for i, d in enumerate(devices):
+        try:
+            if d.known_by == "fewshot":
+                job = _fewshot_job(targets[d.target], targets[d.proxy], d.measurements, memo)
+                batches.setdefault((d.proxy, job["keys"]), []).append((i, job))
+            else:
+                out[i] = device_predictor(d, targets[d.target],
+                                          targets[d.proxy] if d.proxy else None, memo)
+        except Exception as err:  # one broken device must not stop the fleet
+            out[i] = err
+    for members in batches.values():
+        first = members[0][1]
+        try:
+            fitted = calibrate_kernel_predictors(first["proxy"], first["costs"],
+                                                 [job["latency"] for _, job in members],
+                                                 [job["meta"] for _, job in members])
+        except Exception as err:  # the same designs: the same error for each device
+            for i, _ in members:
+                out[i] = err
+            continue
+        for (i, _), (model, _) in zip(members, fitted, strict=True):
+            out[i] = _labelled(devices[i], targets[devices[i].target], model)
+    return out
+
+
+def _labelled(device, target: Target, predictor) -> tuple:
+    """(predictor, its name, the warnings that say how far to trust it)."""
     warnings = []
     if not target.measurable_here and not predictor.meta.get("validated", False):
         warnings.append(f"latency predictions for {target.name} are UNVALIDATED: its predictor "

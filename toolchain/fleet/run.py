@@ -106,24 +106,22 @@ def _shared_work(fleet: Fleet, todo: list[Device], say: Progress):
 
 
 def _pricing(fleet: Fleet, devices: list[Device], say: Progress) -> list:
-    """Each device's predictor (`toolchain.fleet.pricing.device_predictor`); a device whose
+    """Each device's predictor (`toolchain.fleet.pricing.device_predictors`); a device whose
     predictor cannot be had keeps the error and fails alone."""
     from toolchain.fleet.plan import DevicePricing, device_error
-    from toolchain.fleet.pricing import device_predictor
+    from toolchain.fleet.pricing import device_predictors
 
-    out, memo = [], {}
-    for i, d in enumerate(devices):
-        if i and i % 500 == 0:
-            say(f"predictors: {i}/{len(devices)} devices")
+    say(f"predictors of {len(devices)} device(s)")
+    out = []
+    for d, got in zip(devices, device_predictors(devices, fleet.targets), strict=True):
         tgt = fleet.targets[d.target]
-        try:
-            predictor, name, warnings = device_predictor(
-                d, tgt, fleet.targets[d.proxy] if d.proxy else None, memo)
-            out.append(DevicePricing(d.name, tgt, d.budgets(), predictor, name, warnings))
-        except Exception as err:  # one broken device must not stop the fleet
-            logger.debug("device %s has no predictor", d.name, exc_info=True)
+        if isinstance(got, Exception):
+            logger.debug("device %s has no predictor", d.name, exc_info=got)
             out.append(DevicePricing(d.name, tgt, d.budgets(), None, None,
-                                     error=device_error(err)))
+                                     error=device_error(got)))
+        else:
+            predictor, name, warnings = got
+            out.append(DevicePricing(d.name, tgt, d.budgets(), predictor, name, warnings))
     return out
 
 

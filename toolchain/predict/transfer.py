@@ -40,7 +40,8 @@ import numpy as np
 __all__ = [
     "RankEstimate", "Transfer", "rank_correlation", "fit_transfer", "fixed_selection",
     "random_selection", "LAMBDAS", "ridge_path", "calibrate_kernel_predictor",
-    "ProxyPredictor", "fit_proxy_predictor", "design_costs", "cost_kinds",
+    "ProxyPredictor", "fit_proxy_predictor", "design_costs", "cost_kinds", "fit_transfers",
+    "calibrate_kernel_predictors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,27 +96,39 @@ def rank_correlation(proxy: np.ndarray, target: np.ndarray, level: float = 0.9) 
     return RankEstimate(rho, math.tanh(z - half), math.tanh(z + half), n, level)
 
 
+def _t(A: np.ndarray) -> np.ndarray:
+    return np.swapaxes(A, -1, -2)
+
+
+def _mv(A: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A @ v for stacks of matrices and vectors."""
+    return (A @ v[..., None])[..., 0]
+
+
 def ridge_path(X0: np.ndarray, Z: np.ndarray, y: np.ndarray,
-                penalties: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               penalties: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ridge with unpenalized columns X0 and penalized columns Z, for every penalty at once.
 
     Projecting X0 out of Z and y turns it into plain ridge on the residuals; one SVD then gives
     every penalty's weights (rows of W: X0 weights then Z weights), exact leave-one-out
     residuals (hat diagonal = X0's leverage + sum_j U_ij^2 s_j^2 / (s_j^2 + lambda)) and
-    effective number of parameters."""
+    effective number of parameters. Leading axes of X0, Z, y and penalties (before the last
+    one or two) are a batch of independent problems: (B, n, p0), (B, n, pz), (B, n), (B, L)."""
     X0_pinv = np.linalg.pinv(X0)
     P0 = X0 @ X0_pinv
-    Zt, yt = Z - P0 @ Z, y - P0 @ y
+    P0y = _mv(P0, y)
+    Zt, yt = Z - P0 @ Z, y - P0y
     U, s, Vt = np.linalg.svd(Zt, full_matrices=False)
-    d = s[None, :] ** 2 / (s[None, :] ** 2 + penalties[:, None])          # (L, r)
-    uy = U.T @ yt
-    fitted = (P0 @ y)[None, :] + (d * uy[None, :]) @ U.T                  # (L, n)
-    h = np.diag(P0)[None, :] + d @ (U.T ** 2)                             # (L, n)
-    loo = (y[None, :] - fitted) / np.maximum(1.0 - h, 1e-3)
-    b = (s[None, :] / (s[None, :] ** 2 + penalties[:, None]) * uy[None, :]) @ Vt   # (L, pz)
-    a = (y[None, :] - b @ Z.T) @ X0_pinv.T                                # (L, p0)
-    dof = np.trace(P0) + d.sum(axis=1)
-    return np.column_stack([a, b]), loo, dof
+    s2 = s[..., None, :] ** 2
+    d = s2 / (s2 + penalties[..., :, None])                                # (L, r)
+    uy = _mv(_t(U), yt)
+    fitted = P0y[..., None, :] + (d * uy[..., None, :]) @ _t(U)            # (L, n)
+    h = np.diagonal(P0, axis1=-2, axis2=-1)[..., None, :] + d @ _t(U ** 2)  # (L, n)
+    loo = (y[..., None, :] - fitted) / np.maximum(1.0 - h, 1e-3)
+    b = (s[..., None, :] / (s2 + penalties[..., :, None]) * uy[..., None, :]) @ Vt  # (L, pz)
+    a = (y[..., None, :] - b @ _t(Z)) @ _t(X0_pinv)                        # (L, p0)
+    dof = np.trace(P0, axis1=-2, axis2=-1)[..., None] + d.sum(axis=-1)
+    return np.concatenate([a, b], axis=-1), loo, dof
 
 
 SPACES = ("log", "ms")   # log t = a + b log p + c.f   or   t = a + b p + c.f
@@ -174,43 +187,50 @@ class Transfer:
 
 
 @dataclass(frozen=True)
-class _Fit:
-    error: float
+class _Fits:
+    """Every penalty of one (space, feature block) for a batch of B targets: errors are LOO
+    errors of log latency (B, L), so spaces compare on one scale; `ok` (B, L) marks the fits
+    allowed (effective parameters, positive proxy slope for a reuse)."""
+
     space: str
     columns: tuple[int, ...]
-    lam: float | None
-    w: np.ndarray
+    lams: tuple                     # per penalty: lambda, or None (reuse)
+    error: np.ndarray
+    ok: np.ndarray
+    w: np.ndarray                   # (B, L, 2 + len(columns))
     mean: np.ndarray
     scale: np.ndarray
-    loo_log: np.ndarray
+    loo_log: np.ndarray             # (B, L, K)
 
 
-def _fit_one(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space: str,
-             columns: tuple[int, ...], lambdas: tuple[float, ...], floor: float,
-             max_dof: float = math.inf) -> list[_Fit]:
-    """Every penalty for one (space, feature block); errors are LOO errors of log latency, so
-    the two spaces compare on one scale. Penalties scale with K and (ms) the squared mean."""
+def _fit_many(proxy: np.ndarray, target: np.ndarray, features: np.ndarray, space: str,
+              columns: tuple[int, ...], lambdas: tuple[float, ...], floor: np.ndarray,
+              max_dof: float = math.inf) -> _Fits:
+    """`target` (B, K), `floor` (B,); the proxy and features are the same for the batch.
+    Penalties scale with K and (ms) the squared mean."""
     f = features[:, list(columns)]
     mean, scale = f.mean(axis=0), f.std(axis=0)
     keep = scale > 1e-12
     columns = tuple(c for c, k in zip(columns, keep, strict=True) if k)
     mean, scale, f = mean[keep], scale[keep], f[:, keep]
+    B, n = target.shape
     x, y = (np.log(proxy), np.log(target)) if space == "log" else (proxy, target)
-    X0 = np.column_stack([np.ones(len(y)), x])
-    Z = (f - mean) / scale
+    X0 = np.broadcast_to(np.column_stack([np.ones(n), x]), (B, n, 2))
+    Z = np.broadcast_to((f - mean) / scale, (B, n, len(columns)))
     # "rel": the linear model fitted on relative errors (rows divided by the latency), for
     # latencies spanning orders of magnitude, where plain least squares serves the largest
-    weight = 1.0 / target if space == "rel" else np.ones(len(y))
-    unit = float(np.mean(y)) ** 2 if space == "ms" else 1.0
+    weight = 1.0 / target if space == "rel" else np.ones((B, n))
+    unit = np.mean(y, axis=1) ** 2 if space == "ms" else np.ones(B)
     grid = tuple(lambdas) if columns else (0.0,)
-    W, loo, dof = ridge_path(X0 * weight[:, None], Z * weight[:, None], y * weight,
-                             np.array(grid) * len(y) / 20 * unit)
+    W, loo, dof = ridge_path(X0 * weight[..., None], Z * weight[..., None], y * weight,
+                             np.array(grid)[None, :] * n / 20 * unit[:, None])
     if space != "log":
-        loo = loo / weight[None, :]
-        loo = np.log(target)[None, :] - np.log(np.maximum(target[None, :] - loo, floor))
-    return [_Fit(float(np.mean(loo[i] ** 2)), space, columns, grid[i] if columns else None,
-                 W[i], mean, scale, loo[i])
-            for i in range(len(grid)) if dof[i] <= max_dof]
+        loo = loo / weight[:, None, :]
+        loo = np.log(target)[:, None, :] - np.log(np.maximum(target[:, None, :] - loo,
+                                                             floor[:, None, None]))
+    error = np.mean(loo ** 2, axis=-1)
+    return _Fits(space, columns, grid if columns else (None,), error, dof <= max_dof, W,
+                 mean, scale, loo)
 
 
 def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
@@ -227,10 +247,21 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     blocks together are tried, in both spaces, with at most `dof_ratio * K` effective
     parameters. `measured`: the proxy's measured latency of the samples, if known: reuse may
     then calibrate it instead of the predictor (for a target exactly monotone in the proxy)."""
-    proxy, target = np.asarray(proxy, float), np.asarray(target, float)
+    return fit_transfers(proxy, features, np.asarray(target, float)[None, :], blocks, lambdas,
+                         margin, level, dof_ratio, measured, spaces)[0]
+
+
+def fit_transfers(proxy: np.ndarray, features: np.ndarray, targets: np.ndarray,
+                  blocks: list[tuple[int, ...]] | None = None,
+                  lambdas: tuple[float, ...] = LAMBDAS, margin: float = 0.05,
+                  level: float = 0.9, dof_ratio: float = 0.8,
+                  measured: np.ndarray | None = None,
+                  spaces: tuple[str, ...] = SPACES) -> list[Transfer]:
+    """`fit_transfer` for B targets measured on the same K designs (`targets`: (B, K)), every
+    fit done for the whole batch at once: many devices calibrated from one proxy."""
+    proxy, targets = np.asarray(proxy, float), np.asarray(targets, float)
     features = np.asarray(features, float).reshape(len(proxy), -1)
-    rank = rank_correlation(proxy, target, level)
-    floor = 0.05 * float(np.min(target))
+    floors = 0.05 * np.min(targets, axis=1)
     all_columns = tuple(range(features.shape[1]))
     blocks = [tuple(b) for b in (blocks or [all_columns]) if len(b)]
     if len(blocks) > 1:
@@ -238,37 +269,73 @@ def fit_transfer(proxy: np.ndarray, features: np.ndarray, target: np.ndarray,
     sources = {"predictor": proxy}
     if measured is not None:
         sources["measured"] = np.asarray(measured, float)
-    reuse = [(name, f) for name, x in sources.items() for space in spaces
-             for f in _fit_one(x, target, features, space, (), (), floor)
-             if f.w[1] > 0]   # a non-increasing map would reverse the proxy's ranking
-    adapt = [f for space in spaces for block in (blocks if len(target) >= 4 else [])
-             for f in _fit_one(proxy, target, features, space, block, lambdas, floor,
-                               max_dof=max(2.5, dof_ratio * len(target)))]
-    source, best_reuse = min(reuse, key=lambda r: r[1].error) if reuse else ("predictor", None)
-    best_adapt = min(adapt, key=lambda f: f.error) if adapt else None
-    err_reuse = best_reuse.error if best_reuse else math.inf
-    err_adapt = best_adapt.error if best_adapt else math.inf
+    reuse = [(name, _fit_many(x, targets, features, space, (), (), floors))
+             for name, x in sources.items() for space in spaces]
+    max_dof = max(2.5, dof_ratio * targets.shape[1])
+    adapt = [_fit_many(proxy, targets, features, space, block, lambdas, floors, max_dof)
+             for space in spaces for block in (blocks if targets.shape[1] >= 4 else [])]
+    # candidates in a fixed order; the first of least error wins (a non-increasing map would
+    # reverse the proxy's ranking: not a reuse)
+    B = len(targets)
+    reuse_err = _errors([f for _, f in reuse], [f.w[..., 1] > 0 for _, f in reuse], B)
+    adapt_err = _errors(adapt, [np.ones_like(f.ok) for f in adapt], B)
+    out = []
+    for i, target in enumerate(targets):
+        r = int(np.argmin(reuse_err[i])) if reuse_err.shape[1] else -1
+        a = int(np.argmin(adapt_err[i])) if adapt_err.shape[1] else -1
+        best_reuse = _pick([(name, f) for name, f in reuse], r, reuse_err[i], i)
+        best_adapt = _pick([(None, f) for f in adapt], a, adapt_err[i], i)
+        out.append(_transfer(proxy, target, level, margin, floors[i], best_reuse, best_adapt))
+    return out
+
+
+def _errors(fits: list[_Fits], extra: list[np.ndarray], B: int) -> np.ndarray:
+    """(B, candidates) errors in candidate order, inf where a fit is not allowed."""
+    if not fits:
+        return np.zeros((B, 0))
+    return np.concatenate([np.where(f.ok & e & ~np.isnan(f.error), f.error, np.inf)
+                           for f, e in zip(fits, extra, strict=True)], axis=1)
+
+
+def _pick(fits: list[tuple], index: int, errors: np.ndarray, i: int):
+    """(source, space, columns, lam, w, mean, scale, loo_log, error) of candidate `index` for
+    target i, or None when no candidate is allowed."""
+    if index < 0 or not np.isfinite(errors[index]):
+        return None
+    for name, f in fits:
+        if index < len(f.lams):
+            return (name, f.space, f.columns, f.lams[index], f.w[i, index], f.mean, f.scale,
+                    f.loo_log[i, index], float(f.error[i, index]))
+        index -= len(f.lams)
+    raise IndexError(index)
+
+
+def _transfer(proxy, target, level, margin, floor, best_reuse, best_adapt) -> Transfer:
+    rank = rank_correlation(proxy, target, level)
+    err_reuse = best_reuse[-1] if best_reuse else math.inf
+    err_adapt = best_adapt[-1] if best_adapt else math.inf
+    source = best_reuse[0] if best_reuse else "predictor"
     rho_txt = f"rank correlation {rank.rho:.2f} [{rank.low:.2f}, {rank.high:.2f}]"
     # the absolute term keeps an exact reuse (errors at rounding level) from "improving"
     if best_adapt is not None and err_adapt < (1.0 - margin) * err_reuse - 1e-8:
         chosen, path, source = best_adapt, "adapt", "predictor"
-        reason = (f"{rho_txt}; adapting {len(chosen.columns)} feature corrections "
-                  f"({chosen.space} model, lambda {chosen.lam:g}) lowers the leave-one-out "
+        reason = (f"{rho_txt}; adapting {len(chosen[2])} feature corrections "
+                  f"({chosen[1]} model, lambda {chosen[3]:g}) lowers the leave-one-out "
                   f"error {err_reuse:.3g} -> {err_adapt:.3g}")
     elif best_reuse is not None:
         chosen, path = best_reuse, "reuse"
         reason = (f"{rho_txt}; adaptation does not lower the leave-one-out error "
-                  f"({err_reuse:.3g} vs {err_adapt:.3g}): monotone {chosen.space} "
+                  f"({err_reuse:.3g} vs {err_adapt:.3g}): monotone {chosen[1]} "
                   f"calibration of the proxy's {source} latency")
     else:  # every fitted map decreases: keep the proxy's order, scaled by a constant
         ratio = float(np.mean(np.log(target) - np.log(proxy)))
-        chosen = _Fit(math.inf, "log", (), None, np.array([ratio, 1.0]), np.zeros(0),
-                      np.ones(0), np.log(target) - np.log(proxy) - ratio)
+        chosen = (None, "log", (), None, np.array([ratio, 1.0]), np.zeros(0), np.ones(0),
+                  np.log(target) - np.log(proxy) - ratio, math.inf)
         path, reason = "reuse", f"{rho_txt}; fitted slope not positive: proxy scaled by a constant"
-    return Transfer(path, reason, rank, chosen.space, float(chosen.w[0]), float(chosen.w[1]),
-                    chosen.columns, chosen.w[2:], chosen.mean, chosen.scale, chosen.lam,
-                    err_reuse, err_adapt, float(np.sqrt(np.mean(chosen.loo_log ** 2))),
-                    len(target), floor, source)
+    _, space, columns, lam, w, mean, scale, loo_log, _ = chosen
+    return Transfer(path, reason, rank, space, float(w[0]), float(w[1]), columns, w[2:], mean,
+                    scale, lam, err_reuse, err_adapt, float(np.sqrt(np.mean(loo_log ** 2))),
+                    len(target), float(floor), source)
 
 
 @dataclass(frozen=True)
@@ -384,22 +451,38 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
     times m_kind = b + sum of its groups' c_j / scale_j (clipped at 0: no negative costs), and
     a new per-model constant. Designs with a kernel the proxy cannot price are left out (listed
     in meta). Returns (KernelPredictor, Transfer)."""
+    if costs is None:
+        costs = [design_costs(proxy, units) for units in designs]
+    return calibrate_kernel_predictors(proxy, costs, [latency_ms], [meta])[0]
+
+
+def calibrate_kernel_predictors(proxy, costs: list, latencies: list, metas: list) -> list:
+    """`calibrate_kernel_predictor` for many targets that measured the same designs
+    (`costs`: `design_costs` of each design; `latencies`: per target, its latency of each
+    design; `metas`: per target): the transfers are fitted for all of them at once
+    (`fit_transfers`). Returns [(KernelPredictor, Transfer)] in the order of `latencies`."""
     from toolchain.errors import BadInputError
-    from toolchain.predict.kernel import KernelPredictor
 
     kinds = cost_kinds(proxy)
     member, blocks, names = _kind_groups(kinds)
-    if costs is None:
-        costs = [design_costs(proxy, units) for units in designs]
-    priced = [c for c in costs if c[2] is None]
+    priced = [i for i, c in enumerate(costs) if c[2] is None]
     skipped = [c[2] for c in costs if c[2] is not None]
-    y = np.array([float(t) for c, t in zip(costs, latency_ms, strict=True) if c[2] is None])
-    if len(y) < 3:
-        raise BadInputError(f"{len(y)} measured designs the proxy predictor can price "
+    if len(priced) < 3:
+        raise BadInputError(f"{len(priced)} measured designs the proxy predictor can price "
                             "(at least 3 are needed)")
-    p = np.array([c[0] for c in priced])
-    per_kind = np.array([c[1] for c in priced])
-    tr = fit_transfer(p, per_kind @ member.T, y, blocks, spaces=LINEAR)
+    Y = np.array([[float(t[i]) for i in priced] for t in latencies]).reshape(-1, len(priced))
+    p = np.array([costs[i][0] for i in priced])
+    per_kind = np.array([costs[i][1] for i in priced])
+    transfers = fit_transfers(p, per_kind @ member.T, Y, blocks, spaces=LINEAR)
+    return [(_scaled(proxy, kinds, member, names, per_kind, y, tr, skipped, meta), tr)
+            for y, tr, meta in zip(Y, transfers, metas, strict=True)]
+
+
+def _scaled(proxy, kinds: list[str], member: np.ndarray, names: list[str],
+            per_kind: np.ndarray, y: np.ndarray, tr: Transfer, skipped: list, meta: dict | None):
+    """The proxy's predictor with each kind's weights scaled as the transfer `tr` says."""
+    from toolchain.predict.kernel import KernelPredictor
+
     scale = np.full(len(kinds), tr.proxy_slope)
     const = tr.intercept + tr.proxy_slope * float(proxy.model.get("model", 0.0))
     for j, column in enumerate(tr.columns):
@@ -423,7 +506,7 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
         "kinds": [k for k in kinds if k != _FALLBACK],
         "fallback": out.meta.get("fallback", proxy.meta.get("fallback")),
         "calibration": {**tr.summary(), "proxy": proxy.name, "samples": len(y),
-                        "skipped": skipped, "clipped_kinds": clipped,
+                        "skipped": list(skipped), "clipped_kinds": clipped,
                         "groups": names, "scales": dict(zip(kinds, map(float, scale),
                                                             strict=True))},
         "held_out": {"folds": 0, "leave_one_out_rmse_log": tr.sigma,
@@ -432,4 +515,4 @@ def calibrate_kernel_predictor(proxy, designs: list, latency_ms, meta: dict | No
                          "within_10pct": float(np.mean(rel <= 0.10))},
         "training": {**dict(meta or {}).get("training", {}), "designs": len(y)},
     })
-    return out, tr
+    return out
