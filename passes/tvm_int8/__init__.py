@@ -48,9 +48,9 @@ def integer_compute(mod, target=None):
     are packed for it (packed_conv.py)."""
     from tvm import relax
 
-    from passes.tvm_schedules.dot_products import dot_product
+    from passes.tvm_schedules.dot_products import dot_products
 
-    dot = dot_product(target)
+    dots = dot_products(target)
     left: list[str] = []
     count = [0]
 
@@ -74,7 +74,7 @@ def integer_compute(mod, target=None):
             self.set_var_remap(binding.var, new)
 
         def _packed(self, *conv):
-            return packed_conv.emit(self.builder_, dot, *conv)
+            return packed_conv.emit(self.builder_, dots, *conv)
 
         def _rewrite(self, call, var):
             lookup = self.lookup_binding
@@ -82,7 +82,7 @@ def integer_compute(mod, target=None):
             if fused is not None:
                 return fused
             for op, rule in RULES:
-                found = rule(call, lookup, self._packed) if op == "conv2d" and dot else \
+                found = rule(call, lookup, self._packed) if op == "conv2d" and dots else \
                     rule(call, lookup)
                 if isinstance(found, str):
                     left.append(f"{self.name}/{var.name} {op}: {found}")

@@ -2,8 +2,8 @@
 
 Pre-condition: the conv2d rule proved the conv (8-bit activations x int8 constant weights,
 int32 accumulation); it is dense (one group), not dilated, and its output channels are a
-multiple of the dot product's lanes (passes/tvm_schedules/dot_products.py: 16 for x86 VNNI,
-4 for aarch64 sdot).
+multiple of one of the dot products' lanes (passes/tvm_schedules/dot_products.py: 16 or 8
+for x86 VNNI, 4 for aarch64 sdot).
 Rule: two TE functions replace the relax conv2d.
 - `pack_int8`: the input as [n, c / 4, y, x, c % 4] (four input channels of a pixel
   contiguous: the instruction's A operand), padded (with the conv's padding value; channels up
@@ -38,13 +38,15 @@ def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(blocks.transpose(0, 2, 4, 5, 1, 3))
 
 
-def emit(builder, dot, data, weight: np.ndarray, padding, pad_value: int, strides, dilation):
+def emit(builder, dots, data, weight: np.ndarray, padding, pad_value: int, strides, dilation):
     """Emit the packed conv of `data` (an 8-bit NCHW relax expression) with the OIHW int8
-    `weight`; returns (int32 NCHW relax expression, int32 offset to add per output channel),
-    or None when the conv does not fit (dilated, output channels not a multiple of lanes)."""
+    `weight` for the widest of `dots` whose lanes divide the output channels; returns (int32
+    NCHW relax expression, int32 offset to add per output channel), or None when the conv does
+    not fit (dilated, or output channels of no lane count)."""
     from tvm import relax
 
-    if any(int(d) != 1 for d in dilation) or weight.shape[0] % dot.lanes:
+    dot = next((d for d in dots if weight.shape[0] % d.lanes == 0), None)
+    if dot is None or any(int(d) != 1 for d in dilation):
         return None
     dtype = str(data.ty.dtype)
     shift = SHIFT.get((dtype, dot.dtype), 0)

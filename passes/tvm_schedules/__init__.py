@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from passes.tvm_schedules import conv2d, depthwise, injective, matmul, packed_conv, pool
+from passes.tvm_schedules import conv2d, depthwise, injective, matmul, pack, packed_conv, pool
 from passes.tvm_schedules.common import is_reduction, supported
 
 __all__ = ["default_schedule", "RULES", "SCHEDULED_ATTR"]
@@ -58,6 +58,8 @@ def schedule_function(func, target):
     reductions = [b for b in blocks if is_reduction(sch, b)]
     try:
         if not reductions:
+            if pack.apply(sch, blocks, target):
+                return _done(sch), "pack"
             injective.apply(sch, blocks, target)
             return _done(sch), "injective"
         if len(reductions) == 1:

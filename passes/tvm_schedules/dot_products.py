@@ -7,7 +7,7 @@ C the accumulators of a register tile (a local buffer).
 
 | target feature | instruction | lanes | A | B |
 |---|---|---|---|---|
-| x86 `avx512vnni` | `vpdpbusd` (zmm) | 16 | uint8 | int8 |
+| x86 `avx512vnni` | `vpdpbusd` (zmm; ymm for 8 lanes) | 16 (8) | uint8 | int8 |
 | aarch64 `dotprod` (rpi5, Cortex-A76) | `sdot` (v.4s) | 4 | int8 | int8 |
 
 `vpdpbusd` multiplies unsigned by signed bytes: uint8 activations x int8 weights as
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DotProduct", "dot_product"]
+__all__ = ["DotProduct", "dot_product", "dot_products"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,18 @@ class DotProduct:
     dtype: str       # the activations' type the instruction takes ("uint8" | "int8")
 
 
+def dot_products(target) -> tuple[DotProduct, ...]:
+    """The dot products of `target`, widest first (registered): x86 VNNI has 16 lanes (zmm)
+    and 8 (ymm, for output channel counts that are a multiple of 8 but not of 16)."""
+    dot = dot_product(target)
+    if dot is None or dot.lanes != 16:
+        return () if dot is None else (dot,)
+    return dot, _register(DotProduct("fleetc_vnni_8x4", 8, "uint8"))
+
+
 def dot_product(target) -> DotProduct | None:
-    """The dot product of `target` (registering its tensor intrinsic once), or None."""
+    """The widest dot product of `target` (registering its tensor intrinsic once), or
+    None."""
     from tvm.target import codegen
 
     if target is None or target.kind.name != "llvm":
@@ -53,6 +63,7 @@ def dot_product(target) -> DotProduct | None:
 
 _REGISTERED: set[str] = set()
 _LLVM = {"fleetc_vnni_16x4": "llvm.x86.avx512.vpdpbusd.512",
+         "fleetc_vnni_8x4": "llvm.x86.avx512.vpdpbusd.256",
          "fleetc_sdot_4x4": "llvm.aarch64.neon.sdot.v4i32.v16i8"}
 
 
@@ -72,8 +83,8 @@ def _functions(dot: DotProduct):
     lanes, a_type, llvm = dot.lanes, dot.dtype, _LLVM[dot.intrinsic]
     acc, a4, ab, bb = f"int32x{lanes}", f"{a_type}x4", f"{a_type}x{4 * lanes}", \
         f"int8x{4 * lanes}"
-    # LLVM's operand types: vpdpbusd.512 takes <64 x i8> for both byte vectors
-    a_arg = "int8x64" if lanes == 16 else ab
+    # LLVM's operand types: vpdpbusd takes <64 x i8> / <32 x i8> for both byte vectors
+    a_arg = f"int8x{4 * lanes}" if "vnni" in dot.intrinsic else ab
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:

@@ -22,20 +22,20 @@ from passes.tvm_schedules.common import (
     region_buffer,
     register_budget,
 )
-from passes.tvm_schedules.dot_products import dot_product
+from passes.tvm_schedules.dot_products import dot_products
 
 __all__ = ["apply"]
 
 
 def apply(sch, block, target) -> bool:
-    dot = dot_product(target)
-    if dot is None or not _matches(sch, block, dot):
+    dot = next((d for d in dot_products(target) if _matches(sch, block, d)), None)
+    if dot is None:
         return False
     n, o, y, x, cb, ky, kx, ci = sch.get_loops(block)
     budget = register_budget(target)
     blocks = int(sch.get(o).extent) // dot.lanes
     height, width = int(sch.get(y).extent), int(sch.get(x).extent)
-    rows = max(d for d in divisors(blocks) if d <= (2 if dot.lanes >= 16 else 4))
+    rows = max(d for d in divisors(blocks) if d <= max(1, 32 // dot.lanes) and d <= 4)
     cols = _pixels(width, budget // rows)
     ys = max(d for d in divisors(height) if rows * d * cols <= budget)
     o_b, o_l = sch.split(o, [None, dot.lanes])
