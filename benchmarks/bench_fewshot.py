@@ -1,18 +1,21 @@
 """Device-conditioned predictor (`fleetc bench fewshot`) over K, with the spread over seeds.
 
 Two modes; figures are printed, nothing is asserted:
-- `--loo`: leave each TRAINING device out in turn (train on the others, test on it). This is
-  how the predictor's settings (conditioned.EVIDENCE_GRID) were checked: it reads no test
+- `--loo`: leave each TRAINING device out in turn (train on the others, test on it);
+  `--loco`: leave each training device CLASS out in turn (classes from data/devices.csv:
+  train on the other classes, test on its devices). This is how the predictor's settings
+  (conditioned.EVIDENCE_GRID, DEFAULT_TAU, FINE_TAU_RATIO) were chosen: it reads no test
   column.
 - default: train on `--train`, test on `--test` (default every other latency column).
 
 Run: .venv/bin/python benchmarks/bench_fewshot.py --data data/nb201.csv.gz --train COLS
-     [--test COLS] [--samples 5,10,20,50] [--seeds 5] [--selection random] [--loo]
+     [--test COLS] [--samples 5,10,20,50] [--seeds 5] [--selection random] [--loo | --loco]
      [--json-dir DIR]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -25,11 +28,23 @@ from toolchain.bench.scores import write_json  # noqa: E402
 from toolchain.bench.table import load_table, parse_names  # noqa: E402
 
 
-def _runs(table, args, train, k):
-    """(train, test) pairs of one K: the split itself, or every leave-one-out split."""
-    if not args.loo:
-        return [(train, target_columns(table, train, args.test))]
-    return [(tuple(c for c in train if c != held), (held,)) for held in train]
+def device_classes() -> dict[str, str]:
+    """Column -> device class, from data/devices.csv."""
+    path = Path(__file__).resolve().parents[1] / "data" / "devices.csv"
+    with open(path, newline="") as f:
+        return {row["column"]: row["device_class"] for row in csv.DictReader(f)}
+
+
+def _runs(table, args, train):
+    """(train, test) pairs: the split itself, or every leave-one-device / -class-out split."""
+    if args.loo:
+        return [(tuple(c for c in train if c != held), (held,)) for held in train]
+    if args.loco:
+        cls = device_classes()
+        groups = sorted({cls.get(c, c) for c in train})
+        return [(tuple(c for c in train if cls.get(c, c) != g),
+                 tuple(c for c in train if cls.get(c, c) == g)) for g in groups]
+    return [(train, target_columns(table, train, args.test))]
 
 
 def main() -> None:
@@ -41,7 +56,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--selection", default="random", choices=("fixed", "random"))
     parser.add_argument("--method", default="conditioned")
-    parser.add_argument("--loo", action="store_true")
+    leave = parser.add_mutually_exclusive_group()
+    leave.add_argument("--loo", action="store_true")
+    leave.add_argument("--loco", action="store_true")
     parser.add_argument("--json-dir", default=None)
     args = parser.parse_args()
     table = load_table(args.data)
@@ -49,7 +66,7 @@ def main() -> None:
     by_k = {}
     for k in (int(v) for v in parse_names(args.samples)):
         targets = {}
-        for tr, te in _runs(table, args, train, k):
+        for tr, te in _runs(table, args, train):
             out = run_fewshot(table, FewshotOptions(train=tr, targets=te, samples=k,
                                                     seeds=args.seeds, method=args.method,
                                                     selection=args.selection))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from toolchain.errors import BadInputError
-from toolchain.predict.conditioned import Z90, _fit_large, _fit_small, fit_conditioned
+from toolchain.predict.conditioned import Z90, _average, _fit_large, _fit_small, fit_conditioned
 
 
 def _devices(n_dev: int = 9, n: int = 2000, seed: int = 0):
@@ -25,9 +25,24 @@ def test_sample_and_weight_space_agree():
     resid = lat[:30, 8] / float(prior @ lat[:30, 8] / (prior @ prior)) - prior
     small = _fit_small(F, resid, prior, p.spread, p.cov - p.spread)
     large = _fit_large(F, resid, prior, p.spread, p.cov - p.spread)
-    assert small[2] == large[2]
+    assert small[2] == pytest.approx(large[2], rel=1e-9)
     np.testing.assert_allclose(small[0], large[0], atol=1e-9)
     np.testing.assert_allclose(small[1], large[1], atol=1e-9)
+
+
+def test_model_average_has_the_mixtures_mean_and_variance():
+    rng = np.random.default_rng(3)
+    parts = [(rng.standard_normal(4), np.diag(rng.uniform(0.1, 1.0, 4)), s2)
+             for s2 in (1e-3, 1e-2, 1e-1)]
+    evidence = [0.0, np.log(3.0), -50.0]    # weights 1/4, 3/4 and ~0 (left out)
+    mean, cov, sigma2 = _average(evidence, lambda i: parts[i])
+    x = rng.standard_normal(4)
+    w = np.array([0.25, 0.75])
+    means = np.array([x @ m for m, _, _ in parts[:2]])
+    var = np.array([x @ c @ x for _, c, _ in parts[:2]])
+    assert x @ mean == pytest.approx(w @ means)
+    assert x @ cov @ x == pytest.approx(w @ (var + means ** 2) - (w @ means) ** 2)
+    assert sigma2 == pytest.approx(0.25e-3 + 0.75e-2)
 
 
 def test_posterior_sharpens_with_samples_and_intervals_hold():
