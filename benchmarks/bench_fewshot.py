@@ -4,7 +4,7 @@ Two modes; figures are printed, nothing is asserted:
 - `--loo`: leave each TRAINING device out in turn (train on the others, test on it);
   `--loco`: leave each training device CLASS out in turn (classes from data/devices.csv:
   train on the other classes, test on its devices). This is how the predictor's settings
-  (conditioned.EVIDENCE_GRID, DEFAULT_TAU, FINE_TAU_RATIO) were chosen: it reads no test
+  (conditioned.EVIDENCE_GRID, POSTERIOR_TAU, POSTERIOR_FINE_RATIO) were chosen: it reads no test
   column.
 - default: train on `--train`, test on `--test` (default every other latency column).
 
