@@ -40,7 +40,7 @@ class FakeFleet:
             estimator=SimpleNamespace(baseline=SimpleNamespace(metric="agreement", value=1.0),
                                       samples=0))
 
-    def plan_devices(self, fleet, prep, todo, say):
+    def plan_devices(self, fleet, prep, todo, say, planner=None):
         from toolchain.fleet.plan import DevicePlan, DevicePricing, FleetPlans
         from toolchain.space import Plan
 

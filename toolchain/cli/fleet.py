@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from toolchain.fleet.planner import AUTO_DEVICES, PLANNERS
 from toolchain.fleet.run import (
     check_depfile,
     check_output,
@@ -103,9 +104,13 @@ class ProgressBar:
 @click.option("--no-calibrate", is_flag=True,
               help="Use host targets' predictor packages as they are, even if measured on "
                    "another CPU (default: calibrate them to this CPU once, about 20 s each).")
+@click.option("--planner", type=click.Choice(PLANNERS), default="fronts", show_default=True,
+              help="Add each device's own plan to the candidates: exact (the MILP per device) "
+              "or amortized (one network for the fleet); auto: amortized above "
+              f"{AUTO_DEVICES} devices, else exact; fronts: none (docs/fleet.md).")
 def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None,
                   no_cache: bool, plan_only: bool, strict: bool, depfile: str | None,
-                  force: bool, as_json: bool, no_calibrate: bool) -> None:
+                  force: bool, as_json: bool, no_calibrate: bool, planner: str) -> None:
     """Build every device of FLEET_FILE (TOML, see docs/fleet.md): shared work once, one plan
     pick per device, one build per distinct plan and target, unchanged devices from the cache.
     Exit 4 if any device failed."""
@@ -118,7 +123,7 @@ def fleet_command(fleet_file: Path, outdir: str, jobs: int, executor: str | None
     bar = ProgressBar(sys.stderr.isatty())
     result = run_fleet(fleet, outdir, jobs=jobs, executor=executor, use_cache=not no_cache,
                        progress=bar.say, force=force, plan_only=plan_only, strict=strict,
-                       tick=bar.tick)
+                       tick=bar.tick, planner=planner)
     if depfile is not None:
         write_depfile(fleet, Path(outdir), depfile)
     for w in sorted({w for o in result.outcomes for w in (o.summary or {}).get("warnings", [])}):

@@ -258,8 +258,10 @@ def pick(L: np.ndarray, E: np.ndarray, drops: np.ndarray, bad: np.ndarray,
 
 
 def plan_fleet(prep, devices: list[DevicePricing], say: Progress,
-               representatives: list | None = None) -> FleetPlans:
-    """Plans for every device (module doc). Devices with an error keep it and get no plan."""
+               representatives: list | None = None, planner: str | None = None) -> FleetPlans:
+    """Plans for every device (module doc). Devices with an error keep it and get no plan.
+    `planner` ("exact" or "amortized", toolchain/fleet/planner.py) adds each device's own
+    plan to the candidates."""
     import time
 
     from toolchain.fleet.cache import plan_score
@@ -281,6 +283,14 @@ def plan_fleet(prep, devices: list[DevicePricing], say: Progress,
         preds = _distinct([m.predictor for m in members])
         reps = _distinct(list(representatives or [])) or preds[:1]
         plans = candidates_for(prep, cache, precisions, reps, preds, say)
+        if planner:
+            from toolchain.fleet.planner import device_plans
+
+            own, secs = device_plans(prep, cache, precisions, members, planner, say, _weights)
+            known = {p.to_json() for p in plans}
+            plans += [p for p in own if p.to_json() not in known and not known.add(p.to_json())]
+            for k, v in secs.items():
+                seconds[k] = seconds.get(k, 0.0) + v
         seconds["candidates"] = seconds.get("candidates", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         sens = prep.sensitivity(precisions)

@@ -141,21 +141,27 @@ def _representatives(fleet: Fleet, todo: list[Device]) -> list:
     return out
 
 
-def plan_devices(fleet: Fleet, prep, todo: list[Device], say: Progress):
-    """Phase 3 for the devices `todo` (a seam the tests replace): FleetPlans."""
+def plan_devices(fleet: Fleet, prep, todo: list[Device], say: Progress,
+                 planner: str | None = None):
+    """Phase 3 for the devices `todo` (a seam the tests replace): FleetPlans. `planner`:
+    "exact" or "amortized" (toolchain/fleet/planner.py), resolved from the fleet's size."""
     from toolchain.fleet.plan import plan_fleet
 
     pricing = _pricing(fleet, todo, say)
-    plans = plan_fleet(prep, pricing, say, _representatives(fleet, todo))
+    plans = plan_fleet(prep, pricing, say, _representatives(fleet, todo), planner)
     plans.pricing = {p.name: p for p in pricing}
     return plans
 
 
-def planning_digest(fleet: Fleet) -> str:
+def planning_digest(fleet: Fleet, planner: str | None = None) -> str:
     """What the candidate set depends on besides the model: every device's target, proxy and
-    measurement / fingerprint bytes (a device's budgets are not in it)."""
-    rows = sorted(canonical({k: v for k, v in d.entry().items() if k not in ("name", "budgets")})
+    measurement / fingerprint bytes, and with a per-device `planner` (its plans are
+    candidates for every device) the planner and every device's budgets."""
+    drop = ("name",) if planner else ("name", "budgets")
+    rows = sorted(canonical({k: v for k, v in d.entry().items() if k not in drop})
                   for d in fleet.devices)
+    if planner:
+        rows.append(f"planner={planner}")
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:32]
 
 
@@ -247,19 +253,23 @@ def _feeds(calib, model) -> dict:
 def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str | None = None,
               use_cache: bool = True, progress: Progress | None = None,
               force: bool = False, plan_only: bool = False, strict: bool = False,
-              tick: Tick | None = None) -> FleetResult:
+              tick: Tick | None = None, planner: str = "fronts") -> FleetResult:
     """Plan and build every device into OUTDIR/<name>/ and write OUTDIR/fleet.json and
     fleet.html (module doc). The folders follow the output folder rule (`check_output`) before
     any work; `force` lets folders fleetc did not write be written. A run that raises (bad
     input found during the shared work, Ctrl-C) leaves an OUTDIR that was missing or empty as
-    it found it. `tick(done, total, name)` is called as each device is finished."""
+    it found it. `tick(done, total, name)` is called as each device is finished. `planner`:
+    fronts, exact, amortized or auto (toolchain/fleet/planner.py; auto by the fleet's size)."""
+    from toolchain.fleet.planner import resolve_planner
+
     say = progress or (lambda msg: None)
+    planner = resolve_planner(planner, len(fleet.devices))
     outdir = Path(outdir)
     dests = check_output(fleet, outdir, force)
     fresh = _fresh(outdir)
     try:
         return _run(fleet, outdir, dests, jobs, executor, use_cache, say, plan_only, strict,
-                    tick or (lambda done, total, name: None))
+                    tick or (lambda done, total, name: None), planner)
     except BaseException:
         if fresh is not None:
             _restore(outdir, fresh, dests)
@@ -268,7 +278,7 @@ def run_fleet(fleet: Fleet, outdir: str | Path, *, jobs: int = 1, executor: str 
 
 def _run(fleet: Fleet, outdir: Path, dests: dict[str, Path], jobs: int, executor: str | None,
          use_cache: bool, say: Progress, plan_only: bool, strict: bool,
-         tick: Tick) -> FleetResult:
+         tick: Tick, planner: str) -> FleetResult:
     """run_fleet after the output check (OUTDIR is made at the start)."""
     phases: dict[str, float] = {}
     clock = time.perf_counter()
@@ -277,7 +287,7 @@ def _run(fleet: Fleet, outdir: Path, dests: dict[str, Path], jobs: int, executor
     calib_sha = sha256_file(fleet.calib) if fleet.calib else None
     measurable = measurable_targets()
     memo: dict = {}     # each input file hashed once in this run
-    planning = planning_digest(fleet)
+    planning = planning_digest(fleet, planner)
     keys = {d.name: device_key(fleet, d, model_sha, calib_sha, measurable, memo, planning)
             for d in fleet.devices}
     sweep()
@@ -301,7 +311,7 @@ def _run(fleet: Fleet, outdir: Path, dests: dict[str, Path], jobs: int, executor
         prep = _shared_work(fleet, todo, say)
         phases["shared"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        plans = plan_devices(fleet, prep, todo, say)
+        plans = plan_devices(fleet, prep, todo, say, planner)
         phases["plan"] = time.perf_counter() - clock
         for name, secs in plans.seconds.items():
             phases[f"plan.{name}"] = round(secs, 3)

@@ -38,11 +38,14 @@ import numpy as np
 
 from toolchain.errors import BadInputError
 from toolchain.files import atomic_write
+from toolchain.optimize.costs import CostTable
 from toolchain.predict.conditioned import ConditionedPredictor
 
 __all__ = [
     "AmortizedOptimizer", "DesignSpace", "train_amortized", "synthetic_fingerprints",
     "exhaustive_choice", "ExhaustiveSearch", "TrainConfig", "candidate_table", "refine",
+    "TableFamily", "TablePlanner", "train_table_planner", "exact_tables", "repair_tables",
+    "plan_costs", "budget_range",
 ]
 
 logger = logging.getLogger(__name__)
@@ -762,3 +765,285 @@ def train_amortized(predictor: ConditionedPredictor, space: DesignSpace,
                               candidate_table(space, predictor, cfg.seed),
                               {"examples": int(len(X)), "seed": cfg.seed,
                                "alphabets": [a.tolist() for a in space.alphabets]})
+
+
+# ---------------------------------------------------------------- additive tables (fleet planner)
+#
+# The same network idea on compile's additive cost tables (toolchain/optimize/costs.py), for
+# the fleet's planner (toolchain/fleet/planner.py): one model, every device. A device is a
+# weight vector w of a predictor linear in its weights, so each option's latency on it is
+# X_opt @ w and each resolution's base latency X_base @ w (`TableFamily`); predicted drops do
+# not depend on the device. g(device, budget) -> (input resolution, one option per decision)
+# is an MLP with one softmax head per decision plus one for the resolution, trained on labels
+# from the exact latency/drop front of each training device's tables (`pareto_front`), exported
+# to ONNX and run by onnxruntime over all devices in one batch; its plan is then repaired with
+# each device's own latencies (`repair_tables`).
+
+TABLE_COMPONENTS = 32   # principal components of the device features fed to the network
+TABLE_BUDGETS = 12      # training budgets per training device (log-uniform, `budget_range`)
+TABLE_FRONT_CELLS = 500   # latency cells of the training devices' fronts (labels)
+REPAIR_STEPS = 64       # greedy moves of the repair, at most, per phase
+TABLE_RESOLUTIONS = 2   # most likely resolutions repaired per device; the better plan is kept
+
+
+@dataclass(frozen=True)
+class TableFamily:
+    """One model's additive tables at every input resolution, for any device (see above).
+
+    Options are numbered across decisions (`decision[o]`, options of a decision contiguous,
+    the original form first) and are the same at every resolution; `X_base` (R, F) and `X_opt`
+    (R, O, F) give base and per-option latency as a product with a device's weights (the
+    predictor's constant is in `const`), `drop_base` (R,) the resolution's drop, `drop` (O,)
+    each option's. `labels` name the options (CostTable labels)."""
+
+    X_base: np.ndarray
+    X_opt: np.ndarray
+    drop_base: np.ndarray
+    drop: np.ndarray
+    decision: np.ndarray
+    labels: tuple[str, ...]
+    names: tuple[str, ...]          # decision names
+
+    @cached_property
+    def starts(self) -> np.ndarray:
+        return np.r_[0, np.flatnonzero(np.diff(self.decision)) + 1, len(self.decision)]
+
+    def latencies(self, W: np.ndarray, const: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(base (n, R), options (n, R, O)) latencies of devices with weights W (n, F)."""
+        base = W @ self.X_base.T + np.asarray(const, float)[:, None]
+        opt = np.einsum("rof,nf->nro", self.X_opt, W, optimize=True)
+        return base, opt
+
+    def table(self, r: int, base: float, opt: np.ndarray, allowed: np.ndarray | None = None
+              ) -> CostTable:
+        """Resolution r's CostTable for one device (options not `allowed` left out; option
+        payloads are global option indices)."""
+        from toolchain.optimize.costs import Decision, Metrics, Option
+
+        decisions = []
+        for d, (a, b) in enumerate(zip(self.starts[:-1], self.starts[1:], strict=True)):
+            opts = tuple(Option(self.labels[o], float(opt[o]), float(self.drop[o]), payload=o)
+                         for o in range(a, b) if allowed is None or allowed[o])
+            decisions.append(Decision(self.names[d], opts))
+        return CostTable(tuple(decisions), Metrics(float(base), float(self.drop_base[r]),
+                                                   0.0, 0.0, 0.0))
+
+
+def exact_tables(family: TableFamily, base: np.ndarray, opt: np.ndarray, budget: float,
+                 allowed: np.ndarray | None = None) -> tuple[int, np.ndarray] | None:
+    """The exact optimum (least predicted drop within the latency budget) of one device over
+    every resolution: the MILP of toolchain/optimize/exact.py per resolution, resolutions in
+    order of their own drop, skipped once that drop alone is no better than the best found.
+    (resolution, option per decision) or None when nothing fits."""
+    from toolchain.errors import InfeasibleError
+    from toolchain.optimize.costs import Budget
+    from toolchain.optimize.exact import solve_exact
+
+    best = None
+    for r in np.argsort(family.drop_base, kind="stable"):
+        if best is not None and family.drop_base[r] >= best[0]:
+            break
+        table = family.table(int(r), base[r], opt[r], allowed)
+        try:
+            sol = solve_exact(table, Budget(latency_ms=float(budget)))
+        except InfeasibleError:
+            continue
+        if best is None or sol.metrics.drop < best[0] - 1e-12:
+            picks = np.array([d.options[j].payload for d, j in
+                              zip(table.decisions, sol.picks, strict=True)])
+            best = (sol.metrics.drop, int(r), picks)
+    return None if best is None else (best[1], best[2])
+
+
+def plan_costs(family: TableFamily, base: np.ndarray, opt: np.ndarray, r: np.ndarray,
+               picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(latency, drop) per device of plans given as resolution (n,) and options (n, D)."""
+    n = np.arange(len(r))
+    lat = base[n, r] + opt[n[:, None], r[:, None], picks].sum(axis=1)
+    drop = family.drop_base[r] + family.drop[picks].sum(axis=1)
+    return lat, drop
+
+
+def budget_range(family: TableFamily, base: np.ndarray, opt: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per device: (its fastest plan's latency, the unchanged model's latency). The rule both
+    training and the benchmark draw budgets from (log-uniform, from 1.05 x the first, at most
+    the second, to the second); it reads only the device's own latencies."""
+    lo = np.full(len(base), np.inf)
+    for r in range(base.shape[1]):
+        fastest = base[:, r] + np.array([opt[:, r, a:b].min(axis=1) for a, b in
+                                         zip(family.starts[:-1], family.starts[1:],
+                                             strict=True)]).sum(axis=0)
+        lo = np.minimum(lo, fastest)
+    return lo, base[:, int(np.argmin(family.drop_base))]
+
+
+def _table_features(base: np.ndarray, opt: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """Scale-free network inputs: every latency over the device's unchanged-model latency,
+    then log(budget / that latency)."""
+    ref = base[:, :1]
+    n = len(base)
+    return np.column_stack([base / ref, opt.reshape(n, -1) / ref,
+                            np.log(np.asarray(budgets, float)[:, None] / ref)])
+
+
+def _front_labels(family: TableFamily, base: np.ndarray, opt: np.ndarray,
+                  budgets: np.ndarray) -> list[tuple[int, np.ndarray] | None]:
+    """Labels for one training device at several budgets: its exact fronts (one DP per
+    resolution, toolchain/optimize/pareto.py) read at each budget."""
+    from toolchain.optimize.pareto import pareto_front
+
+    points = []   # (latency, drop, r, options)
+    for r in range(base.shape[0]):
+        table = family.table(r, base[r], opt[r])
+        for sol in pareto_front(table, cells=TABLE_FRONT_CELLS):
+            picks = np.array([d.options[j].payload for d, j in
+                              zip(table.decisions, sol.picks, strict=True)])
+            points.append((sol.metrics.latency_ms, sol.metrics.drop, r, picks))
+    out = []
+    for b in budgets:
+        fit = [p for p in points if p[0] <= b]
+        best = min(fit, key=lambda p: (p[1], p[0])) if fit else None
+        out.append(None if best is None else (best[2], best[3]))
+    return out
+
+
+@dataclass(frozen=True)
+class TablePlanner:
+    """g(device, budget) -> plan over a TableFamily, as ONNX (see the section comment)."""
+
+    onnx_model: bytes = field(repr=False)
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def _session(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(self.onnx_model, opts, providers=["CPUExecutionProvider"])
+
+    def choose(self, family: TableFamily, base: np.ndarray, opt: np.ndarray,
+               budgets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(resolution (n,), options (n, D)) per device: the network's plan for all devices
+        in one onnxruntime call, decoded and repaired (`repair_tables`) first at its most
+        likely resolution, then at the others in order of their own drop for the devices
+        whose best repaired drop so far is above that drop (as `exact_tables` prunes); the
+        best plan within budget is kept (none: the fastest repaired)."""
+        budgets = np.asarray(budgets, float)
+        x = _table_features(base, opt, budgets).astype(np.float32)
+        logits = self._session.run(None, {"x": x})[0]
+        R = base.shape[1]
+        heads = logits[:, R:]
+        picks = np.stack([family.starts[d] + np.argmax(heads[:, a:b], axis=1)
+                          for d, (a, b) in enumerate(zip(family.starts[:-1], family.starts[1:],
+                                                         strict=True))], axis=1)
+        best_r = np.argmax(logits[:, :R], axis=1)
+        best_p = repair_tables(family, base, opt, budgets, best_r, picks)
+        lat, drop = plan_costs(family, base, opt, best_r, best_p)
+        score = np.where(lat <= budgets * (1 + 1e-9), drop, 1e12 + lat)
+        for r in np.argsort(family.drop_base, kind="stable"):
+            todo = np.flatnonzero((best_r != r) & (score > family.drop_base[r]))
+            if not len(todo):
+                continue
+            rr = np.full(len(todo), r)
+            p = repair_tables(family, base[todo], opt[todo], budgets[todo], rr, picks[todo])
+            lat, drop = plan_costs(family, base[todo], opt[todo], rr, p)
+            new = np.where(lat <= budgets[todo] * (1 + 1e-9), drop, 1e12 + lat)
+            better = new < score[todo] - 1e-12
+            idx = todo[better]
+            best_r[idx], best_p[idx], score[idx] = r, p[better], new[better]
+        return best_r, best_p
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / "planner.onnx", self.onnx_model)
+        atomic_write(folder / "meta.json", json.dumps({"kind": "table-planner", **self.meta},
+                                                      indent=2))
+
+
+def repair_tables(family: TableFamily, base: np.ndarray, opt: np.ndarray, budgets: np.ndarray,
+                  r: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Make every device's plan fit its budget by its own latencies, then improve it; all
+    devices at once (greedy, each move changes one decision; each step works only on the
+    devices that still move):
+    1. while over budget: the move that saves latency at the least drop added per ms saved;
+    2. while some move lowers the drop and keeps the plan within budget: the one that lowers
+       it most.
+    A device nothing brings within budget ends at the fastest plan phase 1 reached."""
+    # (n, O) at each device's resolution; float32 halves the bytes each step reads (the
+    # plan's latency is summed in float64 below and checked by the caller)
+    lat_o = opt[np.arange(len(r)), r].astype(np.float32)
+    drop_o = family.drop.astype(np.float32)
+    dec = family.decision
+    picks = picks.copy()
+    budgets = np.asarray(budgets, float) * (1 - 1e-6)   # float32 steps stay within budget
+    rows_all = np.arange(len(r))[:, None]
+    lat = base[np.arange(len(r)), r] + opt[np.arange(len(r)), r][rows_all, picks].sum(axis=1)
+    for phase in (1, 2):
+        todo = np.flatnonzero(lat > budgets) if phase == 1 else np.flatnonzero(lat <= budgets)
+        for _ in range(REPAIR_STEPS):
+            if not len(todo):
+                break
+            L = lat_o[todo]
+            cur = picks[todo][:, dec]                                  # (m, O)
+            dlat = L - L[np.arange(len(todo))[:, None], cur]
+            ddrop = drop_o - drop_o[cur]
+            if phase == 1:
+                score = np.where(dlat < -1e-12, ddrop / np.maximum(-dlat, 1e-12), np.inf)
+            else:
+                fits = dlat <= (budgets[todo] - lat[todo])[:, None]
+                score = np.where((ddrop < -1e-12) & fits, ddrop, np.inf)
+            move = np.argmin(score, axis=1)
+            rows = np.arange(len(todo))
+            moving = np.isfinite(score[rows, move])
+            todo, move, rows = todo[moving], move[moving], rows[moving]
+            picks[todo, dec[move]] = move
+            lat[todo] += dlat[rows, move]
+            if phase == 1:
+                todo = todo[lat[todo] > budgets[todo]]
+    return picks
+
+
+def train_table_planner(family: TableFamily, W: np.ndarray, const: np.ndarray,
+                        cfg: TrainConfig | None = None) -> TablePlanner:
+    """Train g on the training devices (weights W (n, F), constants (n,)): TABLE_BUDGETS
+    budgets each (`budget_range`, seeded), labels from their exact fronts; seeded by cfg.seed."""
+    cfg = cfg or TrainConfig(hidden=(128, 128), epochs=60, batch=128)
+    rng = np.random.default_rng(cfg.seed)
+    base, opt = family.latencies(W, const)
+    lo, hi = budget_range(family, base, opt)
+    X, Y = [], []
+    R = base.shape[1]
+    for i in range(len(W)):
+        budgets = np.exp(rng.uniform(np.log(min(1.05 * lo[i], hi[i])), np.log(hi[i]),
+                                     TABLE_BUDGETS))
+        for b, label in zip(budgets, _front_labels(family, base[i], opt[i], budgets),
+                            strict=True):
+            if label is None:
+                continue
+            X.append(_table_features(base[i:i + 1], opt[i:i + 1], [b])[0])
+            Y.append(np.r_[label[0], label[1] - family.starts[:-1]])
+    X, Y = np.array(X), np.array(Y)
+    offsets = np.cumsum(np.r_[0, R, np.diff(family.starts)])
+    # principal components of the device features (the budget column is kept as it is)
+    dev = X[:, :-1]
+    centre = dev.mean(axis=0)
+    _, _, Vt = np.linalg.svd(dev - centre, full_matrices=False)
+    P = Vt[:TABLE_COMPONENTS].T
+    Z = np.column_stack([(dev - centre) @ P, X[:, -1]])
+    params, mu, sd = _fit_network(Z, Y, offsets, cfg)
+    # fold the projection and the standardization into the first layer: g reads raw features
+    W0, b0 = params[0]
+    Pfull = np.zeros((X.shape[1], Z.shape[1]))
+    Pfull[:-1, :-1] = P
+    Pfull[-1, -1] = 1.0
+    shift = np.r_[centre @ P, 0.0]
+    W0s = W0 / sd[:, None]
+    folded = [[Pfull @ W0s, b0 - ((shift + mu) / sd) @ W0]] + params[1:]
+    onnx_model = _to_onnx(folded, np.zeros(X.shape[1]), np.ones(X.shape[1]))
+    logger.info("table planner trained on %d (device, budget) pairs", len(X))
+    return TablePlanner(onnx_model, {"examples": int(len(X)), "devices": int(len(W)),
+                                     "seed": cfg.seed})
