@@ -10,10 +10,13 @@ Columns, per model and thread count (1 thread, then all cores of this process's 
 
 Pinning: each (model, threads) runs in a fresh worker process started with `TVM_NUM_THREADS`
 set and, for 1 thread, under `taskset -c CPU` (the last CPU of the affinity mask); onnxruntime
-gets the same thread count. In the worker both runtimes are timed in alternating rounds (warm-up
-first; each round is one block of back-to-back runs of each), so slow phases of the shared
-machine hit both; figures are medians over rounds of wall time per run, the ratio is the median
-of per-round ratios, spread = interquartile range of the per-round ratios in % of their median.
+gets the same thread count, TVM's pool is sized as fleetc's timing sizes it (`set_tvm_threads`).
+With 1 thread both runtimes are timed in alternating rounds in the worker (warm-up first; each
+round is one block of back-to-back runs of each), so slow phases of the machine hit both; with
+more threads one runtime after the other (each warmed up again), because a thread pool that
+just ran keeps spinning and takes a core from the other runtime. Figures are medians over
+rounds of wall time per run, the ratio is the median of per-round ratios (the i-th blocks),
+spread = interquartile range of the per-round ratios in % of their median.
 Also printed: the TVM build time (import, schedule, compile, export) of each model.
 
 `--int8`: the all-int8 plan instead (every kernel int8 where legal, the model `compile --plan`
@@ -74,11 +77,12 @@ def worker(name: str, threads: int, rounds: int) -> dict:
     from tvm import relax
 
     from passes.emit_tvm import build_module
-    from toolchain.measure.tvm_backend import input_arrays
+    from toolchain.measure.tvm_backend import input_arrays, set_tvm_threads
     from toolchain.target import load_target
 
     model = load(name)
     tgt = load_target("host-tvm").tvm()
+    set_tvm_threads(threads)   # as fleetc's timing sizes the pool (threads bound to cores)
     dev = tvm.cpu()
     vms, build_s, tuned = {}, 0.0, 0
     for key, records in (("tvm", False), ("tuned", True)):
@@ -105,9 +109,18 @@ def worker(name: str, threads: int, rounds: int) -> dict:
     runners.update({k: (lambda vm=vm: vm["main"](*args)) for k, vm in vms.items()})
     per_run = {k: _calibrate(f) for k, f in runners.items()}
     samples: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
+    if threads == 1:
+        for _ in range(rounds):
+            for key, run in runners.items():
+                samples[key].append(_block(run, per_run[key]))
+    else:
+        # One runtime at a time: a thread pool that just ran keeps spinning on the other
+        # core and took it from the other runtime (alternating blocks in one process,
+        # MobileNetV2-160, 2 threads: TVM 9.6 ms, 4.0 with onnxruntime's spinning off; TVM
+        # alone 4.5 ms). Each phase warms up again first.
         for key, run in runners.items():
-            samples[key].append(_block(run, per_run[key]))
+            _calibrate(run)
+            samples[key] = [_block(run, per_run[key]) for _ in range(rounds)]
     out = {"model": name, "threads": threads, "build_s": build_s, "tuned_functions": tuned,
            "ort_ms": float(np.median(samples["ort"]))}
     for key in vms:
