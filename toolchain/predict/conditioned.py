@@ -102,7 +102,7 @@ SELECTION_POOL = 4000  # candidates examined per greedy step (deterministic, eve
 # phones): the previous single best setting of a narrower grid (sigma2 3e-4..1e-1, a 0.5..2,
 # b 0.3..3; tau 1e-2) gave 0.932 / 0.951 / 0.955 / 0.965 mean Spearman at K = 5 / 10 / 20 /
 # 50; the single best of this grid 0.934 / 0.956 / 0.961 / 0.968 but 71-86% coverage at
-# K <= 20; its average 0.937 / 0.956 / 0.962 / 0.969 with 88-92%. Never tuned on test columns.
+# K <= 20; its average 0.936 / 0.955 / 0.962 / 0.969 with 88-92%. Never tuned on test columns.
 EVIDENCE_GRID = {"sigma2": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
                  "a": (0.25, 0.5, 1.0, 2.0, 4.0),
                  "b": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)}
