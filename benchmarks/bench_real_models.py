@@ -48,7 +48,8 @@ def reinitialized(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     Gemm weights, also those reshaped before use) at He scale for its fan-in, 1-D weights
     (biases) 0, batch norms (also when written as Mul / Add) scale BN_SCALE, bias 0, mean 0,
     variance 1; ConstantOfShape
-    weights become initializers (in their place among the initializers, none left as a node)."""
+    weights become initializers (in their place among the initializers, none left as a node; their
+    shape inputs, now unused, are dropped: onnxruntime warns once per unused initializer)."""
     rng = np.random.default_rng(seed)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model.ir_version = max(model.ir_version, 4)
@@ -85,7 +86,8 @@ def reinitialized(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         else:
             value = np.zeros(shape)
         new.append(numpy_helper.from_array(value.astype(np.float32), name))
-    kept = [i for i in g.initializer if i.name not in shapes]
+    used = {t for node in g.node for t in node.input}   # the removed nodes' shape inputs go
+    kept = [i for i in g.initializer if i.name not in shapes and i.name in used]
     del g.initializer[:]
     g.initializer.extend(kept + new)
     inputs = [i for i in g.input if i.name not in shapes]
