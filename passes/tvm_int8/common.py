@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Dequantized", "Integer", "dequantized", "constant", "bound", "finish", "ACC_LIMIT"]
+__all__ = ["Dequantized", "Integer", "dequantized", "float_weight", "constant", "bound", "finish",
+           "ACC_LIMIT"]
 
 # |sum of products| of one output stays below 2**31: a reduction of n products of an 8-bit
 # activation (|x - zp| <= 255) and an int8 weight (|w| <= 128) is exact in int32 while n is
@@ -81,6 +82,18 @@ def finish(value: Integer):
     return relax.op.multiply(relax.op.astype(acc, "float32"),
                              relax.const(value.scale.astype(np.float32).reshape(shape),
                                          "float32"))
+
+
+def float_weight(expr, lookup) -> bool:
+    """`expr` is a float constant (directly or transposed): the kernel reading it is a float
+    kernel (the plan kept it fp32), whatever precision its activation arrives in."""
+    import tvm
+    from tvm import relax
+
+    value = bound(expr, lookup)
+    if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.permute_dims":
+        value = bound(value.args[0], lookup)
+    return isinstance(value, tvm.ir.expr.Constant) and str(value.value.dtype).startswith("float")
 
 
 def bound(expr, lookup):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.tvm_int8.common import ACC_LIMIT, Integer, dequantized
+from passes.tvm_int8.common import ACC_LIMIT, Integer, dequantized, float_weight
 
 __all__ = ["apply"]
 
@@ -32,8 +32,8 @@ def apply(call, lookup, packed=None) -> Integer | str | None:
     if getattr(call.op, "name", "") != "relax.nn.conv2d":
         return None
     x, w = (dequantized(a, lookup) for a in call.args)
-    if x is None and w is None:
-        return None
+    if w is None and (x is None or float_weight(call.args[1], lookup)):
+        return None     # a float kernel (it may read an int8 layer's dequantized output)
     if isinstance(x, str) or isinstance(w, str) or x is None or w is None:
         return (x if isinstance(x, str) else w if isinstance(w, str)
                 else "only one operand is dequantized")

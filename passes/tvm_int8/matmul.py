@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from passes.tvm_int8.common import ACC_LIMIT, Integer, bound, dequantized
+from passes.tvm_int8.common import ACC_LIMIT, Integer, bound, dequantized, float_weight
 
 __all__ = ["apply"]
 
@@ -25,8 +25,8 @@ def apply(call, lookup) -> Integer | str | None:
         return None
     x = dequantized(call.args[0], lookup)
     w, transposed = _weight(call.args[1], lookup)
-    if x is None and w is None:
-        return None
+    if w is None and (x is None or float_weight(call.args[1], lookup)):
+        return None     # a float kernel (it may read an int8 layer's dequantized output)
     if isinstance(x, str) or isinstance(w, str) or x is None or w is None:
         return (x if isinstance(x, str) else w if isinstance(w, str)
                 else "only one operand is dequantized (or the weight is permuted otherwise)")

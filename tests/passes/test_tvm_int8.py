@@ -40,9 +40,10 @@ def float_model() -> onnx.ModelProto:
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
 
 
-def qdq_model() -> onnx.ModelProto:
+def qdq_model(nodes: list[str] | None = None) -> onnx.ModelProto:
     """float_model quantized as fleetc's quantize pass does (onnxruntime quantize_static, QDQ,
-    uint8 activations, per-channel symmetric int8 weights); the output stays quantized."""
+    uint8 activations, per-channel symmetric int8 weights); the output stays quantized.
+    `nodes`: quantize only these (a mixed plan), else all."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     class Reader:
@@ -62,7 +63,7 @@ def qdq_model() -> onnx.ModelProto:
         onnx.save(float_model(), str(src))
         quantize_static(str(src), str(out), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         return onnx.load(str(out))
 
@@ -154,6 +155,17 @@ def test_per_channel_activation_scales_stay_float():
     _, report = integer_compute(_imported(proto))
     assert [r.split(": ", 1)[1] for r in report.left] == [
         "per-channel activation scales (one per tensor only)"]
+
+
+def test_float_kernels_reading_an_int8_layer_are_not_listed():
+    # a mixed plan: the fp32 depthwise conv reads the int8 dense conv's dequantized output;
+    # it is a float kernel by plan, not an int8 kernel left in float (no warning for it)
+    proto = qdq_model(["dense"])
+    depthwise = next(n for n in proto.graph.node if n.name == "depthwise")
+    assert any(n.op_type == "DequantizeLinear" and n.output[0] == depthwise.input[0]
+               for n in proto.graph.node)
+    _, report = integer_compute(_imported(proto))
+    assert report.integer == 1 and report.left == ()
 
 
 def test_a_float_model_is_left_unchanged():
