@@ -15,12 +15,32 @@ from toolchain.errors import BadInputError
 from toolchain.ir import Graph
 
 __all__ = ["run_collect", "kernel_nodes", "PER_CHANNEL_OPS", "PruneSite", "prune_site",
-           "shrink_refusal"]
+           "shrink_refusal", "topological_nodes"]
 
 # Ops that act on each channel alone: a channel pruned before them can be pruned after them.
 PER_CHANNEL_OPS = frozenset({
     "BatchNormalization", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu",
     "Tanh", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Dropout", "Identity"})
+
+
+def topological_nodes(nodes: list, ready: set[str]) -> tuple[list, list]:
+    """ONNX `nodes` in an order where each comes after the producers of its inputs (stable),
+    given the tensors `ready` at the start (graph inputs, initializers); second, the nodes
+    that never become ready (a cycle or a missing input), empty when all are placed."""
+    ready = set(ready) | {""}
+    todo, order = list(nodes), []
+    while todo:
+        rest = []
+        for n in todo:
+            if all(t in ready for t in n.input):
+                order.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(todo):
+            return order, rest
+        todo = rest
+    return order, []
 
 
 def run_collect(graph: Graph, calib: CalibData, tensors: list[str]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from passes.common import kernel_nodes
+from passes.common import kernel_nodes, topological_nodes
 from passes.export_onnx import export_onnx
 from toolchain.calib import CalibData, feeds, synthetic_calib
 from toolchain.errors import BadInputError
@@ -161,19 +161,9 @@ def _quantize_part(model: onnx.ModelProto, nodes: list[str], calib: CalibData,
 
 def _topological(nodes: list, weights: set[str], inputs: set[str]) -> list:
     """The nodes in an order where each comes after the producers of its inputs (stable)."""
-    ready = set(weights) | set(inputs) | {""}
-    todo, order = list(nodes), []
-    while todo:
-        rest = []
-        for n in todo:
-            if all(t in ready for t in n.input):
-                order.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(todo):
-            raise RuntimeError("quantize: the spliced part leaves a node without its inputs")
-        todo = rest
+    order, stuck = topological_nodes(nodes, weights | inputs)
+    if stuck:
+        raise RuntimeError("quantize: the spliced part leaves a node without its inputs")
     return order
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from passes.common import kernel_nodes
+from passes.common import kernel_nodes, topological_nodes
 from passes.export_onnx import export_onnx
 from toolchain.errors import BadInputError
 from toolchain.ir import Graph
@@ -85,19 +85,10 @@ def _drop_round_trips(graph: Graph) -> int:
 def _sort_nodes(model: onnx.ModelProto) -> None:
     """Topological order, stable (the converter appends its input Casts at the end)."""
     g = model.graph
-    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
-    pending, ordered = list(g.node), []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(t in ready for t in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise BadInputError(f"fp16: converted graph has a cycle at {rest[0].name!r}")
-        pending = rest
+    ordered, stuck = topological_nodes(g.node, {i.name for i in g.input}
+                                       | {i.name for i in g.initializer})
+    if stuck:
+        raise BadInputError(f"fp16: converted graph has a cycle at {stuck[0].name!r}")
     copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
     del g.node[:]
     g.node.extend(copies)
